@@ -1,0 +1,269 @@
+//! The webhook's configuration: settings, instance types and patch rules, each from one file
+//! of a config directory (the files a mounted ConfigMap produces), with built-in defaults.
+
+pub mod instance_types;
+pub mod problems;
+pub mod rules;
+pub mod settings;
+
+use crate::patch::{Op, Path};
+use crate::profile;
+use crate::selector::Selector;
+use instance_types::InstanceType;
+use problems::{ConfigError, Problem, Report};
+use rules::Rule;
+use serde_json::Value;
+use settings::Settings;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// The raw texts a configuration is made of; `None` means the file is absent.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub version: Option<String>,
+    pub instance_types: Option<String>,
+    pub patches: Option<String>,
+    pub settings: Option<String>,
+}
+
+/// File names inside a config directory.
+pub const VERSION_FILE: &str = "version";
+
+/// A loaded, valid configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub settings: Settings,
+    pub instance_types: BTreeMap<String, InstanceType>,
+    /// The placement profile's rules (applied first).
+    pub profile_rules: Vec<Rule>,
+    /// Per-instance-type rules from `nodeSelector` and `tolerations` (applied second).
+    pub type_rules: BTreeMap<String, Rule>,
+    /// The admin's rules from `patches.yaml` (applied last, so they win).
+    pub admin_rules: Vec<Rule>,
+    /// Short hash of the sources, recorded on every shaped pod.
+    pub fingerprint: String,
+    /// Things worth knowing that did not stop the configuration from loading.
+    pub warnings: Vec<Problem>,
+}
+
+impl Config {
+    /// The built-in configuration: default instance types, `generic` profile, no rules.
+    pub fn builtin() -> Config {
+        Config::from_sources(&Sources::default()).expect("the built-in configuration is valid")
+    }
+
+    /// Build a configuration from file texts, reporting every problem at once.
+    pub fn from_sources(src: &Sources) -> Result<Config, ConfigError> {
+        let mut r = Report::default();
+        if let Some(v) = &src.version
+            && v.trim() != "v1"
+        {
+            r.error(
+                VERSION_FILE,
+                None,
+                "",
+                format!("{:?} is not a supported version; accepted: v1", v.trim()),
+            );
+        }
+        let settings = match &src.settings {
+            Some(text) => Settings::load(text, &mut r),
+            None => Some(Settings::default()),
+        };
+        // Instance types and rules are still checked with default settings when webhook.yaml
+        // is broken, so one run reports the problems of every file.
+        let s = settings.clone().unwrap_or_default();
+        let types = instance_types::load(
+            src.instance_types
+                .as_deref()
+                .unwrap_or(instance_types::DEFAULTS),
+            &s,
+            &mut r,
+        );
+        let admin_rules = match &src.patches {
+            Some(text) => rules::load(text, rules::FILE, &mut r),
+            None => Some(Vec::new()),
+        };
+        let profile_rules = profile::render(&s.profile, &s.label_prefix)
+            .and_then(|text| rules::load(&text, &format!("profile {}", s.profile), &mut r));
+        if !r.errors.is_empty() {
+            return Err(ConfigError { problems: r.errors });
+        }
+        let (Some(settings), Some(instance_types), Some(admin_rules), Some(profile_rules)) =
+            (settings, types, admin_rules, profile_rules)
+        else {
+            unreachable!("a part that failed to load reported an error");
+        };
+        let type_rules = instance_types
+            .values()
+            .filter_map(|t| type_rule(t).map(|rule| (t.name.clone(), rule)))
+            .collect();
+        Ok(Config {
+            fingerprint: fingerprint(src),
+            settings,
+            instance_types,
+            profile_rules,
+            type_rules,
+            admin_rules,
+            warnings: r.warnings,
+        })
+    }
+
+    /// Read a config directory. Absent files take their defaults; unreadable ones are errors.
+    pub fn load_dir(dir: &std::path::Path) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut read = |name: &str| match std::fs::read_to_string(dir.join(name)) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                problems.push(Problem {
+                    file: dir.join(name).display().to_string(),
+                    line: None,
+                    place: String::new(),
+                    message: format!("cannot be read: {e}"),
+                });
+                None
+            }
+        };
+        let src = Sources {
+            version: read(VERSION_FILE),
+            instance_types: read(instance_types::FILE),
+            patches: read(rules::FILE),
+            settings: read(settings::FILE),
+        };
+        if !dir.is_dir() {
+            problems.push(Problem {
+                file: dir.display().to_string(),
+                line: None,
+                place: String::new(),
+                message: "is not a directory; --config takes the directory holding instance_types.yaml, patches.yaml and webhook.yaml".into(),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Config::from_sources(&src)
+    }
+
+    /// Names of the instance types, for messages.
+    pub fn type_names(&self) -> String {
+        self.instance_types
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Number of rules in force (profile, per-type and admin).
+    pub fn rule_count(&self) -> usize {
+        self.profile_rules.len() + self.type_rules.len() + self.admin_rules.len()
+    }
+}
+
+/// The rule an instance type's `nodeSelector` and `tolerations` stand for.
+fn type_rule(t: &InstanceType) -> Option<Rule> {
+    if t.node_selector.is_empty() && t.tolerations.is_empty() {
+        return None;
+    }
+    let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+    let mut ops = Vec::new();
+    for (k, v) in &t.node_selector {
+        let path = Path::parse(&format!("/spec/nodeSelector/{}", escape(k)))
+            .expect("escaped key is a valid path");
+        ops.push(Op::Add {
+            path,
+            value: Some(v.clone()),
+        });
+    }
+    for tol in &t.tolerations {
+        let path = Path::parse("/spec/tolerations/-").expect("valid path");
+        ops.push(Op::Add {
+            path,
+            value: Some(tol.clone()),
+        });
+    }
+    Some(Rule {
+        name: format!("instance type {}", t.name),
+        selector: Selector::everything(),
+        ops,
+        ignore_failure: false,
+    })
+}
+
+fn fingerprint(src: &Sources) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        &src.version,
+        &src.instance_types,
+        &src.patches,
+        &src.settings,
+    ] {
+        match part {
+            Some(t) => {
+                h.update(b"1");
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t.as_bytes());
+            }
+            None => h.update(b"0"),
+        }
+    }
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    let digest = h.finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `Value` helpers used when printing configuration back.
+pub fn value_to_yaml(v: &Value) -> String {
+    serde_saphyr::to_string(v).unwrap_or_else(|_| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_is_valid() {
+        let c = Config::builtin();
+        assert_eq!(
+            c.type_names(),
+            "2CPU-8GB, 4CPU-16GB, 8CPU-32GB, 8CPU-32GB-1xT4"
+        );
+        assert_eq!(c.settings.profile, "generic");
+        assert!(c.admin_rules.is_empty());
+        assert_eq!(c.fingerprint.len(), 12);
+    }
+
+    #[test]
+    fn problems_of_every_file_at_once() {
+        let src = Sources {
+            version: Some("v2".into()),
+            instance_types: Some("x:\n  resources: {CPU: 0}\n".into()),
+            patches: Some("patches:\n- patch: [{op: add}]\n".into()),
+            settings: Some("profile: nope\n".into()),
+        };
+        let e = Config::from_sources(&src).unwrap_err();
+        let files: std::collections::BTreeSet<_> =
+            e.problems.iter().map(|p| p.file.as_str()).collect();
+        assert_eq!(
+            files.into_iter().collect::<Vec<_>>(),
+            [
+                "instance_types.yaml",
+                "patches.yaml",
+                "version",
+                "webhook.yaml"
+            ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn type_rules_from_node_selector() {
+        let src = Sources {
+            instance_types: Some(
+                "tpu:\n  resources: {CPU: 8, memory: 32Gi, google.com/tpu: 4}\n  nodeSelector: {cloud.google.com/gke-tpu-topology: 2x2x1}\n  tolerations: [{key: google.com/tpu, operator: Exists}]\n".into(),
+            ),
+            ..Default::default()
+        };
+        let c = Config::from_sources(&src).unwrap();
+        assert_eq!(c.type_rules["tpu"].ops.len(), 2);
+    }
+}

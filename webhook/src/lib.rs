@@ -1,0 +1,18 @@
+//! rayshape's admission engine: it turns a Ray pod into its shaped form.
+//!
+//! Data flows one way: decode ([`input`]) → classify ([`classify`]) → plan and apply
+//! ([`shape`]: vocabulary, sidecar, rules, sizing, Ray's view) → diff → respond ([`review`]).
+//! Everything here is pure; the binary does the I/O.
+
+// pub mod classify;
+pub mod config;
+// pub mod input;
+pub mod patch;
+pub mod profile;
+pub mod quantity;
+// pub mod rayview;
+// pub mod review;
+pub mod selector;
+// pub mod shape;
+// pub mod sidecar;
+// pub mod sizing;
