@@ -4,15 +4,16 @@
 //! ([`shape`]: vocabulary, sidecar, rules, sizing, Ray's view) → diff → respond ([`review`]).
 //! Everything here is pure; the binary does the I/O.
 
-// pub mod classify;
+pub mod classify;
 pub mod config;
-// pub mod input;
+pub mod input;
 pub mod patch;
+pub mod pod;
 pub mod profile;
 pub mod quantity;
-// pub mod rayview;
-// pub mod review;
+pub mod rayview;
+pub mod review;
 pub mod selector;
-// pub mod shape;
-// pub mod sidecar;
-// pub mod sizing;
+pub mod shape;
+pub mod sidecar;
+pub mod sizing;

@@ -1,1 +1,293 @@
-fn main() {}
+//! `rayshape-webhook`: the offline preview, configuration checks and profiles.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rayshape_webhook::config::Config;
+use rayshape_webhook::input::{self, Format};
+use rayshape_webhook::profile;
+use rayshape_webhook::review::{self, Decision, Outcome};
+use serde_json::{Value, json};
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "rayshape-webhook",
+    version,
+    about = "Shapes Ray pods on Kubernetes: instance types, placement, patch rules and the rayshape sidecar"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show offline what the webhook would do to a Pod or an AdmissionReview.
+    ///
+    /// Exit status: 0 admitted, 1 denied (the reason on stderr), 2 unusable input or config.
+    Mutate {
+        /// The input: a file, or `-` for standard input. JSON or YAML; a YAML stream or a
+        /// `kind: List` is shaped document by document.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: PathBuf,
+        /// Directory with instance_types.yaml, patches.yaml and webhook.yaml (each optional).
+        /// Without it, the built-in defaults apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// What to print.
+        #[arg(short, long, value_enum, default_value_t = Output::Object)]
+        output: Output,
+        /// Syntax of printed objects; defaults to the input's. Patches and reviews are JSON.
+        #[arg(long, value_enum)]
+        format: Option<OutFormat>,
+    },
+    /// Check a configuration directory and report every problem at once.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print a placement profile as patch rules, in patches.yaml syntax.
+    Profile {
+        /// generic, eks, karpenter, gke or aks.
+        name: String,
+        /// The label prefix the rules select on (webhook.yaml labelPrefix).
+        #[arg(long, default_value = "rayshape.io")]
+        label_prefix: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    /// The shaped object.
+    Object,
+    /// The RFC 6902 patch from the input to the shaped object.
+    Patch,
+    /// The AdmissionReview response the webhook would send.
+    Review,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutFormat {
+    Json,
+    Yaml,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Mutate {
+            file,
+            config,
+            output,
+            format,
+        } => mutate(&file, config.as_deref(), output, format),
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Profile { name, label_prefix } => match profile::render(&name, &label_prefix) {
+            Some(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!(
+                    "error: unknown profile {name:?}; accepted: {}",
+                    profile::names().join(", ")
+                );
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn load_config(dir: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    let Some(dir) = dir else {
+        return Ok(Config::builtin());
+    };
+    Config::load_dir(dir).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn read_input(file: &std::path::Path) -> Result<Vec<u8>, String> {
+    let limit = input::MAX_INPUT as u64 + 1;
+    let mut buf = Vec::new();
+    if file.as_os_str() == "-" {
+        if std::io::stdin().is_terminal() {
+            return Err(
+                "no input: pass -f FILE, or pipe a Pod or AdmissionReview into standard input"
+                    .into(),
+            );
+        }
+        std::io::stdin()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        f.take(limit)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    }
+    Ok(buf)
+}
+
+fn mutate(
+    file: &std::path::Path,
+    config: Option<&std::path::Path>,
+    output: Output,
+    format: Option<OutFormat>,
+) -> ExitCode {
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (docs, in_format) = match read_input(file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| input::parse_documents(&b).map_err(|e| e.to_string()))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut decisions = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let is_review = doc.get("kind").and_then(Value::as_str) == Some("AdmissionReview");
+        let review_doc = if is_review {
+            doc.clone()
+        } else {
+            synthetic_review(doc, i)
+        };
+        match review::decide(&review_doc, &cfg) {
+            Ok(d) => decisions.push((d, review_doc)),
+            Err(e) => {
+                eprintln!("error: document {}: {e}", i + 1);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut denied = false;
+    let mut out_docs = Vec::new();
+    for (d, review_doc) in &decisions {
+        let label = describe(d);
+        match &d.outcome {
+            Outcome::Denied(den) => {
+                denied = true;
+                eprintln!("denied: {label}: {}", den.message);
+            }
+            Outcome::Allowed { shaped, .. } => {
+                for w in &shaped.warnings {
+                    eprintln!("warning: {label}: {w}");
+                }
+                if let Some(why) = shaped.skipped {
+                    eprintln!("note: {label}: unchanged ({why})");
+                }
+            }
+        }
+        match (output, &d.outcome) {
+            (Output::Review, _) => out_docs.push(d.response()),
+            (Output::Patch, Outcome::Allowed { patch, .. }) => {
+                out_docs.push(serde_json::to_value(patch).expect("patch serialises"))
+            }
+            (Output::Object, Outcome::Allowed { shaped, .. }) if shaped.object.is_null() => {
+                // Not a CREATE review: the object goes through as it came.
+                if let Some(o) = review_doc.pointer("/request/object") {
+                    out_docs.push(o.clone());
+                }
+            }
+            (Output::Object, Outcome::Allowed { shaped, .. }) => {
+                out_docs.push(shaped.object.clone())
+            }
+            (_, Outcome::Denied(_)) => {}
+        }
+    }
+    let fmt = match (output, format) {
+        (Output::Object, Some(OutFormat::Yaml)) => Format::Yaml,
+        (Output::Object, Some(OutFormat::Json)) => Format::Json,
+        (Output::Object, None) => in_format,
+        _ => Format::Json,
+    };
+    let text = input::render(&out_docs, fmt);
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write output: {e}");
+        return ExitCode::from(2);
+    }
+    if denied {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Wrap an object in the CREATE review the API server would send for it.
+fn synthetic_review(obj: &Value, i: usize) -> Value {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let namespace = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("rayshape-preview-{}", i + 1),
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "object": obj,
+            "dryRun": true,
+        }
+    })
+}
+
+fn describe(d: &Decision) -> String {
+    let name = match (d.name.as_str(), d.generate_name.as_str()) {
+        ("", "") => "(unnamed)".to_string(),
+        ("", g) => format!("{g}*"),
+        (n, _) => n.to_string(),
+    };
+    format!(
+        "{} {}/{}",
+        d.kind,
+        if d.namespace.is_empty() {
+            "default"
+        } else {
+            &d.namespace
+        },
+        name
+    )
+}
+
+fn check_config(dir: &std::path::Path) -> ExitCode {
+    match Config::load_dir(dir) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "ok: {} instance types, {} rules ({} from profile {}, {} per instance type, {} from patches.yaml), label prefix {}",
+                cfg.instance_types.len(),
+                cfg.rule_count(),
+                cfg.profile_rules.len(),
+                cfg.settings.profile,
+                cfg.type_rules.len(),
+                cfg.admin_rules.len(),
+                cfg.settings.label_prefix
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

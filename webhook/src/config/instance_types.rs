@@ -219,7 +219,9 @@ fn parse_one(
                         }
                     }
                     // Anyscale takes the first of several as the node's accelerator; so do we.
+                    // It is the same as the legacy `accelerator_type:X: 1` Ray resource.
                     set_accelerator(&mut t, names[0], &place, &mut err);
+                    t.ray_resources.entry(format!("accelerator_type:{}", names[0])).or_insert(1.0);
                 }
                 _ => err(place, "must be a non-empty list of Ray accelerator names, like [T4]".into()),
             },

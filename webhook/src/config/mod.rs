@@ -211,11 +211,6 @@ fn fingerprint(src: &Sources) -> String {
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `Value` helpers used when printing configuration back.
-pub fn value_to_yaml(v: &Value) -> String {
-    serde_saphyr::to_string(v).unwrap_or_else(|_| v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,261 @@
+//! The shaping pipeline: classify, then apply vocabulary, sidecar, rules, sizing and Ray's
+//! view to a working copy. The caller diffs the copy against the original.
+
+use crate::classify::{self, Class, KUBERAY_LABELS};
+use crate::config::Config;
+use crate::config::rules::Rule;
+use crate::config::settings::is_label_value;
+use crate::patch::{self, Context};
+use crate::{pod, rayview, sidecar, sizing};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Market types a pod may ask for.
+pub const MARKET_TYPES: [&str; 3] = ["ON_DEMAND", "SPOT", "PREFER_SPOT"];
+
+/// The webhook refuses the object; the message says what is wrong and what would be accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Denial {
+    pub message: String,
+}
+
+fn deny<T>(message: impl Into<String>) -> Result<T, Denial> {
+    Err(Denial {
+        message: message.into(),
+    })
+}
+
+/// The result of shaping one object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shaped {
+    pub object: Value,
+    /// Admission warnings: what was changed that the user may not expect (each ≤ 120 chars).
+    pub warnings: Vec<String>,
+    /// Why the object passed through untouched, when it did.
+    pub skipped: Option<&'static str>,
+}
+
+impl Shaped {
+    fn untouched(obj: &Value, why: &'static str) -> Shaped {
+        Shaped {
+            object: obj.clone(),
+            warnings: Vec::new(),
+            skipped: Some(why),
+        }
+    }
+}
+
+/// Shape any object: pods are shaped, everything else passes through. `namespace` is the
+/// request's, for objects that do not name their own.
+pub fn shape(obj: &Value, namespace: Option<&str>, cfg: &Config) -> Result<Shaped, Denial> {
+    match obj.get("kind").and_then(Value::as_str) {
+        Some("Pod") => shape_pod(obj, namespace, cfg),
+        _ => Ok(Shaped::untouched(obj, "not a Pod")),
+    }
+}
+
+/// Shape one pod.
+pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result<Shaped, Denial> {
+    let s = &cfg.settings;
+    let ray = match classify::classify(input, namespace, s) {
+        Class::NotRay(why) => return Ok(Shaped::untouched(input, why)),
+        Class::Invalid(msg) => return deny(msg),
+        Class::Ray(r) => r,
+    };
+    let mut pod = input.clone();
+    let mut warnings = Vec::new();
+    let ray_name = pod::name(&pod::containers(&pod)[ray.ray_container]).to_string();
+    let original_ray = pod::containers(&pod)[ray.ray_container].clone();
+
+    // 1. Vocabulary: read, check, and write back the effective values.
+    let type_key = s.key("instance-type");
+    let instance_type = match pod::vocab(&pod, &type_key) {
+        None => None,
+        Some(name) => match cfg.instance_types.get(name) {
+            Some(t) => Some(t),
+            None => {
+                return deny(format!(
+                    "unknown instance type {name:?} in {type_key}; known instance types: {}",
+                    cfg.type_names()
+                ));
+            }
+        },
+    };
+    let market_key = s.key("market-type");
+    let market = pod::vocab(&pod, &market_key)
+        .unwrap_or("ON_DEMAND")
+        .to_string();
+    if !MARKET_TYPES.contains(&market.as_str()) {
+        return deny(format!(
+            "{market_key}={market:?} is not a market type; accepted: {}",
+            MARKET_TYPES.join(", ")
+        ));
+    }
+    let zone_key = s.key("zone");
+    let zone = pod::vocab(&pod, &zone_key).map(str::to_string);
+    if let Some(z) = &zone
+        && (z.is_empty() || !is_label_value(z))
+    {
+        return deny(format!(
+            "{zone_key}={z:?} is not a zone name; expected a topology.kubernetes.io/zone value such as us-west-2a"
+        ));
+    }
+    pod::set_vocab(&mut pod, &market_key, &market);
+    if let Some(z) = &zone {
+        pod::set_vocab(&mut pod, &zone_key, z);
+    }
+    let acc_key = s.key("accelerator-type");
+    if let Some(t) = instance_type {
+        pod::set_vocab(&mut pod, &type_key, &t.name);
+        match &t.accelerator {
+            Some(a) => pod::set_vocab(&mut pod, &acc_key, a),
+            None => pod::remove_vocab(&mut pod, &acc_key),
+        }
+    }
+
+    // 2. The sidecar, before sizing so that its reservation is taken out of the shape.
+    let inject = s.sidecar.enabled && !sidecar::opted_out(&pod, s);
+    if inject {
+        sidecar::inject(&mut pod, ray.ray_container, s);
+    }
+
+    // 3. Rules: profile, then the instance type's own, then the admin's (later rules win).
+    let mut applied = Vec::new();
+    let type_rule = instance_type.and_then(|t| cfg.type_rules.get(&t.name));
+    for rule in cfg
+        .profile_rules
+        .iter()
+        .chain(type_rule)
+        .chain(&cfg.admin_rules)
+    {
+        let ctx = Context {
+            ray_container: container_index(&pod, &ray_name),
+        };
+        if !rule
+            .selector
+            .matches(pod::labels(&pod), pod::annotations(&pod))
+        {
+            continue;
+        }
+        match apply_rule(&mut pod, rule, ctx) {
+            Ok(()) => applied.push(rule.name.as_str()),
+            Err(e) if rule.ignore_failure => {
+                warnings.push(format!("skipped rule {}: {e}", rule.name))
+            }
+            Err(e) => {
+                return deny(format!(
+                    "rule {} failed: {e}; fix the rule, or give it failurePolicy: Ignore to skip it when it does not apply",
+                    rule.name
+                ));
+            }
+        }
+    }
+    check_protected(input, &pod)?;
+    let Some(ray_idx) = container_index(&pod, &ray_name) else {
+        return deny(format!(
+            "patch rules removed the Ray container {ray_name:?}; rules must not remove it"
+        ));
+    };
+
+    // 4. Sizing and Ray's view.
+    if let Some(t) = instance_type {
+        let sized = sizing::size(&mut pod, ray_idx, t).or_else(deny)?;
+        warnings.extend(sized.warnings.iter().cloned());
+        warnings.extend(rayview::align(
+            &mut pod,
+            ray_idx,
+            &original_ray,
+            &sized,
+            t,
+            ray.kuberay,
+        ));
+    }
+
+    // 5. The record of what was applied.
+    let record = json!({
+        "config": cfg.fingerprint,
+        "instanceType": instance_type.map(|t| t.name.as_str()),
+        "marketType": market,
+        "zone": zone,
+        "sidecar": inject,
+        "rules": applied,
+    });
+    let hash = Sha256::digest(record.to_string().as_bytes());
+    let summary = json!({
+        "config": cfg.fingerprint,
+        "instanceType": instance_type.map(|t| t.name.as_str()),
+        "marketType": market,
+        "rules": applied.len(),
+        "hash": hash[..8].iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    });
+    pod::set_annotation(&mut pod, &s.key("shaped"), summary.to_string());
+
+    Ok(Shaped {
+        object: pod,
+        warnings: tidy(warnings),
+        skipped: None,
+    })
+}
+
+fn container_index(pod: &Value, name: &str) -> Option<usize> {
+    pod::containers(pod)
+        .iter()
+        .position(|c| pod::name(c) == name)
+}
+
+/// Apply every operation of a rule, or none.
+fn apply_rule(pod: &mut Value, rule: &Rule, ctx: Context) -> Result<(), patch::ApplyError> {
+    let before = pod.clone();
+    for op in &rule.ops {
+        if let Err(e) = patch::apply(pod, op, ctx) {
+            *pod = before;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Rules may do a lot, but not break KubeRay: its labels stay, containers keep their order.
+fn check_protected(before: &Value, after: &Value) -> Result<(), Denial> {
+    for key in KUBERAY_LABELS {
+        let get = |v: &Value| pod::labels(v).and_then(|m| m.get(key)).cloned();
+        if get(before) != get(after) {
+            return deny(format!(
+                "patch rules changed the label {key}, which KubeRay relies on; rules must leave it alone"
+            ));
+        }
+    }
+    let names = |v: &Value| {
+        pod::containers(v)
+            .iter()
+            .map(|c| pod::name(c).to_string())
+            .collect::<Vec<_>>()
+    };
+    let (b, a) = (names(before), names(after));
+    if !a.starts_with(&b) {
+        return deny(format!(
+            "patch rules reordered, renamed or removed containers ({} became {}); rules may only append containers",
+            b.join(", "),
+            a.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// Deduplicate, and keep each warning within the 120 characters Kubernetes advises.
+fn tidy(warnings: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in warnings {
+        let w = if w.chars().count() > 120 {
+            let cut: String = w.chars().take(119).collect();
+            format!("{cut}…")
+        } else {
+            w
+        };
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
+}
