@@ -12,7 +12,6 @@ use crate::selector::Selector;
 use instance_types::InstanceType;
 use problems::{ConfigError, Problem, Report};
 use rules::Rule;
-use serde_json::Value;
 use settings::Settings;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
