@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine or a developer's: installs what the tests
+# need (pinned), then runs formatting and lint checks, the Rust unit, golden, property and
+# CLI tests, and the independent Python checks. The last line is "total: N passed, M failed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+WORK="$ROOT/tests/.work"
+VENV="$ROOT/tests/.venv"
+mkdir -p "$WORK"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# --- System packages -------------------------------------------------------------------
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  log "installing Debian packages: $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
+  exit 2
+fi
+
+# --- Python checkers (pinned) ----------------------------------------------------------
+stamp="$VENV/.requirements"
+if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$stamp"; then
+  log "installing Python checkers into tests/.venv"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+  cp tests/requirements.txt "$stamp"
+fi
+
+# --- Rust ------------------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test"
+corpus="$WORK/corpus.jsonl"
+rm -f "$corpus"
+set +e
+RAYSHAPE_CORPUS="$corpus" cargo test --workspace --locked 2>&1 | tee "$WORK/cargo-test.log"
+rust_status=${PIPESTATUS[0]}
+set -e
+rust_passed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^passed;?$/) s+=$(i-1)} END {print s+0}' "$WORK/cargo-test.log")
+rust_failed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^failed;?$/) s+=$(i-1)} END {print s+0}' "$WORK/cargo-test.log")
+
+# --- Independent checks ----------------------------------------------------------------
+log "strict RFC 6902 and Kubernetes schema checks (Python)"
+cargo build --locked -q -p rayshape-webhook
+set +e
+"$VENV/bin/python" tests/check_patches.py target/debug/rayshape-webhook "$corpus" | tee "$WORK/python.log"
+py_status=${PIPESTATUS[0]}
+set -e
+py_passed=$(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1}' "$WORK/python.log" | tail -1)
+py_failed=$(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $3}' "$WORK/python.log" | tail -1)
+
+total_passed=$((rust_passed + ${py_passed:-0}))
+total_failed=$((rust_failed + ${py_failed:-1}))
+# A build failure runs no test at all: count it, so the closing line cannot read as green.
+if [ "$rust_status" -ne 0 ] && [ "$rust_failed" -eq 0 ]; then total_failed=$((total_failed + 1)); fi
+echo
+echo "total: ${total_passed} passed, ${total_failed} failed"
+[ "$total_failed" -eq 0 ] && [ "$rust_status" -eq 0 ] && [ "$py_status" -eq 0 ]
