@@ -6,6 +6,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod diff;
 pub mod input;
 pub mod patch;
 pub mod pod;

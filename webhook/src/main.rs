@@ -10,6 +10,10 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+// Shaping allocates many small JSON nodes; glibc's allocator spent half the time on them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rayshape-webhook",
@@ -190,7 +194,7 @@ fn mutate(
         match (output, &d.outcome) {
             (Output::Review, _) => out_docs.push(d.response()),
             (Output::Patch, Outcome::Allowed { patch, .. }) => {
-                out_docs.push(serde_json::to_value(patch).expect("patch serialises"))
+                out_docs.push(serde_json::from_slice(patch).expect("the engine writes valid JSON"))
             }
             (Output::Object, Outcome::Allowed { shaped, .. }) if shaped.object.is_null() => {
                 // Not a CREATE review: the object goes through as it came.

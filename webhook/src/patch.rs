@@ -83,6 +83,11 @@ impl Path {
     pub fn as_str(&self) -> &str {
         &self.raw
     }
+
+    /// The first `depth` segments (fewer if the path is shorter).
+    pub fn head(&self, depth: usize) -> &[String] {
+        &self.tokens[..depth.min(self.tokens.len())]
+    }
 }
 
 fn parse_where(tok: &str) -> Option<(&str, &str)> {
@@ -181,6 +186,14 @@ impl Op {
             Op::Move { .. } => "move",
             Op::Copy { .. } => "copy",
             Op::Test { .. } => "test",
+        }
+    }
+
+    /// `from`, for `copy` and `move`.
+    pub fn from(&self) -> Option<&Path> {
+        match self {
+            Op::Move { from, .. } | Op::Copy { from, .. } => Some(from),
+            _ => None,
         }
     }
 
@@ -498,6 +511,58 @@ fn remove(doc: &mut Value, steps: &[Step]) -> Result<(), String> {
     }
 }
 
+/// The values at a set of object paths, to put back if a multi-step change fails. Keeping
+/// only the subtrees a rule can touch is much cheaper than copying the whole object.
+pub struct Snapshot(Vec<(Vec<String>, Option<Value>)>);
+
+impl Snapshot {
+    /// Save what is needed to restore every path under `prefixes`: the value at each
+    /// deepest prefix, and the absence of any prefix that does not exist yet.
+    pub fn take(doc: &Value, prefixes: impl IntoIterator<Item = Vec<String>>) -> Snapshot {
+        let mut all: Vec<Vec<String>> = prefixes.into_iter().collect();
+        all.sort_by_key(Vec::len);
+        all.dedup();
+        let mut saved: Vec<(Vec<String>, Option<Value>)> = Vec::new();
+        for p in &all {
+            // Under a prefix that was absent: removing that prefix again restores this too.
+            if saved.iter().any(|(q, v)| v.is_none() && p.starts_with(q)) {
+                continue;
+            }
+            let current = p.iter().try_fold(doc, |v, t| v.as_object()?.get(t));
+            let deepest = !all.iter().any(|q| q.len() > p.len() && q.starts_with(p));
+            if current.is_none() || deepest {
+                saved.push((p.clone(), current.cloned()));
+            }
+        }
+        Snapshot(saved)
+    }
+
+    /// Put every saved value back, deepest first; absent ones are removed again.
+    pub fn restore(self, doc: &mut Value) {
+        for (p, v) in self.0.into_iter().rev() {
+            let Some((last, parents)) = p.split_last() else {
+                if let Some(v) = v {
+                    *doc = v;
+                }
+                continue;
+            };
+            let parent = parents
+                .iter()
+                .try_fold(&mut *doc, |v, t| v.as_object_mut()?.get_mut(t));
+            if let Some(Value::Object(m)) = parent {
+                match v {
+                    Some(v) => {
+                        m.insert(last.clone(), v);
+                    }
+                    None => {
+                        m.shift_remove(last);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -629,6 +694,34 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn snapshot_restores_touched_subtrees_only() {
+        let before = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"tolerations": [{"key": "x"}], "containers": [{"name": "c"}]}});
+        let mut d = before.clone();
+        let heads = [
+            vec!["spec".to_string()],
+            vec!["spec".into(), "tolerations".into()],
+            vec!["spec".into(), "nodeSelector".into()],
+            vec!["status".into()],
+            vec!["status".into(), "x".into()],
+        ];
+        let snap = Snapshot::take(&d, heads);
+        assert_eq!(snap.0.len(), 3, "spec is not copied whole: {:?}", snap.0);
+        run(
+            &mut d,
+            json!({"op":"add","path":"/spec/tolerations/-","value":{"key":"y"}}),
+        )
+        .unwrap();
+        run(
+            &mut d,
+            json!({"op":"add","path":"/spec/nodeSelector/k","value":"v"}),
+        )
+        .unwrap();
+        run(&mut d, json!({"op":"add","path":"/status/x/y","value":1})).unwrap();
+        snap.restore(&mut d);
+        assert_eq!(d, before);
     }
 
     #[test]

@@ -7,12 +7,18 @@ use crate::quantity::Quantity;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// `obj[a][b]...` without the allocation `Value::pointer` makes to unescape each segment
+/// (it showed up as half the cost of evaluating rule selectors).
+pub fn at<'a>(obj: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(obj, |v, k| v.as_object()?.get(*k))
+}
+
 pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
-    obj.pointer("/metadata/labels")?.as_object()
+    at(obj, &["metadata", "labels"])?.as_object()
 }
 
 pub fn annotations(obj: &Value) -> Option<&Map<String, Value>> {
-    obj.pointer("/metadata/annotations")?.as_object()
+    at(obj, &["metadata", "annotations"])?.as_object()
 }
 
 /// A vocabulary value: the label, else the annotation of the same key.
@@ -67,13 +73,13 @@ pub fn set_annotation(obj: &mut Value, key: &str, value: String) {
 }
 
 pub fn containers(pod: &Value) -> &[Value] {
-    pod.pointer("/spec/containers")
+    at(pod, &["spec", "containers"])
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
 }
 
 pub fn init_containers(pod: &Value) -> &[Value] {
-    pod.pointer("/spec/initContainers")
+    at(pod, &["spec", "initContainers"])
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
 }
@@ -90,7 +96,7 @@ pub fn is_native_sidecar(c: &Value) -> bool {
 /// One of a container's `requests` or `limits`, parsed; unparseable entries are skipped
 /// (the API server rejects them anyway).
 pub fn resource_list(c: &Value, which: &str) -> BTreeMap<String, Quantity> {
-    c.pointer(&format!("/resources/{which}"))
+    at(c, &["resources", which])
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()

@@ -25,11 +25,34 @@ enum Flag {
     Opaque,
 }
 
+/// What Ray's view is judged against: the Ray container as it arrived, before sizing.
+#[derive(Debug, Clone)]
+pub struct Original {
+    /// What KubeRay would have derived for `--num-cpus`, `--memory`, `--num-gpus`.
+    flags: BTreeMap<&'static str, i128>,
+    /// The memory KubeRay would have sized `/dev/shm` to (limit, else request).
+    shm: Option<Quantity>,
+}
+
+impl Original {
+    pub fn of(ray_container: &Value) -> Original {
+        let limits = pod::resource_list(ray_container, "limits");
+        let requests = pod::resource_list(ray_container, "requests");
+        Original {
+            flags: kuberay_flags(ray_container),
+            shm: limits
+                .get("memory")
+                .or_else(|| requests.get("memory"))
+                .copied(),
+        }
+    }
+}
+
 /// Correct Ray's view on the Ray container of `pod`; returns what was done, as warnings.
 pub fn align(
     pod: &mut Value,
     ray_idx: usize,
-    original_ray: &Value,
+    original: &Original,
     sized: &Sized,
     it: &InstanceType,
     kuberay: bool,
@@ -37,7 +60,7 @@ pub fn align(
     let mut warnings = Vec::new();
     let c = &pod["spec"]["containers"][ray_idx];
     let cmd = ray_command(c);
-    let derived = kuberay_flags(original_ray);
+    let derived = &original.flags;
 
     // What Ray should see.
     let mut desired: BTreeMap<String, f64> = BTreeMap::new();
@@ -146,7 +169,7 @@ pub fn align(
         }
     }
     if let Some(mem) = sized.ray.get("memory") {
-        warnings.extend(align_shm(pod, ray_idx, original_ray, *mem));
+        warnings.extend(align_shm(pod, ray_idx, original.shm, *mem));
     }
     warnings
 }
@@ -155,7 +178,7 @@ pub fn align(
 fn align_shm(
     pod: &mut Value,
     ray_idx: usize,
-    original_ray: &Value,
+    original: Option<Quantity>,
     mem: Quantity,
 ) -> Option<String> {
     let c = &pod["spec"]["containers"][ray_idx];
@@ -167,14 +190,6 @@ fn align_shm(
         .get("name")?
         .as_str()?
         .to_string();
-    let original = {
-        let limits = pod::resource_list(original_ray, "limits");
-        let requests = pod::resource_list(original_ray, "requests");
-        limits
-            .get("memory")
-            .or_else(|| requests.get("memory"))
-            .copied()
-    };
     let vol = pod["spec"]["volumes"]
         .as_array_mut()?
         .iter_mut()
@@ -313,7 +328,7 @@ mod tests {
 
     fn run(mut pod: Value, ty: &str) -> (Value, Vec<String>) {
         let it = Config::builtin().instance_types[ty].clone();
-        let original = pod["spec"]["containers"][0].clone();
+        let original = Original::of(&pod["spec"]["containers"][0]);
         let sized = size(&mut pod, 0, &it).unwrap();
         let w = align(&mut pod, 0, &original, &sized, &it, true);
         (pod, w)

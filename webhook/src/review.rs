@@ -39,9 +39,10 @@ pub struct Decision {
 
 #[derive(Debug)]
 pub enum Outcome {
-    /// Admitted; the patch is empty when nothing changed.
+    /// Admitted. `patch` is the RFC 6902 JSON (`[]` when nothing changed) of `ops` operations.
     Allowed {
-        patch: json_patch::Patch,
+        patch: Vec<u8>,
+        ops: usize,
         shaped: Shaped,
     },
     Denied(Denial),
@@ -52,12 +53,11 @@ impl Decision {
     pub fn response(&self) -> Value {
         let mut resp = json!({"uid": self.uid});
         match &self.outcome {
-            Outcome::Allowed { patch, shaped } => {
+            Outcome::Allowed { patch, ops, shaped } => {
                 resp["allowed"] = json!(true);
-                if !patch.0.is_empty() {
-                    let bytes = serde_json::to_vec(patch).expect("patches serialise");
+                if *ops > 0 {
                     resp["patchType"] = json!("JSONPatch");
-                    resp["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+                    resp["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(patch));
                 }
                 if !shaped.warnings.is_empty() {
                     resp["warnings"] = json!(shaped.warnings);
@@ -78,7 +78,7 @@ impl Decision {
     pub fn result_label(&self) -> &'static str {
         match &self.outcome {
             Outcome::Denied(_) => "denied",
-            Outcome::Allowed { patch, .. } if patch.0.is_empty() => "unchanged",
+            Outcome::Allowed { ops: 0, .. } => "unchanged",
             Outcome::Allowed { .. } => "shaped",
         }
     }
@@ -106,36 +106,38 @@ pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
         .get("uid")
         .and_then(Value::as_str)
         .ok_or(ReviewError::NoUid)?;
-    let text = |p: &str| {
-        req.pointer(p)
+    let text = |p: &[&str]| {
+        crate::pod::at(req, p)
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string()
     };
-    let operation = text("/operation");
+    let operation = text(&["operation"]);
     let object = req.get("object").filter(|o| o.is_object());
     let mut decision = Decision {
         uid: uid.to_string(),
         kind: req
-            .pointer("/kind/kind")
+            .get("kind")
+            .and_then(|k| k.get("kind"))
             .and_then(Value::as_str)
             .or_else(|| object.and_then(|o| o.get("kind")).and_then(Value::as_str))
             .unwrap_or("")
             .to_string(),
-        namespace: text("/namespace"),
+        namespace: text(&["namespace"]),
         name: object
-            .and_then(|o| o.pointer("/metadata/name"))
+            .and_then(|o| crate::pod::at(o, &["metadata", "name"]))
             .and_then(Value::as_str)
-            .map_or_else(|| text("/name"), str::to_string),
+            .map_or_else(|| text(&["name"]), str::to_string),
         generate_name: object
-            .and_then(|o| o.pointer("/metadata/generateName"))
+            .and_then(|o| crate::pod::at(o, &["metadata", "generateName"]))
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string(),
         dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
         operation,
         outcome: Outcome::Allowed {
-            patch: json_patch::Patch(Vec::new()),
+            patch: b"[]".to_vec(),
+            ops: 0,
             shaped: Shaped {
                 object: Value::Null,
                 warnings: Vec::new(),
@@ -143,7 +145,7 @@ pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
             },
         },
     };
-    let sub = text("/subResource");
+    let sub = text(&["subResource"]);
     if decision.operation != "CREATE" || !sub.is_empty() {
         return Ok(decision);
     }
@@ -151,10 +153,10 @@ pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
     // The object may lack its namespace on CREATE; the request always has it.
     let ns = Some(decision.namespace.as_str()).filter(|n| !n.is_empty());
     decision.outcome = match shape::shape(object, ns, cfg) {
-        Ok(shaped) => Outcome::Allowed {
-            patch: json_patch::diff(object, &shaped.object),
-            shaped,
-        },
+        Ok(shaped) => {
+            let (patch, ops) = crate::diff::diff_json(object, &shaped.object);
+            Outcome::Allowed { patch, ops, shaped }
+        }
         Err(d) => Outcome::Denied(d),
     };
     Ok(decision)

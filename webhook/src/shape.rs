@@ -66,7 +66,7 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
     let mut pod = input.clone();
     let mut warnings = Vec::new();
     let ray_name = pod::name(&pod::containers(&pod)[ray.ray_container]).to_string();
-    let original_ray = pod::containers(&pod)[ray.ray_container].clone();
+    let original_ray = rayview::Original::of(&pod::containers(&pod)[ray.ray_container]);
 
     // 1. Vocabulary: read, check, and write back the effective values.
     let type_key = s.key("instance-type");
@@ -117,7 +117,7 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
     // 2. The sidecar, before sizing so that its reservation is taken out of the shape.
     let inject = s.sidecar.enabled && !sidecar::opted_out(&pod, s);
     if inject {
-        sidecar::inject(&mut pod, ray.ray_container, s);
+        sidecar::inject(&mut pod, ray.ray_container, s, &cfg.sidecar);
     }
 
     // 3. Rules: profile, then the instance type's own, then the admin's (later rules win).
@@ -141,7 +141,7 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
         match apply_rule(&mut pod, rule, ctx) {
             Ok(()) => applied.push(rule.name.as_str()),
             Err(e) if rule.ignore_failure => {
-                warnings.push(format!("skipped rule {}: {e}", rule.name))
+                warnings.push(format!("skipped rule {}: {}", rule.name, e.reason))
             }
             Err(e) => {
                 return deny(format!(
@@ -206,10 +206,18 @@ fn container_index(pod: &Value, name: &str) -> Option<usize> {
 
 /// Apply every operation of a rule, or none.
 fn apply_rule(pod: &mut Value, rule: &Rule, ctx: Context) -> Result<(), patch::ApplyError> {
-    let before = pod.clone();
+    // Everything an operation can change lies under the first two segments of its paths
+    // (`/spec/tolerations`, `/metadata/annotations`); the first segment is saved too, so a
+    // parent that an `add` created is removed again.
+    let heads = rule
+        .ops
+        .iter()
+        .flat_map(|op| op.from().into_iter().chain([op.path()]))
+        .flat_map(|p| [p.head(1).to_vec(), p.head(2).to_vec()]);
+    let snapshot = patch::Snapshot::take(pod, heads);
     for op in &rule.ops {
         if let Err(e) = patch::apply(pod, op, ctx) {
-            *pod = before;
+            snapshot.restore(pod);
             return Err(e);
         }
     }
@@ -258,4 +266,83 @@ fn tidy(warnings: Vec<String>) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn cfg(patches: &str) -> Config {
+        Config::from_sources(&Sources {
+            patches: Some(patches.into()),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn ray_pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c"}},
+               "spec": {"containers": [{"name": "ray"}, {"name": "side"}]}})
+    }
+
+    #[test]
+    fn a_failing_rule_leaves_no_trace() {
+        let rules = "patches:\n- name: half\n  failurePolicy: Ignore\n  patch:\n  - {op: add, path: /metadata/annotations/a, value: x}\n  - {op: add, path: /spec/nodeSelector/k, value: v}\n  - {op: test, path: /spec/nodeSelector/k, value: w}\n";
+        let out = shape_pod(&ray_pod(), None, &cfg(rules)).unwrap();
+        assert!(
+            out.object["metadata"]["annotations"].get("a").is_none(),
+            "{:#}",
+            out.object
+        );
+        assert!(out.object["spec"].get("nodeSelector").is_none());
+        assert!(
+            out.warnings
+                .iter()
+                .any(|w| w.starts_with("skipped rule patches.yaml#0 (half): test failed")),
+            "{:?}",
+            out.warnings
+        );
+        let strict = rules.replace("  failurePolicy: Ignore\n", "");
+        let e = shape_pod(&ray_pod(), None, &cfg(&strict)).unwrap_err();
+        assert!(
+            e.message
+                .contains("rule patches.yaml#0 (half) failed: test /spec/nodeSelector/k"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_cannot_break_kuberay() {
+        let e = shape_pod(&ray_pod(), None, &cfg("patches:\n- patch: [{op: replace, path: /metadata/labels/ray.io~1cluster, value: other}]\n")).unwrap_err();
+        assert!(e.message.contains("ray.io/cluster"), "{e}");
+        let e = shape_pod(
+            &ray_pod(),
+            None,
+            &cfg("patches:\n- patch: [{op: remove, path: /spec/containers/0}]\n"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("ray, side became side"), "{e}");
+        let ok = shape_pod(&ray_pod(), None, &cfg("patches:\n- patch: [{op: add, path: /spec/containers/-, value: {name: extra, image: x}}]\n")).unwrap();
+        assert_eq!(ok.object["spec"]["containers"][2]["name"], "extra");
+    }
+
+    #[test]
+    fn vocabulary_is_checked() {
+        let mut p = ray_pod();
+        p["metadata"]["labels"]["rayshape.io/market-type"] = json!("CHEAP");
+        let e = shape_pod(&p, None, &Config::builtin()).unwrap_err();
+        assert!(
+            e.message.contains("accepted: ON_DEMAND, SPOT, PREFER_SPOT"),
+            "{e}"
+        );
+        let mut p = ray_pod();
+        p["metadata"]["labels"]["rayshape.io/zone"] = json!("-bad-");
+        assert!(
+            shape_pod(&p, None, &Config::builtin())
+                .unwrap_err()
+                .message
+                .contains("zone")
+        );
+    }
 }

@@ -20,12 +20,29 @@ pub fn opted_out(obj: &Value, s: &Settings) -> bool {
     pod::vocab(obj, &s.key("sidecar")) == Some("disabled")
 }
 
+/// The sidecar's container and token volume for one configuration, built once at load.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    container: Value,
+    token_volume: Value,
+}
+
+impl Template {
+    pub fn new(s: &Settings) -> Template {
+        Template {
+            container: container(s, ""),
+            token_volume: token_volume(s),
+        }
+    }
+}
+
 /// Inject (or refresh) the sidecar into `pod`, whose Ray container is `ray_idx`.
-pub fn inject(pod: &mut Value, ray_idx: usize, s: &Settings) {
+pub fn inject(pod: &mut Value, ray_idx: usize, s: &Settings, t: &Template) {
     let logs_volume = ensure_logs_volume(pod, ray_idx);
     let spec = pod::ensure_object(&mut pod["spec"]);
-    upsert_by_name(spec, "volumes", token_volume(s));
-    let container = container(s, &logs_volume);
+    upsert_by_name(spec, "volumes", t.token_volume.clone());
+    let mut container = t.container.clone();
+    container["volumeMounts"][0]["name"] = Value::String(logs_volume);
     let (list, other) = if s.sidecar.native {
         ("initContainers", "containers")
     } else {
@@ -57,8 +74,7 @@ fn ensure_logs_volume(pod: &mut Value, ray_idx: usize) -> String {
     if let Some(name) = existing {
         return name.to_string();
     }
-    let taken: Vec<String> = pod
-        .pointer("/spec/volumes")
+    let taken: Vec<String> = pod::at(pod, &["spec", "volumes"])
         .and_then(Value::as_array)
         .map(|a| a.iter().map(|v| pod::name(v).to_string()).collect())
         .unwrap_or_default();
@@ -173,9 +189,9 @@ mod tests {
         let mut p = json!({"spec": {"containers": [{"name": "ray", "volumeMounts": [{"name": "log-volume", "mountPath": "/tmp/ray"}]}],
             "volumes": [{"name": "log-volume", "emptyDir": {}}]}});
         let s = Settings::default();
-        inject(&mut p, 0, &s);
+        inject(&mut p, 0, &s, &Template::new(&s));
         let once = p.clone();
-        inject(&mut p, 0, &s);
+        inject(&mut p, 0, &s, &Template::new(&s));
         assert_eq!(p, once);
         let sc = &p["spec"]["initContainers"][0];
         assert_eq!(sc["restartPolicy"], "Always");
@@ -192,7 +208,7 @@ mod tests {
         let mut p = json!({"spec": {"containers": [{"name": "ray"}, {"name": "other"}], "volumes": [{"name": "rayshape-ray-logs", "secret": {}}]}});
         let mut s = Settings::default();
         s.sidecar.native = false;
-        inject(&mut p, 0, &s);
+        inject(&mut p, 0, &s, &Template::new(&s));
         assert_eq!(
             p["spec"]["containers"][0]["volumeMounts"][0],
             json!({"name": "rayshape-ray-logs-2", "mountPath": "/tmp/ray"})

@@ -41,6 +41,8 @@ pub struct Config {
     pub admin_rules: Vec<Rule>,
     /// Short hash of the sources, recorded on every shaped pod.
     pub fingerprint: String,
+    /// The sidecar as injected under these settings.
+    pub sidecar: crate::sidecar::Template,
     /// Things worth knowing that did not stop the configuration from loading.
     pub warnings: Vec<Problem>,
 }
@@ -98,6 +100,7 @@ impl Config {
             .collect();
         Ok(Config {
             fingerprint: fingerprint(src),
+            sidecar: crate::sidecar::Template::new(&settings),
             settings,
             instance_types,
             profile_rules,
