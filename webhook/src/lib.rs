@@ -12,6 +12,7 @@ pub mod patch;
 pub mod pod;
 pub mod profile;
 pub mod quantity;
+pub mod raycluster;
 pub mod rayview;
 pub mod review;
 pub mod selector;

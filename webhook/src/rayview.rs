@@ -164,7 +164,12 @@ pub fn align(
             msg.push_str(&format!(" (flags said {})", was.join(", ")));
         }
         warnings.push(msg);
-        if kuberay {
+        // The autoscaler plans CPU, GPU and memory from the RayCluster: a correction of those
+        // means the group template was not sized.
+        let planned = ["CPU", "GPU", "memory"]
+            .iter()
+            .any(|k| corrections.contains_key(*k));
+        if kuberay && planned {
             warnings.push("KubeRay pod: put the instance-type label on the group template so the autoscaler plans this shape".into());
         }
     }

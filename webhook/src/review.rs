@@ -84,8 +84,10 @@ impl Decision {
     }
 }
 
-/// Decide a review. Only CREATE is shaped: an admitted pod's spec is immutable, and KubeRay
-/// updates live pods (labels, annotations), which must go through untouched.
+/// Decide a review. Pods are shaped on CREATE only: an admitted pod's spec is immutable, and
+/// KubeRay updates live pods (labels, annotations), which must go through untouched. KubeRay's
+/// own objects are shaped on CREATE and UPDATE (sizing is idempotent, so the autoscaler's
+/// `replicas` updates pass unchanged).
 pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
     let api = review
         .get("apiVersion")
@@ -146,7 +148,12 @@ pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
         },
     };
     let sub = text(&["subResource"]);
-    if decision.operation != "CREATE" || !sub.is_empty() {
+    let ray_crd = matches!(
+        decision.kind.as_str(),
+        "RayCluster" | "RayJob" | "RayService"
+    );
+    let shaped_op = decision.operation == "CREATE" || (ray_crd && decision.operation == "UPDATE");
+    if !shaped_op || !sub.is_empty() {
         return Ok(decision);
     }
     let object = object.ok_or_else(|| ReviewError::NoObject(decision.operation.clone()))?;

@@ -51,6 +51,9 @@ impl Shaped {
 pub fn shape(obj: &Value, namespace: Option<&str>, cfg: &Config) -> Result<Shaped, Denial> {
     match obj.get("kind").and_then(Value::as_str) {
         Some("Pod") => shape_pod(obj, namespace, cfg),
+        Some("RayCluster" | "RayJob" | "RayService") if is_ray_api(obj) => {
+            crate::raycluster::shape(obj, cfg)
+        }
         _ => Ok(Shaped::untouched(obj, "not a Pod")),
     }
 }
@@ -198,6 +201,13 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
     })
 }
 
+/// KubeRay's API group (`ray.io/v1`, and older versions).
+fn is_ray_api(obj: &Value) -> bool {
+    obj.get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.starts_with("ray.io/"))
+}
+
 fn container_index(pod: &Value, name: &str) -> Option<usize> {
     pod::containers(pod)
         .iter()
@@ -325,6 +335,50 @@ mod tests {
         assert!(e.message.contains("ray, side became side"), "{e}");
         let ok = shape_pod(&ray_pod(), None, &cfg("patches:\n- patch: [{op: add, path: /spec/containers/-, value: {name: extra, image: x}}]\n")).unwrap();
         assert_eq!(ok.object["spec"]["containers"][2]["name"], "extra");
+    }
+
+    /// A pod built by KubeRay from a template rayshape sized needs no correction of Ray's view.
+    #[test]
+    fn pods_of_a_sized_template_agree_with_ray() {
+        let cfg = Config::builtin();
+        let cluster = json!({"apiVersion": "ray.io/v1", "kind": "RayCluster", "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h"}]}}},
+            "workerGroupSpecs": [{"groupName": "g", "template": {"metadata": {"labels": {"rayshape.io/instance-type": "8CPU-32GB-1xT4"}},
+                "spec": {"containers": [{"name": "ray-worker", "image": "ray"}]}}}]}});
+        let sized = shape(&cluster, None, &cfg).unwrap().object;
+        let template = &sized["spec"]["workerGroupSpecs"][0]["template"];
+        let mut ray = template["spec"]["containers"][0].clone();
+        // What KubeRay's BuildPod derives from the template.
+        let f = sizing::kuberay_flags(&ray);
+        ray["args"] = json!([format!(
+            "ulimit -n 65536; ray start  --address=h:6379  --block  --memory={}  --num-cpus={}  --num-gpus={} ",
+            f["memory"], f["CPU"], f["GPU"]
+        )]);
+        ray["volumeMounts"] = json!([{"name": "shared-mem", "mountPath": "/dev/shm"}]);
+        let limit = ray["resources"]["limits"]["memory"].clone();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c", "rayshape.io/instance-type": "8CPU-32GB-1xT4"}},
+            "spec": {"containers": [ray], "volumes": [{"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": limit}}]}});
+        let out = shape_pod(&pod, None, &cfg).unwrap();
+        let c = &out.object["spec"]["containers"][0];
+        assert_eq!(
+            c["resources"], pod["spec"]["containers"][0]["resources"],
+            "same shape as the template"
+        );
+        let ov = pod::env_value(c, rayview::OVERRIDE_ENV).unwrap_or("{}");
+        assert_eq!(
+            ov, r#"{"accelerator_type:T4":1}"#,
+            "only the accelerator, which Ray may not detect by name"
+        );
+        assert!(
+            !out.warnings.iter().any(|w| w.contains("group template")),
+            "{:?}",
+            out.warnings
+        );
+        assert!(
+            !out.warnings.iter().any(|w| w.contains("/dev/shm")),
+            "{:?}",
+            out.warnings
+        );
     }
 
     #[test]

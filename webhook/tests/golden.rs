@@ -1,4 +1,4 @@
-//! Golden tests: every fixture under `tests/fixtures/{kuberay,pods}` shaped with every
+//! Golden tests: every fixture under `tests/fixtures/{kuberay,pods,crds}` shaped with every
 //! configuration (the built-in one and each of `tests/fixtures/configs/*` that loads),
 //! compared with the reviewed decision, warnings and patch in `tests/golden/`.
 //!
@@ -20,7 +20,11 @@ fn repo() -> PathBuf {
 
 fn fixtures() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for dir in ["tests/fixtures/kuberay", "tests/fixtures/pods"] {
+    for dir in [
+        "tests/fixtures/kuberay",
+        "tests/fixtures/pods",
+        "tests/fixtures/crds",
+    ] {
         for e in std::fs::read_dir(repo().join(dir)).unwrap() {
             let p = e.unwrap().path();
             if matches!(
@@ -62,7 +66,7 @@ fn as_review(doc: &Value) -> Value {
     }
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
            "request": {"uid": "golden", "operation": "CREATE", "namespace": doc.pointer("/metadata/namespace").cloned().unwrap_or(json!("default")),
-                       "kind": {"group": "", "version": "v1", "kind": "Pod"}, "object": doc}})
+                       "kind": {"group": "", "version": "v1", "kind": doc["kind"]}, "object": doc}})
 }
 
 #[test]
