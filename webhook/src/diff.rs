@@ -84,8 +84,33 @@ pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
     (sink.0, sink.1)
 }
 
+/// Equality that walks both maps in step while their keys agree, as they do when `right` is
+/// an edited copy of `left`, and only then falls back to hashed lookups.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            if x.len() != y.len() {
+                return false;
+            }
+            for ((kx, vx), (ky, vy)) in x.iter().zip(y.iter()) {
+                if kx != ky {
+                    return x == y;
+                }
+                if !same(vx, vy) {
+                    return false;
+                }
+            }
+            true
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        _ => a == b,
+    }
+}
+
 fn walk<'a>(left: &'a Value, right: &'a Value, path: &mut Vec<Seg<'a>>, sink: &mut impl Sink) {
-    if left == right {
+    if same(left, right) {
         return;
     }
     match (left, right) {

@@ -10,7 +10,7 @@
 use crate::config::instance_types::{InstanceType, is_gpu_resource};
 use crate::pod;
 use crate::quantity::Quantity;
-use crate::sizing::{Sized, kuberay_flags};
+use crate::sizing::{Sized, kuberay_flags_of};
 use serde_json::{Map, Number, Value};
 use std::collections::BTreeMap;
 
@@ -39,7 +39,7 @@ impl Original {
         let limits = pod::resource_list(ray_container, "limits");
         let requests = pod::resource_list(ray_container, "requests");
         Original {
-            flags: kuberay_flags(ray_container),
+            flags: kuberay_flags_of(&limits, &requests),
             shm: limits
                 .get("memory")
                 .or_else(|| requests.get("memory"))

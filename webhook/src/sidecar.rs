@@ -74,13 +74,13 @@ fn ensure_logs_volume(pod: &mut Value, ray_idx: usize) -> String {
     if let Some(name) = existing {
         return name.to_string();
     }
-    let taken: Vec<String> = pod::at(pod, &["spec", "volumes"])
+    let volumes = pod::at(pod, &["spec", "volumes"])
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|v| pod::name(v).to_string()).collect())
-        .unwrap_or_default();
+        .map_or(&[][..], Vec::as_slice);
+    let taken = |n: &str| volumes.iter().any(|v| pod::name(v) == n);
     let name = std::iter::once(LOGS_VOLUME.to_string())
         .chain((2..).map(|i| format!("{LOGS_VOLUME}-{i}")))
-        .find(|n| !taken.contains(n))
+        .find(|n| !taken(n))
         .expect("an unused name exists");
     let spec = pod::ensure_object(&mut pod["spec"]);
     push(spec, "volumes", json!({"name": name, "emptyDir": {}}));

@@ -154,8 +154,17 @@ fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
 /// (`generateRayStartCommand`): what `--num-cpus`, `--memory` and `--num-gpus` say when the
 /// user did not set them.
 pub fn kuberay_flags(c: &Value) -> BTreeMap<&'static str, i128> {
-    let limits = pod::resource_list(c, "limits");
-    let requests = pod::resource_list(c, "requests");
+    kuberay_flags_of(
+        &pod::resource_list(c, "limits"),
+        &pod::resource_list(c, "requests"),
+    )
+}
+
+/// [`kuberay_flags`] from a container's parsed limits and requests.
+pub fn kuberay_flags_of(
+    limits: &BTreeMap<String, Quantity>,
+    requests: &BTreeMap<String, Quantity>,
+) -> BTreeMap<&'static str, i128> {
     let mut out = BTreeMap::new();
     if let Some(cpu) = limits.get("cpu").or_else(|| requests.get("cpu")) {
         out.insert("CPU", cpu.ceil_units());
