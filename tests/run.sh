@@ -20,10 +20,13 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
 }
 missing=()
+# Prometheus and promtool for the metrics tests (Debian bookworm: 2.42).
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
-if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+if [ ${#missing[@]} -gt 0 ]; then apt_install $(printf '%s\n' "${missing[@]}" | sort -u); fi
 if ! command -v cargo >/dev/null; then
   echo "error: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
   exit 2
@@ -49,7 +52,8 @@ log "cargo test"
 corpus="$WORK/corpus.jsonl"
 rm -f "$corpus"
 set +e
-RAYSHAPE_CORPUS="$corpus" cargo test --workspace --locked 2>&1 | tee "$WORK/cargo-test.log"
+# RAYSHAPE_REQUIRE_TOOLS: a test that needs promtool or prometheus fails instead of skipping.
+RAYSHAPE_REQUIRE_TOOLS=1 RAYSHAPE_CORPUS="$corpus" cargo test --workspace --locked 2>&1 | tee "$WORK/cargo-test.log"
 rust_status=${PIPESTATUS[0]}
 set -e
 rust_passed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^passed;?$/) s+=$(i-1)} END {print s+0}' "$WORK/cargo-test.log")

@@ -16,6 +16,7 @@ pub mod raycluster;
 pub mod rayview;
 pub mod review;
 pub mod selector;
+pub mod serve;
 pub mod shape;
 pub mod sidecar;
 pub mod sizing;

@@ -5,6 +5,7 @@ use rayshape_webhook::config::Config;
 use rayshape_webhook::input::{self, Format};
 use rayshape_webhook::profile;
 use rayshape_webhook::review::{self, Decision, Outcome};
+use rayshape_webhook::serve;
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -45,6 +46,46 @@ enum Command {
         /// Syntax of printed objects; defaults to the input's. Patches and reviews are JSON.
         #[arg(long, value_enum)]
         format: Option<OutFormat>,
+    },
+    /// Serve admission reviews over HTTPS, and metrics over HTTP.
+    ///
+    /// Configuration and certificate files are re-read while running; a bad new version is
+    /// refused and the last good one stays in force. Logs are JSON lines on stderr
+    /// (RAYSHAPE_LOG sets the level: error, warn, info, debug).
+    Serve {
+        /// Directory with instance_types.yaml, patches.yaml and webhook.yaml (a mounted ConfigMap).
+        #[arg(long)]
+        config: PathBuf,
+        /// PEM certificate chain for the webhook Service.
+        #[arg(long)]
+        tls_cert: PathBuf,
+        /// PEM private key of that certificate.
+        #[arg(long)]
+        tls_key: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        metrics_listen: std::net::SocketAddr,
+        /// Seconds between checks of the configuration and certificate files.
+        #[arg(long, default_value_t = 1.0)]
+        reload_interval: f64,
+        /// Seconds after SIGTERM for requests in flight to finish.
+        #[arg(long, default_value_t = 25.0)]
+        shutdown_timeout: f64,
+        /// Seconds a connection may sit with no bytes moving.
+        #[arg(long, default_value_t = 120.0)]
+        idle_timeout: f64,
+        /// Seconds a client may take to send request headers, or a TLS handshake.
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout: f64,
+        /// Seconds a client may take to send a request body.
+        #[arg(long, default_value_t = 30.0)]
+        body_timeout: f64,
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Admission reviews decided at once; more wait.
+        #[arg(long, default_value_t = 64)]
+        max_in_flight: usize,
     },
     /// Check a configuration directory and report every problem at once.
     CheckConfig {
@@ -87,6 +128,56 @@ fn main() -> ExitCode {
             format,
         } => mutate(&file, config.as_deref(), output, format),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Serve {
+            config,
+            tls_cert,
+            tls_key,
+            listen,
+            metrics_listen,
+            reload_interval,
+            shutdown_timeout,
+            idle_timeout,
+            header_timeout,
+            body_timeout,
+            max_connections,
+            max_in_flight,
+        } => {
+            let secs = |name: &str, v: f64| {
+                if v.is_finite() && v > 0.0 && v < 86400.0 {
+                    Ok(std::time::Duration::from_secs_f64(v))
+                } else {
+                    Err(format!(
+                        "--{name} must be a number of seconds above 0, got {v}"
+                    ))
+                }
+            };
+            let opts = (|| {
+                Ok::<_, String>(serve::Options {
+                    config_dir: config,
+                    tls: serve::tls::Paths {
+                        cert: tls_cert,
+                        key: tls_key,
+                    },
+                    listen,
+                    metrics_listen,
+                    reload_interval: secs("reload-interval", reload_interval)?,
+                    header_timeout: secs("header-timeout", header_timeout)?,
+                    body_timeout: secs("body-timeout", body_timeout)?,
+                    handshake_timeout: secs("header-timeout", header_timeout)?,
+                    idle_timeout: secs("idle-timeout", idle_timeout)?,
+                    shutdown_timeout: secs("shutdown-timeout", shutdown_timeout)?,
+                    max_connections,
+                    max_in_flight,
+                })
+            })();
+            match opts {
+                Ok(o) => serve_main(o),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Profile { name, label_prefix } => match profile::render(&name, &label_prefix) {
             Some(text) => {
                 print!("{text}");
@@ -100,6 +191,36 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+fn serve_main(opts: serve::Options) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYSHAPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(serve::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            ExitCode::from(2)
+        }
     }
 }
 

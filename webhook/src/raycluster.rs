@@ -31,6 +31,7 @@ pub fn shape(obj: &Value, cfg: &Config) -> Result<Shaped, Denial> {
             object: out,
             warnings,
             skipped: Some("no cluster spec (a RayJob with clusterSelector)"),
+            failed_rules: Vec::new(),
         });
     };
     let autoscaler = spec.get("enableInTreeAutoscaling").and_then(Value::as_bool) == Some(true);
@@ -81,6 +82,7 @@ pub fn shape(obj: &Value, cfg: &Config) -> Result<Shaped, Denial> {
                     cfg.settings.key("instance-type"),
                     cfg.type_names()
                 ),
+                rule: None,
             });
         };
         if pod::containers(template).is_empty() {
@@ -120,6 +122,7 @@ pub fn shape(obj: &Value, cfg: &Config) -> Result<Shaped, Denial> {
         }
         let sized = sizing::size(&mut future, 0, it).map_err(|m| Denial {
             message: format!("group {group_label}: {m}"),
+            rule: None,
         })?;
         warnings.extend(sized.warnings);
         let new_resources = future["spec"]["containers"][0]["resources"].take();
@@ -145,6 +148,7 @@ pub fn shape(obj: &Value, cfg: &Config) -> Result<Shaped, Denial> {
         object: out,
         warnings,
         skipped,
+        failed_rules: Vec::new(),
     })
 }
 

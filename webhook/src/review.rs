@@ -144,6 +144,7 @@ pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
                 object: Value::Null,
                 warnings: Vec::new(),
                 skipped: Some("not a CREATE"),
+                failed_rules: Vec::new(),
             },
         },
     };

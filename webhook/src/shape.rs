@@ -18,11 +18,14 @@ pub const MARKET_TYPES: [&str; 3] = ["ON_DEMAND", "SPOT", "PREFER_SPOT"];
 #[error("{message}")]
 pub struct Denial {
     pub message: String,
+    /// The rule that failed, when a rule caused the denial.
+    pub rule: Option<String>,
 }
 
 fn deny<T>(message: impl Into<String>) -> Result<T, Denial> {
     Err(Denial {
         message: message.into(),
+        rule: None,
     })
 }
 
@@ -34,6 +37,8 @@ pub struct Shaped {
     pub warnings: Vec<String>,
     /// Why the object passed through untouched, when it did.
     pub skipped: Option<&'static str>,
+    /// Rules with `failurePolicy: Ignore` that failed on this object and were skipped.
+    pub failed_rules: Vec<String>,
 }
 
 impl Shaped {
@@ -42,6 +47,7 @@ impl Shaped {
             object: obj.clone(),
             warnings: Vec::new(),
             skipped: Some(why),
+            failed_rules: Vec::new(),
         }
     }
 }
@@ -125,6 +131,7 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
 
     // 3. Rules: profile, then the instance type's own, then the admin's (later rules win).
     let mut applied = Vec::new();
+    let mut failed_rules = Vec::new();
     let type_rule = instance_type.and_then(|t| cfg.type_rules.get(&t.name));
     for rule in cfg
         .profile_rules
@@ -144,13 +151,17 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
         match apply_rule(&mut pod, rule, ctx) {
             Ok(()) => applied.push(rule.name.as_str()),
             Err(e) if rule.ignore_failure => {
-                warnings.push(format!("skipped rule {}: {}", rule.name, e.reason))
+                warnings.push(format!("skipped rule {}: {}", rule.name, e.reason));
+                failed_rules.push(rule.name.clone());
             }
             Err(e) => {
-                return deny(format!(
-                    "rule {} failed: {e}; fix the rule, or give it failurePolicy: Ignore to skip it when it does not apply",
-                    rule.name
-                ));
+                return Err(Denial {
+                    message: format!(
+                        "rule {} failed: {e}; fix the rule, or give it failurePolicy: Ignore to skip it when it does not apply",
+                        rule.name
+                    ),
+                    rule: Some(rule.name.clone()),
+                });
             }
         }
     }
@@ -198,6 +209,7 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
         object: pod,
         warnings: tidy(warnings),
         skipped: None,
+        failed_rules,
     })
 }
 

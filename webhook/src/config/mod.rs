@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// The raw texts a configuration is made of; `None` means the file is absent.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sources {
     pub version: Option<String>,
     pub instance_types: Option<String>,
@@ -110,8 +110,16 @@ impl Config {
         })
     }
 
-    /// Read a config directory. Absent files take their defaults; unreadable ones are errors.
+    /// Read and build a config directory. Absent files take their defaults.
     pub fn load_dir(dir: &std::path::Path) -> Result<Config, ConfigError> {
+        Config::from_sources(&Sources::read_dir(dir)?)
+    }
+}
+
+impl Sources {
+    /// Read the files of a config directory; unreadable ones are errors. Reading goes through
+    /// the directory each time, so the kubelet's atomic `..data` symlink swap is seen whole.
+    pub fn read_dir(dir: &std::path::Path) -> Result<Sources, ConfigError> {
         let mut problems = Vec::new();
         let mut read = |name: &str| match std::fs::read_to_string(dir.join(name)) {
             Ok(text) => Some(text),
@@ -143,9 +151,11 @@ impl Config {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        Config::from_sources(&src)
+        Ok(src)
     }
+}
 
+impl Config {
     /// Names of the instance types, for messages.
     pub fn type_names(&self) -> String {
         self.instance_types

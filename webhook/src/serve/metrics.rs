@@ -1,0 +1,138 @@
+//! The webhook's Prometheus metrics, served in text format on their own plain-HTTP port.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Admissions by object kind, operation and result (shaped, unchanged, denied).
+    pub admissions: IntCounterVec,
+    /// Seconds spent deciding an admission, from the request body to the response body.
+    pub admission_seconds: HistogramVec,
+    /// HTTP responses by status code, including requests that never reached a decision.
+    pub responses: IntCounterVec,
+    pub in_flight: IntGauge,
+    /// Configuration reloads by result (success, failure).
+    pub config_reloads: IntCounterVec,
+    pub config_last_success: Gauge,
+    pub instance_types: IntGauge,
+    pub rules: IntGauge,
+    /// Rules that failed on a pod, by rule and by what happened (denied, skipped).
+    pub rule_failures: IntCounterVec,
+    /// Certificate reloads by result.
+    pub cert_reloads: IntCounterVec,
+    pub cert_expiry: Gauge,
+}
+
+const PREFIX: &str = "rayshape_webhook_";
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("{PREFIX}{name}"), help), labels)
+        .expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let admission_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                format!("{PREFIX}admission_duration_seconds"),
+                "Time to decide one admission review, from request body to response body.",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 1.0,
+            ]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(admission_seconds.clone()))
+            .expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = Gauge::new(format!("{PREFIX}{name}"), help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let int_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(format!("{PREFIX}{name}"), help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        Metrics {
+            admissions: counter(
+                &r,
+                "admission_requests_total",
+                "Admission reviews answered, by object kind, operation and result.",
+                &["kind", "operation", "result"],
+            ),
+            responses: counter(
+                &r,
+                "http_responses_total",
+                "HTTP responses on the webhook port, by status code.",
+                &["code"],
+            ),
+            config_reloads: counter(
+                &r,
+                "config_reloads_total",
+                "Configuration loads, by result; a failed one leaves the last good configuration in force.",
+                &["result"],
+            ),
+            rule_failures: counter(
+                &r,
+                "rule_failures_total",
+                "Patch rules that failed on an object, by rule and outcome (denied or skipped).",
+                &["rule", "outcome"],
+            ),
+            cert_reloads: counter(
+                &r,
+                "certificate_reloads_total",
+                "Serving certificate loads, by result; a failed one leaves the last good certificate in force.",
+                &["result"],
+            ),
+            in_flight: int_gauge(
+                "in_flight_requests",
+                "Requests being handled on the webhook port.",
+            ),
+            config_last_success: gauge(
+                "config_last_reload_success_timestamp_seconds",
+                "When the configuration in force was loaded.",
+            ),
+            instance_types: int_gauge(
+                "instance_types",
+                "Instance types in the configuration in force.",
+            ),
+            rules: int_gauge(
+                "rules",
+                "Patch rules in the configuration in force (profile, per instance type and admin).",
+            ),
+            cert_expiry: gauge(
+                "certificate_expiry_timestamp_seconds",
+                "notAfter of the serving certificate in force.",
+            ),
+            admission_seconds,
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The content type of the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
