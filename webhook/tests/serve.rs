@@ -406,6 +406,28 @@ async fn every_fixture_gets_the_preview_answer_over_h1_and_h2() {
             assert_eq!(got, want, "{name}");
         }
     }
+    // One JSON log line per admission, with what an operator needs and no pod contents.
+    let log = server.log_text();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let line = lines
+        .iter()
+        .find(|l| l["message"] == "admission" && l["uid"] == "uid-gpu-worker-typed")
+        .unwrap_or_else(|| panic!("no admission line for uid-gpu-worker-typed:\n{log}"));
+    assert_eq!(line["kind"], "Pod");
+    assert_eq!(line["namespace"], "default");
+    assert_eq!(
+        line["generate_name"],
+        "raycluster-kuberay-gpu-group-worker-"
+    );
+    assert_eq!(line["decision"], "shaped");
+    assert!(line["duration_us"].is_u64());
+    assert!(
+        !log.contains("rayproject/ray"),
+        "pod contents leaked into the log"
+    );
     // dryRun is answered the same way: the webhook has no side effects.
     let (_, mut review) = all
         .iter()
@@ -415,6 +437,44 @@ async fn every_fixture_gets_the_preview_answer_over_h1_and_h2() {
     let wet = h2.post(review.to_string()).await.unwrap().1;
     review["request"]["dryRun"] = json!(true);
     assert_eq!(h2.post(review.to_string()).await.unwrap().1, wet);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_only() {
+    let (root, certs, config, p) = setup("versions");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(p.ca_der.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+    }
+    // A TLS 1.0 ClientHello gets no session.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    let hello: &[u8] = &[
+        0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x01, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x02,
+        0x00, 0x2f, 0x01, 0x00,
+    ];
+    raw.write_all(hello).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    assert!(
+        buf.is_empty() || buf[0] == 0x15,
+        "expected an alert or a closed connection, got {buf:?}"
+    );
     let _ = std::fs::remove_dir_all(root);
 }
 
