@@ -1,0 +1,398 @@
+//! The sidecar's configuration: a YAML file (`--config`), overridden by the environment
+//! variables the webhook injects (`RAYSHAPE_*`), with defaults for everything but the sink.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Everything the shipper needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Ray's temp directory: sessions are `<root>/session_*/logs`.
+    pub root: PathBuf,
+    /// Where the checkpoint lives; on the shared volume so it survives a sidecar restart.
+    pub checkpoint: PathBuf,
+    pub sink: Sink,
+    pub pod: Pod,
+    /// Flush when this many new bytes (uncompressed) are waiting...
+    pub flush_bytes: u64,
+    /// ...or when the oldest waiting byte is this old.
+    pub flush_age: Duration,
+    /// How often the log directories are scanned for new files and new bytes.
+    pub scan_interval: Duration,
+    /// Backoff between upload attempts: from `retry_initial`, doubling, up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// After SIGTERM, how long the final flush may take.
+    pub shutdown_deadline: Duration,
+    pub metrics_listen: SocketAddr,
+    /// zstd level, 1 (fastest) to 19.
+    pub zstd_level: i32,
+}
+
+/// An object store location and its options.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sink {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`, `file:///dir`.
+    pub url: String,
+    /// Backend options, in `object_store`'s names (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, `azure_storage_account_name`, ...).
+    pub options: BTreeMap<String, String>,
+}
+
+/// The pod whose logs these are; it names the objects.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The Ray cluster (`ray.io/cluster`), or `none` for pods outside KubeRay.
+    pub cluster: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Yaml { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The file's syntax; every field optional.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct File {
+    root: Option<PathBuf>,
+    checkpoint: Option<PathBuf>,
+    sink: Option<FileSink>,
+    pod: Option<FilePod>,
+    flush: Option<FileFlush>,
+    scan_interval: Option<String>,
+    retry: Option<FileRetry>,
+    shutdown_deadline: Option<String>,
+    metrics_listen: Option<String>,
+    zstd_level: Option<i32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSink {
+    url: Option<String>,
+    #[serde(default)]
+    options: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePod {
+    namespace: Option<String>,
+    name: Option<String>,
+    uid: Option<String>,
+    cluster: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileFlush {
+    max_bytes: Option<String>,
+    max_age: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileRetry {
+    initial: Option<String>,
+    max: Option<String>,
+}
+
+/// `250ms`, `30s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.trim().parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// `4Mi`, `512Ki`, `1G`, or plain bytes.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let i = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(i);
+    let n: u64 = num.trim().parse().ok()?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|b| *b > 0)
+}
+
+impl Config {
+    /// Load the file (if any), then apply `env` (name → value) on top.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file: File = match path {
+            None => File::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+                serde_saphyr::from_str::<Option<File>>(&text)
+                    .map_err(|e| ConfigError::Yaml {
+                        path: p.display().to_string(),
+                        message: e
+                            .to_string()
+                            .lines()
+                            .next()
+                            .unwrap_or("invalid YAML")
+                            .to_string(),
+                    })?
+                    .unwrap_or_default()
+            }
+        };
+        let mut problems = Vec::new();
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        let duration = |problems: &mut Vec<String>,
+                        what: &str,
+                        v: Option<String>,
+                        default: Duration| match v {
+            None => default,
+            Some(s) => parse_duration(&s).unwrap_or_else(|| {
+                problems.push(format!(
+                    "{what}: {s:?} is not a duration; expected e.g. 500ms, 30s, 5m"
+                ));
+                default
+            }),
+        };
+        let root = var("RAYSHAPE_LOG_ROOT")
+            .map(PathBuf::from)
+            .or(file.root)
+            .unwrap_or_else(|| PathBuf::from("/tmp/ray"));
+        let checkpoint = var("RAYSHAPE_CHECKPOINT")
+            .map(PathBuf::from)
+            .or(file.checkpoint)
+            .unwrap_or_else(|| root.join("rayshape").join("checkpoint.json"));
+        let fsink = file.sink.unwrap_or_default();
+        let url = var("RAYSHAPE_SINK_URL").or(fsink.url);
+        let mut options = fsink.options;
+        // RAYSHAPE_SINK_OPTIONS: comma-separated key=value pairs, on top of the file's.
+        if let Some(extra) = var("RAYSHAPE_SINK_OPTIONS") {
+            for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
+                match pair.split_once('=') {
+                    Some((k, v)) => {
+                        options.insert(k.trim().to_string(), v.trim().to_string());
+                    }
+                    None => {
+                        problems.push(format!("RAYSHAPE_SINK_OPTIONS: {pair:?} is not key=value"))
+                    }
+                }
+            }
+        }
+        let url = match url {
+            Some(u) => u,
+            None => {
+                problems.push("no sink: set sink.url in the config file or RAYSHAPE_SINK_URL (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///dir)".into());
+                String::new()
+            }
+        };
+        let fpod = file.pod.unwrap_or_default();
+        let pod = Pod {
+            namespace: var("RAYSHAPE_POD_NAMESPACE")
+                .or(fpod.namespace)
+                .unwrap_or_else(|| "default".into()),
+            name: var("RAYSHAPE_POD_NAME").or(fpod.name).unwrap_or_default(),
+            uid: var("RAYSHAPE_POD_UID").or(fpod.uid).unwrap_or_default(),
+            cluster: var("RAYSHAPE_RAY_CLUSTER")
+                .or(fpod.cluster)
+                .unwrap_or_else(|| "none".into()),
+        };
+        if pod.name.is_empty() || pod.uid.is_empty() {
+            problems.push("the pod's name and UID are needed to name its objects: set RAYSHAPE_POD_NAME and RAYSHAPE_POD_UID (the webhook injects them from the downward API) or pod.name and pod.uid".into());
+        }
+        for (what, v) in [
+            ("pod.namespace", &pod.namespace),
+            ("pod.name", &pod.name),
+            ("pod.uid", &pod.uid),
+            ("pod.cluster", &pod.cluster),
+        ] {
+            if v.contains('/') || v.starts_with('.') {
+                problems.push(format!(
+                    "{what}: {v:?} cannot be part of an object key (no `/`, no leading `.`)"
+                ));
+            }
+        }
+        let flush = file.flush.unwrap_or_default();
+        let flush_bytes = match var("RAYSHAPE_FLUSH_BYTES").or(flush.max_bytes) {
+            None => 4 << 20,
+            Some(s) => parse_bytes(&s).unwrap_or_else(|| {
+                problems.push(format!(
+                    "flush.maxBytes: {s:?} is not a size; expected e.g. 4Mi, 512Ki"
+                ));
+                4 << 20
+            }),
+        };
+        let flush_age = duration(
+            &mut problems,
+            "flush.maxAge",
+            var("RAYSHAPE_FLUSH_AGE").or(flush.max_age),
+            Duration::from_secs(30),
+        );
+        let scan_interval = duration(
+            &mut problems,
+            "scanInterval",
+            var("RAYSHAPE_SCAN_INTERVAL").or(file.scan_interval),
+            Duration::from_secs(1),
+        );
+        let retry = file.retry.unwrap_or_default();
+        let retry_initial = duration(
+            &mut problems,
+            "retry.initial",
+            retry.initial,
+            Duration::from_millis(200),
+        );
+        let retry_max = duration(
+            &mut problems,
+            "retry.max",
+            retry.max,
+            Duration::from_secs(30),
+        );
+        let shutdown_deadline = duration(
+            &mut problems,
+            "shutdownDeadline",
+            var("RAYSHAPE_SHUTDOWN_DEADLINE").or(file.shutdown_deadline),
+            Duration::from_secs(20),
+        );
+        let listen = var("RAYSHAPE_METRICS_LISTEN")
+            .or(file.metrics_listen)
+            .unwrap_or_else(|| "0.0.0.0:9108".into());
+        let metrics_listen = listen.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "metricsListen: {listen:?} is not an address like 0.0.0.0:9108"
+            ));
+            "0.0.0.0:9108".parse().expect("valid")
+        });
+        let zstd_level = file.zstd_level.unwrap_or(3);
+        if !(1..=19).contains(&zstd_level) {
+            problems.push(format!("zstdLevel: {zstd_level} is outside 1..=19"));
+        }
+        if flush_bytes > 64 << 20 {
+            problems.push(format!("flush.maxBytes: {flush_bytes} is over 64Mi; a segment is held in memory while it uploads"));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems.join("\n")));
+        }
+        Ok(Config {
+            root,
+            checkpoint,
+            sink: Sink { url, options },
+            pod,
+            flush_bytes,
+            flush_age,
+            scan_interval,
+            retry_initial,
+            retry_max,
+            shutdown_deadline,
+            metrics_listen,
+            zstd_level,
+        })
+    }
+
+    /// The key prefix of this pod's objects, below the sink's own prefix.
+    pub fn pod_prefix(&self) -> String {
+        format!(
+            "{}/{}/{}-{}",
+            self.pod.namespace, self.pod.cluster, self.pod.name, self.pod.uid
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn env_over_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("rs-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.yaml");
+        std::fs::write(&f, "sink:\n  url: s3://b/p\n  options: {aws_region: eu-west-1}\nflush: {maxBytes: 1Mi, maxAge: 5s}\npod: {name: from-file, uid: u1}\n").unwrap();
+        let c = Config::load(
+            Some(&f),
+            &env(&[
+                ("RAYSHAPE_POD_NAME", "w-1"),
+                (
+                    "RAYSHAPE_SINK_OPTIONS",
+                    "aws_endpoint=http://127.0.0.1:9000, aws_allow_http=true",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.pod.name, "w-1");
+        assert_eq!(c.pod.cluster, "none");
+        assert_eq!(c.flush_bytes, 1 << 20);
+        assert_eq!(c.flush_age, Duration::from_secs(5));
+        assert_eq!(c.sink.options.len(), 3);
+        assert_eq!(
+            c.checkpoint,
+            PathBuf::from("/tmp/ray/rayshape/checkpoint.json")
+        );
+        assert_eq!(c.pod_prefix(), "default/none/w-1-u1");
+    }
+
+    #[test]
+    fn every_problem_at_once() {
+        let e = Config::load(
+            None,
+            &env(&[("RAYSHAPE_FLUSH_AGE", "soon"), ("RAYSHAPE_POD_NAME", "a/b")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no sink"), "{e}");
+        assert!(e.contains("RAYSHAPE_POD_UID"), "{e}");
+        assert!(e.contains("flush.maxAge: \"soon\""), "{e}");
+        assert!(e.contains("pod.name: \"a/b\""), "{e}");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_bytes("512Ki"), Some(512 * 1024));
+        assert_eq!(parse_bytes("x"), None);
+    }
+}

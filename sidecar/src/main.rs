@@ -1,0 +1,270 @@
+//! `rayshape-sidecar`: `run` ships Ray's logs; `logs` reads them back from the store.
+
+use clap::{Parser, Subcommand};
+use object_store::{ObjectStoreExt, PutPayload};
+use rayshape_sidecar::config::{Config, Sink as SinkConfig};
+use rayshape_sidecar::logs;
+use rayshape_sidecar::metrics::Metrics;
+use rayshape_sidecar::shipper::Shipper;
+use rayshape_sidecar::sink::{self, Sink};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "rayshape-sidecar",
+    version,
+    about = "Ships Ray's log files to object storage, exactly once, and serves Prometheus metrics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ship the Ray node's logs until SIGTERM, then flush and exit.
+    ///
+    /// Configuration: the file (--config), then RAYSHAPE_* environment variables. Exit
+    /// status: 0 after a complete final flush, 1 if the shutdown deadline left data unshipped,
+    /// 2 if the configuration or the sink is wrong.
+    Run {
+        #[arg(long, env = "RAYSHAPE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Read shipped logs back from a store, also for pods that no longer exist.
+    Logs {
+        #[command(subcommand)]
+        command: LogsCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct SinkArgs {
+    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///dir.
+    #[arg(long, env = "RAYSHAPE_SINK_URL")]
+    sink: String,
+    /// A backend option, KEY=VALUE (aws_endpoint, aws_region, aws_allow_http, ...); repeatable.
+    #[arg(short = 'o', long = "option", value_parser = parse_kv)]
+    options: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[derive(Subcommand)]
+enum LogsCommand {
+    /// List pods and sessions in the store, with their segment counts.
+    List {
+        #[command(flatten)]
+        sink: SinkArgs,
+        /// Only pods under this prefix: NAMESPACE[/CLUSTER[/POD-UID]].
+        #[arg(long)]
+        pod: Option<String>,
+    },
+    /// Reassemble a pod's log files into a directory, as OUT/SESSION/NAME~ID.
+    Get {
+        #[command(flatten)]
+        sink: SinkArgs,
+        /// The pod, as `logs list` prints it: NAMESPACE/CLUSTER/POD-UID.
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        session: Option<String>,
+        /// Only files of this name (as first seen, like raylet.out) or stream (raylet.out~3).
+        #[arg(long)]
+        file: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYSHAPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Run { config } => runtime.block_on(run(config)),
+        Command::Logs { command } => runtime.block_on(logs_command(command)),
+    }
+}
+
+fn open_sink(args: &SinkArgs) -> Result<Sink, ExitCode> {
+    Sink::open(&SinkConfig {
+        url: args.sink.clone(),
+        options: args.options.iter().cloned().collect(),
+    })
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn logs_command(cmd: LogsCommand) -> ExitCode {
+    let result = match &cmd {
+        LogsCommand::List { sink, pod } => match open_sink(sink) {
+            Ok(s) => logs::list(&s, pod.as_deref())
+                .await
+                .map(|text| print!("{text}")),
+            Err(code) => return code,
+        },
+        LogsCommand::Get {
+            sink,
+            pod,
+            session,
+            file,
+            out,
+        } => match open_sink(sink) {
+            Ok(s) => logs::get(&s, pod, session.as_deref(), file.as_deref(), out)
+                .await
+                .map(|written| {
+                    for (f, size) in &written {
+                        println!("{}\t{size}", out.join(f).display());
+                    }
+                    if written.is_empty() {
+                        eprintln!("note: nothing matched");
+                    }
+                }),
+            Err(code) => return code,
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match Config::load(config.as_deref(), &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration refused");
+            return ExitCode::from(2);
+        }
+    };
+    let sink = match Sink::open(&cfg.sink) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "sink refused");
+            return ExitCode::from(2);
+        }
+    };
+    // Prove we may write before we rely on it: wrong credentials or a missing bucket are a
+    // configuration error, not an outage to wait out.
+    let probe = sink.path(&format!("{}/.rayshape-probe", cfg.pod_prefix()));
+    match sink.store.put(&probe, PutPayload::from_static(b"")).await {
+        Ok(_) => {}
+        Err(e) if sink::is_config_error(&e) => {
+            tracing::error!(sink = %sink.url, error = %e, "the store refuses writes: check the sink URL, bucket and credentials");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            tracing::warn!(sink = %sink.url, error = %e, "the store is not reachable yet; shipping will retry")
+        }
+    }
+    let metrics = Arc::new(Metrics::new());
+    let listener = match tokio::net::TcpListener::bind(cfg.metrics_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %cfg.metrics_listen, error = %e, "cannot listen for metrics");
+            return ExitCode::from(2);
+        }
+    };
+    tokio::spawn(serve_metrics(listener, metrics.clone()));
+    let shipper = match Shipper::new(cfg.clone(), sink, metrics) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(root = %cfg.root.display(), sink = %cfg.sink.url, prefix = %cfg.pod_prefix(), "shipping");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stop requested");
+        let _ = stop_tx.send(true);
+    });
+    match shipper.run(stop_rx).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ rayshape_sidecar::shipper::ShipError::Deadline(_)) => {
+            tracing::error!(error = %e, "stopped before everything was shipped");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "stopped");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            hyper::Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(
+                                    metrics.render(),
+                                )))
+                        } else {
+                            hyper::Response::builder()
+                                .status(404)
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                    b"GET /metrics\n",
+                                )))
+                        };
+                        Ok::<_, std::convert::Infallible>(
+                            resp.expect("static response parts are valid"),
+                        )
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        });
+    }
+}

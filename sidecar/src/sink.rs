@@ -1,0 +1,233 @@
+//! The object store segments go to: S3 and S3-compatible stores, GCS, Azure Blob, or a local
+//! directory, chosen by URL, with credentials from each cloud's standard chain (environment,
+//! web identity / IRSA, workload identity) and options in `object_store`'s names.
+
+use crate::config::Sink as SinkConfig;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error(
+        "sink URL {0:?} is not one of s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix], file:///dir"
+    )]
+    Url(String),
+    #[error("sink option {key:?} is not an option of the {scheme} backend ({reason})")]
+    Option {
+        scheme: String,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot set up the {scheme} sink: {source}")]
+    Build {
+        scheme: String,
+        source: object_store::Error,
+    },
+    #[error("cannot create the local sink directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A store and the key prefix inside it.
+#[derive(Clone)]
+pub struct Sink {
+    pub store: Arc<dyn ObjectStore>,
+    prefix: String,
+    pub url: String,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").field("url", &self.url).finish()
+    }
+}
+
+impl Sink {
+    pub fn open(cfg: &SinkConfig) -> Result<Sink, SinkError> {
+        let (scheme, rest) = cfg
+            .url
+            .split_once("://")
+            .ok_or_else(|| SinkError::Url(cfg.url.clone()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/').to_string();
+        // Our own retries (with backoff for as long as data remains) are around every upload;
+        // the client's are kept short so an outage shows in our metrics quickly.
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(20),
+            ..Default::default()
+        };
+        let client = ClientOptions::new()
+            .with_timeout(Duration::from_secs(60))
+            .with_connect_timeout(Duration::from_secs(10));
+        let opt_err = |key: &str, e: object_store::Error| SinkError::Option {
+            scheme: scheme.to_string(),
+            key: key.to_string(),
+            reason: e.to_string(),
+        };
+        let build_err = |source| SinkError::Build {
+            scheme: scheme.to_string(),
+            source,
+        };
+        let store: Arc<dyn ObjectStore> = match scheme {
+            "s3" | "s3a" if !bucket.is_empty() => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (k, v) in &cfg.options {
+                    b = b.with_config(
+                        object_store::aws::AmazonS3ConfigKey::from_str(k)
+                            .map_err(|e| opt_err(k, e))?,
+                        v,
+                    );
+                }
+                Arc::new(
+                    b.with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(build_err)?,
+                )
+            }
+            "gs" if !bucket.is_empty() => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket);
+                for (k, v) in &cfg.options {
+                    b = b.with_config(
+                        object_store::gcp::GoogleConfigKey::from_str(k)
+                            .map_err(|e| opt_err(k, e))?,
+                        v,
+                    );
+                }
+                Arc::new(
+                    b.with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(build_err)?,
+                )
+            }
+            "az" | "azure" if !bucket.is_empty() => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket);
+                for (k, v) in &cfg.options {
+                    b = b.with_config(
+                        object_store::azure::AzureConfigKey::from_str(k)
+                            .map_err(|e| opt_err(k, e))?,
+                        v,
+                    );
+                }
+                Arc::new(
+                    b.with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(build_err)?,
+                )
+            }
+            "file" if bucket.is_empty() => {
+                let dir = format!("/{prefix}");
+                std::fs::create_dir_all(&dir).map_err(|source| SinkError::Dir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(build_err)?;
+                return Ok(Sink {
+                    store: Arc::new(store),
+                    prefix: String::new(),
+                    url: cfg.url.clone(),
+                });
+            }
+            _ => return Err(SinkError::Url(cfg.url.clone())),
+        };
+        Ok(Sink {
+            store,
+            prefix,
+            url: cfg.url.clone(),
+        })
+    }
+
+    /// The store path of a key relative to the sink's prefix.
+    pub fn path(&self, rel: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{rel}", self.prefix))
+        }
+    }
+
+    /// The key relative to the sink's prefix, for a store path.
+    pub fn relative<'a>(&self, p: &'a str) -> &'a str {
+        if self.prefix.is_empty() {
+            p
+        } else {
+            p.strip_prefix(&self.prefix)
+                .map_or(p, |r| r.trim_start_matches('/'))
+        }
+    }
+}
+
+/// `<pod prefix>/<session>/<sequence>.tar.zst`: deterministic, so an upload that is
+/// retried overwrites itself instead of adding a duplicate.
+pub fn segment_key(pod_prefix: &str, session: &str, sequence: u64) -> String {
+    format!("{pod_prefix}/{session}/{sequence:012}.tar.zst")
+}
+
+/// Whether an error means the sink is misconfigured (no retry will help), rather than down.
+pub fn is_config_error(e: &object_store::Error) -> bool {
+    matches!(
+        e,
+        object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::NotFound { .. }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn cfg(url: &str, opts: &[(&str, &str)]) -> SinkConfig {
+        SinkConfig {
+            url: url.into(),
+            options: opts
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn urls_and_options() {
+        let s = Sink::open(&cfg(
+            "s3://logs/ray/prod/",
+            &[
+                ("aws_endpoint", "http://127.0.0.1:9"),
+                ("aws_allow_http", "true"),
+                ("aws_region", "us-east-1"),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(s.path("a/b").as_ref(), "ray/prod/a/b");
+        assert_eq!(s.relative("ray/prod/a/b"), "a/b");
+        let e = Sink::open(&cfg("s3://logs", &[("aws_endpiont", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("aws_endpiont") && e.contains("s3"), "{e}");
+        assert!(matches!(
+            Sink::open(&cfg("ftp://x/y", &[])),
+            Err(SinkError::Url(_))
+        ));
+        assert!(matches!(
+            Sink::open(&cfg("s3://", &[])),
+            Err(SinkError::Url(_))
+        ));
+        assert_eq!(
+            segment_key("ns/c/p-u", "session_1", 7),
+            "ns/c/p-u/session_1/000000000007.tar.zst"
+        );
+    }
+}
