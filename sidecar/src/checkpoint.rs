@@ -26,6 +26,10 @@ pub struct FileState {
     pub name: String,
     /// The file's first bytes (up to 64), as hex: tells a reused inode from the same file.
     pub head: String,
+    /// Birth time (statx), in nanoseconds since the epoch, where the filesystem keeps it:
+    /// tells a reused inode from the same file even when the file was empty when seen.
+    #[serde(default)]
+    pub born: Option<u128>,
     /// Bytes shipped: the store holds `[0, shipped)`.
     pub shipped: u64,
     /// Last size seen.

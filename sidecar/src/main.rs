@@ -164,6 +164,14 @@ async fn logs_command(cmd: LogsCommand) -> ExitCode {
 }
 
 async fn run(config: Option<PathBuf>) -> ExitCode {
+    // First of all, so that a SIGTERM during start-up is a stop request, not a kill.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGTERM");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = match Config::load(config.as_deref(), &|k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -178,19 +186,6 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Prove we may write before we rely on it: wrong credentials or a missing bucket are a
-    // configuration error, not an outage to wait out.
-    let probe = sink.path(&format!("{}/.rayshape-probe", cfg.pod_prefix()));
-    match sink.store.put(&probe, PutPayload::from_static(b"")).await {
-        Ok(_) => {}
-        Err(e) if sink::is_config_error(&e) => {
-            tracing::error!(sink = %sink.url, error = %e, "the store refuses writes: check the sink URL, bucket and credentials");
-            return ExitCode::from(2);
-        }
-        Err(e) => {
-            tracing::warn!(sink = %sink.url, error = %e, "the store is not reachable yet; shipping will retry")
-        }
-    }
     let metrics = Arc::new(Metrics::new());
     let listener = match tokio::net::TcpListener::bind(cfg.metrics_listen).await {
         Ok(l) => l,
@@ -207,11 +202,28 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Prove we may write: wrong credentials or a missing bucket are a configuration error,
+    // not an outage to wait out. The probe runs beside the shipper, which starts following
+    // files at once: a store that is down must not leave rotations unwatched.
+    let probe_sink = shipper.sink();
+    let probe_path = probe_sink.path(&format!("{}/.rayshape-probe", cfg.pod_prefix()));
+    let probe = async move {
+        match probe_sink
+            .store
+            .put(&probe_path, PutPayload::from_static(b""))
+            .await
+        {
+            Ok(_) => std::future::pending::<String>().await,
+            Err(e) if sink::is_config_error(&e) => format!("{} ({e})", probe_sink.url),
+            Err(e) => {
+                tracing::warn!(sink = %probe_sink.url, error = %e, "the store is not reachable yet; shipping will retry");
+                std::future::pending::<String>().await
+            }
+        }
+    };
     tracing::info!(root = %cfg.root.display(), sink = %cfg.sink.url, prefix = %cfg.pod_prefix(), "shipping");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -219,7 +231,14 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
         tracing::info!("stop requested");
         let _ = stop_tx.send(true);
     });
-    match shipper.run(stop_rx).await {
+    let result = tokio::select! {
+        r = shipper.run(stop_rx) => r,
+        refused = probe => {
+            tracing::error!(sink = %refused, "the store refuses writes: check the sink URL, bucket and credentials");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ rayshape_sidecar::shipper::ShipError::Deadline(_)) => {
             tracing::error!(error = %e, "stopped before everything was shipped");

@@ -32,11 +32,8 @@ pub struct Shipper {
     tracker: Tracker,
     metrics: Arc<Metrics>,
     rng: u64,
-}
-
-/// Why an upload loop gave up.
-enum Stopped {
-    Deadline,
+    /// Set when a stop is first seen: the final flush must end by then.
+    deadline: Option<Instant>,
 }
 
 impl Shipper {
@@ -54,7 +51,13 @@ impl Shipper {
             tracker,
             metrics,
             rng,
+            deadline: None,
         })
+    }
+
+    /// The sink, for callers that write beside the shipper.
+    pub fn sink(&self) -> Sink {
+        self.sink.clone()
     }
 
     /// Ship until `stop` turns true, then flush what remains within the shutdown deadline.
@@ -62,23 +65,16 @@ impl Shipper {
         self.scan()?;
         if let Some(plan) = self.ck.pending.clone() {
             tracing::info!(session = %plan.session, sequence = plan.sequence, "finishing the segment pending at the last stop");
-            if self.execute(plan, None).await.is_err() {
-                unreachable!("no deadline without a stop");
-            }
+            self.execute(plan, &mut stop).await?;
         }
         loop {
-            if *stop.borrow() {
-                return self.drain().await;
+            if self.stopping(&stop) {
+                return self.drain(&mut stop).await;
             }
             self.scan()?;
-            while self.flush_due() {
+            while self.flush_due() && !self.stopping(&stop) {
                 let Some(plan) = self.plan()? else { break };
-                if self.execute(plan, None).await.is_err() {
-                    unreachable!("no deadline without a stop");
-                }
-                if *stop.borrow() {
-                    break;
-                }
+                self.execute(plan, &mut stop).await?;
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.cfg.scan_interval) => {}
@@ -87,23 +83,27 @@ impl Shipper {
         }
     }
 
+    /// Whether a stop was requested; the first time, this starts the shutdown deadline.
+    fn stopping(&mut self, stop: &watch::Receiver<bool>) -> bool {
+        if *stop.borrow() && self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.cfg.shutdown_deadline);
+            tracing::info!(
+                deadline_s = self.cfg.shutdown_deadline.as_secs_f64(),
+                "final flush"
+            );
+        }
+        self.deadline.is_some()
+    }
+
     /// The final flush after SIGTERM.
-    async fn drain(&mut self) -> Result<(), ShipError> {
-        let deadline = Instant::now() + self.cfg.shutdown_deadline;
-        tracing::info!(
-            deadline_s = self.cfg.shutdown_deadline.as_secs_f64(),
-            "final flush"
-        );
+    async fn drain(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), ShipError> {
         loop {
             self.scan()?;
             let Some(plan) = self.plan()? else {
                 tracing::info!("everything shipped");
                 return Ok(());
             };
-            if let Err(Stopped::Deadline) = self.execute(plan, Some(deadline)).await {
-                let left = self.unshipped();
-                return Err(ShipError::Deadline(left));
-            }
+            self.execute(plan, stop).await?;
         }
     }
 
@@ -208,8 +208,13 @@ impl Shipper {
         Ok(Some(plan))
     }
 
-    /// Upload a recorded plan and commit it. `Err` only when `deadline` passes first.
-    async fn execute(&mut self, mut plan: Plan, deadline: Option<Instant>) -> Result<(), Stopped> {
+    /// Upload a recorded plan and commit it, retrying for as long as it takes, or until the
+    /// shutdown deadline once a stop was requested.
+    async fn execute(
+        &mut self,
+        mut plan: Plan,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ShipError> {
         let key = segment_key(&self.cfg.pod_prefix(), &plan.session, plan.sequence);
         let path = self.sink.path(&key);
         // After a restart, a planned file may be gone. If the store has the segment, the
@@ -291,16 +296,41 @@ impl Shipper {
                     }
                 }
             }
-            let wait = self.jitter(backoff);
-            if let Some(d) = deadline
-                && Instant::now() + wait >= d
+            let mut wait = self.jitter(backoff);
+            if self.stopping(stop)
+                && let Some(d) = self.deadline
             {
-                return Err(Stopped::Deadline);
+                // Keep trying until the deadline itself, not just until the next backoff.
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ShipError::Deadline(self.unshipped()));
+                }
+                wait = wait.min(left).min(Duration::from_secs(1));
             }
-            tokio::time::sleep(wait).await;
+            // Wait for the next attempt while still following files at the scan interval:
+            // during a long outage, files are created, rotated and deleted all the same.
+            let until = Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let nap = left.min(self.cfg.scan_interval);
+                if self.deadline.is_some() {
+                    tokio::time::sleep(nap).await;
+                } else {
+                    // A stop cuts the wait short: the deadline then bounds the retries.
+                    tokio::select! {
+                        _ = tokio::time::sleep(nap) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                self.scan()?;
+                if self.stopping(stop) && self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
             backoff = (backoff * 2).min(self.cfg.retry_max);
-            // Keep following new files (and holding deleted ones open) during an outage.
-            let _ = self.scan();
         }
         self.commit(&plan, raw, size);
         Ok(())

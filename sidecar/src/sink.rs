@@ -77,7 +77,11 @@ impl Sink {
         };
         let store: Arc<dyn ObjectStore> = match scheme {
             "s3" | "s3a" if !bucket.is_empty() => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // Defaults first: options the user gives (such as allow_http) must win.
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry.clone())
+                    .with_client_options(client.clone());
                 for (k, v) in &cfg.options {
                     b = b.with_config(
                         object_store::aws::AmazonS3ConfigKey::from_str(k)
@@ -85,16 +89,14 @@ impl Sink {
                         v,
                     );
                 }
-                Arc::new(
-                    b.with_retry(retry)
-                        .with_client_options(client)
-                        .build()
-                        .map_err(build_err)?,
-                )
+                Arc::new(b.build().map_err(build_err)?)
             }
             "gs" if !bucket.is_empty() => {
+                // Defaults first: options the user gives (such as allow_http) must win.
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket);
+                    .with_bucket_name(bucket)
+                    .with_retry(retry.clone())
+                    .with_client_options(client.clone());
                 for (k, v) in &cfg.options {
                     b = b.with_config(
                         object_store::gcp::GoogleConfigKey::from_str(k)
@@ -102,16 +104,14 @@ impl Sink {
                         v,
                     );
                 }
-                Arc::new(
-                    b.with_retry(retry)
-                        .with_client_options(client)
-                        .build()
-                        .map_err(build_err)?,
-                )
+                Arc::new(b.build().map_err(build_err)?)
             }
             "az" | "azure" if !bucket.is_empty() => {
+                // Defaults first: options the user gives (such as allow_http) must win.
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(bucket);
+                    .with_container_name(bucket)
+                    .with_retry(retry.clone())
+                    .with_client_options(client.clone());
                 for (k, v) in &cfg.options {
                     b = b.with_config(
                         object_store::azure::AzureConfigKey::from_str(k)
@@ -119,12 +119,7 @@ impl Sink {
                         v,
                     );
                 }
-                Arc::new(
-                    b.with_retry(retry)
-                        .with_client_options(client)
-                        .build()
-                        .map_err(build_err)?,
-                )
+                Arc::new(b.build().map_err(build_err)?)
             }
             "file" if bucket.is_empty() => {
                 let dir = format!("/{prefix}");

@@ -35,11 +35,26 @@ pub struct ScanReport {
     pub changed: bool,
 }
 
+/// A file not seen in this many scans in a row, and not held open, is gone. One miss is not
+/// enough: a directory listing that races a rename can skip a file.
+const GONE_AFTER: u32 = 3;
+
 #[derive(Default)]
 pub struct Tracker {
     root: PathBuf,
     pub open: HashMap<u64, Open>,
     failed: HashSet<PathBuf>,
+    /// Consecutive scans that did not find a file we do not hold open.
+    missed: HashMap<u64, u32>,
+}
+
+/// Birth time, where the filesystem records it.
+fn born(m: &std::fs::Metadata) -> Option<u128> {
+    m.created()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_nanos())
 }
 
 fn hex(b: &[u8]) -> String {
@@ -134,55 +149,73 @@ impl Tracker {
             .flat_map(|p| p.chunks.iter().map(|c| c.id))
             .collect();
         let mut seen_ids = HashSet::new();
-        for f in found {
-            let known = ck
-                .files
-                .iter()
-                .position(|s| s.dev == f.dev && s.ino == f.ino);
-            if let Some(i) = known {
-                let id = ck.files[i].id;
-                seen_ids.insert(id);
-                if self.open.contains_key(&id) {
-                    continue;
-                }
-                // Known from the checkpoint (after a restart): the same file only if its
-                // first bytes are the ones we saw.
-                match File::open(&f.path) {
-                    Ok(file) => {
-                        let stored = ck.files[i].head.clone();
-                        let same =
-                            head_of(&file, stored.len() / 2).is_ok_and(|h| hex(&h) == stored);
-                        if same {
-                            self.open.insert(
-                                id,
-                                Open {
-                                    file,
-                                    waiting_since: None,
-                                },
-                            );
-                            continue;
-                        }
-                        if pending.contains(&id) {
-                            // Not the planned file any more: the pending plan treats it as
-                            // gone; it is looked at again once the plan is done.
-                            continue;
-                        }
-                        let old = ck.files.remove(i);
-                        report.lost += old.size.saturating_sub(old.shipped);
-                        report.changed = true;
-                        seen_ids.remove(&id);
-                        self.track(ck, f, file, &mut report);
-                    }
-                    Err(e) => self.unreadable(f.path, e, &mut report),
-                }
+        for mut f in found {
+            let index = |ck: &Checkpoint, dev: u64, ino: u64| {
+                ck.files.iter().position(|s| s.dev == dev && s.ino == ino)
+            };
+            if let Some(i) = index(ck, f.dev, f.ino)
+                && self.open.contains_key(&ck.files[i].id)
+            {
+                seen_ids.insert(ck.files[i].id);
                 continue;
             }
-            match File::open(&f.path) {
-                Ok(file) => {
-                    let id = self.track(ck, f, file, &mut report);
-                    seen_ids.insert(id);
+            let file = match File::open(&f.path) {
+                Ok(file) => file,
+                Err(e) => {
+                    self.unreadable(f.path, e, &mut report);
+                    continue;
                 }
-                Err(e) => self.unreadable(f.path, e, &mut report),
+            };
+            // The path may name another file by now (a rotation between the directory walk
+            // and the open): the descriptor's identity is the one that counts.
+            let birth = match file.metadata() {
+                Ok(m) => {
+                    (f.dev, f.ino) = (m.dev(), m.ino());
+                    born(&m)
+                }
+                Err(e) => {
+                    self.unreadable(f.path, e, &mut report);
+                    continue;
+                }
+            };
+            let Some(i) = index(ck, f.dev, f.ino) else {
+                let id = self.track(ck, f, file, &mut report);
+                seen_ids.insert(id);
+                continue;
+            };
+            let id = ck.files[i].id;
+            seen_ids.insert(id);
+            if self.open.contains_key(&id) {
+                continue;
+            }
+            // Known from the checkpoint (after a restart): the same file only if its first
+            // bytes are the ones we saw.
+            let stored = ck.files[i].head.clone();
+            let same_birth = match (ck.files[i].born, birth) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            let same =
+                same_birth && head_of(&file, stored.len() / 2).is_ok_and(|h| hex(&h) == stored);
+            if same {
+                self.open.insert(
+                    id,
+                    Open {
+                        file,
+                        waiting_since: None,
+                    },
+                );
+            } else if pending.contains(&id) {
+                // Not the planned file any more: the pending plan treats it as gone; it is
+                // looked at again once the plan is done.
+                seen_ids.remove(&id);
+            } else {
+                let old = ck.files.remove(i);
+                report.lost += old.size.saturating_sub(old.shipped);
+                report.changed = true;
+                seen_ids.remove(&id);
+                let id = self.track(ck, f, file, &mut report);
+                seen_ids.insert(id);
             }
         }
         // Refresh what we hold open; let go of files that are gone and fully shipped.
@@ -192,11 +225,16 @@ impl Tracker {
             let Some(open) = self.open.get_mut(&st.id) else {
                 // Not open and not found: it went away while we were not running.
                 if !seen_ids.contains(&st.id) && !pending.contains(&st.id) {
-                    report.lost += st.size.saturating_sub(st.shipped);
-                    drop_ids.push(st.id);
+                    let missed = self.missed.entry(st.id).or_default();
+                    *missed += 1;
+                    if *missed >= GONE_AFTER {
+                        report.lost += st.size.saturating_sub(st.shipped);
+                        drop_ids.push(st.id);
+                    }
                 }
                 continue;
             };
+            self.missed.remove(&st.id);
             let Ok(meta) = open.file.metadata() else {
                 continue;
             };
@@ -255,6 +293,7 @@ impl Tracker {
             ck.files.retain(|s| !drop_ids.contains(&s.id));
             for id in drop_ids {
                 self.open.remove(&id);
+                self.missed.remove(&id);
             }
             report.changed = true;
         }
@@ -264,7 +303,8 @@ impl Tracker {
     fn track(&mut self, ck: &mut Checkpoint, f: Found, file: File, report: &mut ScanReport) -> u64 {
         let id = ck.next_id;
         ck.next_id += 1;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = file.metadata().ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
         let head = head_of(&file, HEAD).map(|h| hex(&h)).unwrap_or_default();
         ck.files.push(FileState {
             id,
@@ -273,6 +313,7 @@ impl Tracker {
             session: f.session,
             name: f.name,
             head,
+            born: meta.as_ref().and_then(born),
             shipped: 0,
             size,
             announced: false,
