@@ -388,12 +388,12 @@ impl Writer {
         self.seq += 1;
         let n = self.seq;
         let name = match n % 7 {
-            0 | 1 | 2 => "raylet.out",
+            0..=2 => "raylet.out",
             3 | 4 => "gcs_server.out",
             5 => "events/event_GCS.log",
             _ => "worker-01aa-ffff-1234.out",
         };
-        let newline = if n % 11 == 0 { "" } else { "\n" };
+        let newline = if n.is_multiple_of(11) { "" } else { "\n" };
         let line = format!(
             "{} seq={n} {}{newline}",
             self.session,
@@ -506,7 +506,7 @@ async fn chaos_kills_outage_rotation_and_new_session() {
             while !stop.load(Ordering::Relaxed) {
                 writer.lock().unwrap().step();
                 i += 1;
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
@@ -567,6 +567,9 @@ async fn chaos_kills_outage_rotation_and_new_session() {
     let total: usize = written.iter().map(|w| w.content.len()).sum();
     assert!(total > 1_000_000, "only {total} bytes written");
     let lost = verify(&sink, &written, &base).await;
+    eprintln!(
+        "chaos: {kills} kills, {total} bytes written, {lost} bytes lost to rotation while the sidecar was down"
+    );
     assert_eq!(
         lost as f64, metric,
         "bytes deleted before they were read vs rayshape_sidecar_lost_bytes_total"
@@ -679,9 +682,9 @@ async fn round_trip(sink: SinkConfig, name: &str) {
     side.start();
     side.wait_ready();
     // Paced so that no file is created and deleted between two scans (100 ms).
-    for i in 0..3000 {
+    for i in 0..3000u32 {
         w.step();
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
