@@ -26,6 +26,7 @@ command -v promtool >/dev/null || missing+=(prometheus)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then apt_install $(printf '%s\n' "${missing[@]}" | sort -u); fi
 if ! command -v cargo >/dev/null; then
   echo "error: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
@@ -42,6 +43,23 @@ if [ ! -x "$VENV/bin/python" ] || ! cmp -s tests/requirements.txt "$stamp"; then
   cp tests/requirements.txt "$stamp"
 fi
 
+# --- Object stores for the sidecar's tests (pinned) -------------------------------------
+TOOLS="$ROOT/tests/.tools"
+if [ ! -x "$TOOLS/bin/s3s-fs" ]; then
+  # 0.14.1: later versions need a newer rustc than this toolchain.
+  log "building s3s-fs 0.14.1 (S3 with SigV4 checked)"
+  CARGO_TARGET_DIR="$WORK/s3s-fs-target" cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$TOOLS" --quiet
+  rm -rf "$WORK/s3s-fs-target"
+fi
+if [ ! -x "$ROOT/tests/.azurite/node_modules/.bin/azurite-blob" ]; then
+  log "installing Azurite 3.37.0 (Azure Blob)"
+  npm install --silent --no-audit --no-fund --prefix "$ROOT/tests/.azurite" azurite@3.37.0
+fi
+export S3S_FS_BIN="$TOOLS/bin/s3s-fs"
+export MOTO_SERVER_BIN="$VENV/bin/moto_server"
+export AZURITE_BIN="$ROOT/tests/.azurite/node_modules/.bin/azurite-blob"
+export TEST_PYTHON="$VENV/bin/python"
+
 # --- Rust ------------------------------------------------------------------------------
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -53,7 +71,7 @@ corpus="$WORK/corpus.jsonl"
 rm -f "$corpus"
 set +e
 # RAYSHAPE_REQUIRE_TOOLS: a test that needs promtool or prometheus fails instead of skipping.
-RAYSHAPE_REQUIRE_TOOLS=1 RAYSHAPE_CORPUS="$corpus" cargo test --workspace --locked 2>&1 | tee "$WORK/cargo-test.log"
+RAYSHAPE_REQUIRE_TOOLS=1 RAYSHAPE_CORPUS="$corpus" cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
 rust_status=${PIPESTATUS[0]}
 set -e
 rust_passed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^passed;?$/) s+=$(i-1)} END {print s+0}' "$WORK/cargo-test.log")
