@@ -27,6 +27,7 @@ command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v npm >/dev/null || missing+=(nodejs npm)
+command -v zstd >/dev/null || missing+=(zstd)
 if [ ${#missing[@]} -gt 0 ]; then apt_install $(printf '%s\n' "${missing[@]}" | sort -u); fi
 if ! command -v cargo >/dev/null; then
   echo "error: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
@@ -59,6 +60,8 @@ export S3S_FS_BIN="$TOOLS/bin/s3s-fs"
 export MOTO_SERVER_BIN="$VENV/bin/moto_server"
 export AZURITE_BIN="$ROOT/tests/.azurite/node_modules/.bin/azurite-blob"
 export TEST_PYTHON="$VENV/bin/python"
+export ZSTD_BIN="$(command -v zstd)"
+export PROMTOOL_BIN="$(command -v promtool)"
 
 # --- Rust ------------------------------------------------------------------------------
 log "cargo fmt --check"

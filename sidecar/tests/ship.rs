@@ -280,6 +280,17 @@ impl Sidecar {
             .ok()
     }
 
+    fn metrics_text(&self) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -704,6 +715,33 @@ async fn round_trip(sink: SinkConfig, name: &str) {
     for _ in 0..500 {
         w.step();
     }
+    if let Some(promtool) = tool("PROMTOOL_BIN") {
+        let text = side.metrics_text();
+        assert!(
+            text.contains("rayshape_sidecar_segments_uploaded_total"),
+            "{text}"
+        );
+        let mut check = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
     assert_eq!(verify(&sink, &w.files, &base).await, 0, "{name}");
     let _ = std::fs::remove_dir_all(base);
@@ -713,6 +751,7 @@ async fn round_trip(sink: SinkConfig, name: &str) {
 async fn local_directory_sink() {
     let _serial = serial().await;
     let dir = scratch("file-sink");
+    let zstd_cli = tool("ZSTD_BIN");
     round_trip(
         SinkConfig {
             url: format!("file://{}", dir.display()),
@@ -721,6 +760,41 @@ async fn local_directory_sink() {
         "file",
     )
     .await;
+    // Standard tools read the segments: `tar --zstd -tf` lists the chunks.
+    let Some(zstd) = zstd_cli else { return };
+    let seg = walk_files(&dir)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with("000000000000.tar.zst"))
+        .expect("a first segment");
+    let out = Command::new("tar")
+        .arg(format!("--use-compress-program={}", zstd.display()))
+        .arg("-tvf")
+        .arg(&seg)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listing.contains("raylet.out~") && listing.contains("/00000000000000000000"),
+        "{listing}"
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
