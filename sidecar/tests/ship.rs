@@ -744,6 +744,13 @@ async fn round_trip(sink: SinkConfig, name: &str) {
     }
     assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
     assert_eq!(verify(&sink, &w.files, &base).await, 0, "{name}");
+    let listing = logs::list(&Sink::open(&sink).unwrap(), Some("ml"))
+        .await
+        .unwrap();
+    assert!(
+        listing.starts_with("ml/rc/worker-1-0b5e\tsession_2026-11-22_12-00-00_000001_1\t"),
+        "{listing}"
+    );
     let _ = std::fs::remove_dir_all(base);
 }
 

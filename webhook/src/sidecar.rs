@@ -174,6 +174,19 @@ fn container(s: &Settings, logs_volume: &str) -> Value {
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
     });
+    if !sc.log_sink.url.is_empty() {
+        let env = c["env"].as_array_mut().expect("env is a list");
+        env.push(json!({"name": "RAYSHAPE_SINK_URL", "value": sc.log_sink.url}));
+        if !sc.log_sink.options.is_empty() {
+            let opts: Vec<String> = sc
+                .log_sink
+                .options
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            env.push(json!({"name": "RAYSHAPE_SINK_OPTIONS", "value": opts.join(",")}));
+        }
+    }
     if sc.native {
         c["restartPolicy"] = json!("Always");
     }
@@ -200,6 +213,31 @@ mod tests {
             p["spec"]["volumes"].as_array().unwrap().len(),
             2,
             "only the token volume was added"
+        );
+    }
+
+    #[test]
+    fn log_sink_is_handed_over_in_the_environment() {
+        let mut s = Settings::default();
+        s.sidecar.log_sink.url = "s3://logs/ray".into();
+        s.sidecar
+            .log_sink
+            .options
+            .insert("aws_region".into(), "eu-west-1".into());
+        let mut p = json!({"spec": {"containers": [{"name": "ray"}]}});
+        inject(&mut p, 0, &s, &Template::new(&s));
+        let env = &p["spec"]["initContainers"][0]["env"];
+        let get = |n: &str| {
+            env.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == n)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(get("RAYSHAPE_SINK_URL"), Some(json!("s3://logs/ray")));
+        assert_eq!(
+            get("RAYSHAPE_SINK_OPTIONS"),
+            Some(json!("aws_region=eu-west-1"))
         );
     }
 

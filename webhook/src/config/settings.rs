@@ -41,6 +41,17 @@ pub struct SidecarSettings {
     pub token_expiration_seconds: u32,
     /// Where the sidecar asks for its configuration.
     pub bootstrap_url: String,
+    /// Where the sidecar ships logs, handed to it in its environment; empty: not set.
+    pub log_sink: LogSink,
+}
+
+/// A log sink for the sidecar: URL and `object_store` options (no secrets: credentials
+/// come from the pod's identity, such as IRSA or workload identity).
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogSink {
+    pub url: String,
+    pub options: BTreeMap<String, String>,
 }
 
 /// Which namespaces' pods are shaped (the webhook configuration's selectors should agree).
@@ -85,6 +96,7 @@ impl Default for SidecarSettings {
             token_audience: "rayshape.io".into(),
             token_expiration_seconds: 3600,
             bootstrap_url: "https://rayshape-webhook.rayshape-system.svc:443/v1/bootstrap".into(),
+            log_sink: LogSink::default(),
         }
     }
 }
