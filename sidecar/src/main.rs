@@ -85,16 +85,7 @@ enum LogsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYSHAPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .init();
+    rayshape_telemetry::init_logging("RAYSHAPE_LOG");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -191,8 +182,7 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tokio::spawn(serve_metrics(listener, metrics.clone()));
-    let shipper = match Shipper::new(cfg.clone(), sink, metrics) {
+    let shipper = match Shipper::new(cfg.clone(), sink, metrics.clone()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -220,6 +210,13 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
     };
     tracing::info!(root = %cfg.root.display(), sink = %cfg.sink.url, prefix = %cfg.pod_prefix(), "shipping");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The metrics stay up through the final flush: the process exits right after it.
+    let (_metrics_stop, metrics_stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(rayshape_telemetry::serve_metrics(
+        listener,
+        metrics.registry.clone(),
+        metrics_stop_rx,
+    ));
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
@@ -245,42 +242,5 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             tracing::error!(error = %e, "stopped");
             ExitCode::from(2)
         }
-    }
-}
-
-async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let resp = if req.uri().path() == "/metrics" {
-                            hyper::Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(
-                                    metrics.render(),
-                                )))
-                        } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                                    b"GET /metrics\n",
-                                )))
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            resp.expect("static response parts are valid"),
-                        )
-                    }
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
-        });
     }
 }

@@ -1,11 +1,10 @@
 //! The sidecar's Prometheus metrics.
 
-use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder,
-};
+use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use std::sync::Arc;
 
 pub struct Metrics {
-    registry: Registry,
+    pub registry: Arc<Registry>,
     pub bytes_read: IntCounter,
     /// Log bytes whose segment upload succeeded.
     pub bytes_shipped: IntCounter,
@@ -88,16 +87,8 @@ impl Metrics {
             files: int_gauge("files_tracked", "Log files being followed."),
             oldest_unshipped_seconds: oldest,
             upload_seconds,
-            registry: r,
+            registry: Arc::new(r),
         }
-    }
-
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encoding to a Vec cannot fail");
-        out
     }
 }
 

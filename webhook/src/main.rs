@@ -195,16 +195,7 @@ fn main() -> ExitCode {
 }
 
 fn serve_main(opts: serve::Options) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYSHAPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter)
-        .init();
+    rayshape_telemetry::init_logging("RAYSHAPE_LOG");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

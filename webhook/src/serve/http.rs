@@ -170,21 +170,3 @@ fn bad_request(state: &State, msg: String) -> Response<Body> {
     tracing::warn!(error = %msg, "rejected request");
     text(StatusCode::BAD_REQUEST, msg)
 }
-
-/// The metrics port.
-pub async fn metrics(
-    req: Request<Incoming>,
-    state: Arc<State>,
-) -> Result<Response<Body>, Infallible> {
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            super::metrics::CONTENT_TYPE,
-            state.metrics.render(),
-        ),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "the metrics port serves GET /metrics",
-        ),
-    })
-}

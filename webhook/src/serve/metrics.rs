@@ -1,12 +1,10 @@
 //! The webhook's Prometheus metrics, served in text format on their own plain-HTTP port.
 
-use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::Arc;
 
 pub struct Metrics {
-    registry: Registry,
+    pub registry: Arc<Registry>,
     /// Admissions by object kind, operation and result (shaped, unchanged, denied).
     pub admissions: IntCounterVec,
     /// Seconds spent deciding an admission, from the request body to the response body.
@@ -114,17 +112,8 @@ impl Metrics {
                 "notAfter of the serving certificate in force.",
             ),
             admission_seconds,
-            registry: r,
+            registry: Arc::new(r),
         }
-    }
-
-    /// The text exposition format.
-    pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encoding to a Vec cannot fail");
-        out
     }
 }
 
@@ -133,6 +122,3 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
-
-/// The content type of the text format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

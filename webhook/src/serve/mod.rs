@@ -153,9 +153,9 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(reloader.run(stop_rx.clone()));
-    tokio::spawn(serve_metrics(
+    tokio::spawn(rayshape_telemetry::serve_metrics(
         metrics_listener,
-        state.clone(),
+        state.metrics.registry.clone(),
         stop_rx.clone(),
     ));
     let accept = tokio::spawn(accept_loop(
@@ -296,31 +296,6 @@ async fn accept_loop(
     }
     drop(listener);
     while conns.join_next().await.is_some() {}
-}
-
-async fn serve_metrics(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| http::metrics(req, state.clone()));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service);
-            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-        });
-    }
 }
 
 /// Re-reads the configuration and certificate files and installs changed versions that load.
