@@ -161,6 +161,12 @@ pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
     // The object may lack its namespace on CREATE; the request always has it.
     let ns = Some(decision.namespace.as_str()).filter(|n| !n.is_empty());
     decision.outcome = match shape::shape(object, ns, cfg) {
+        // An object that passed through untouched needs no diff against itself.
+        Ok(shaped) if shaped.skipped.is_some() => Outcome::Allowed {
+            patch: b"[]".to_vec(),
+            ops: 0,
+            shaped,
+        },
         Ok(shaped) => {
             let (patch, ops) = crate::diff::diff_json(object, &shaped.object);
             Outcome::Allowed { patch, ops, shaped }

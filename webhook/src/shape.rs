@@ -139,15 +139,16 @@ pub fn shape_pod(input: &Value, namespace: Option<&str>, cfg: &Config) -> Result
         .chain(type_rule)
         .chain(&cfg.admin_rules)
     {
-        let ctx = Context {
-            ray_container: container_index(&pod, &ray_name),
-        };
         if !rule
             .selector
             .matches(pod::labels(&pod), pod::annotations(&pod))
         {
             continue;
         }
+        // Looked up per matching rule: an earlier rule may have appended containers.
+        let ctx = Context {
+            ray_container: container_index(&pod, &ray_name),
+        };
         match apply_rule(&mut pod, rule, ctx) {
             Ok(()) => applied.push(rule.name.as_str()),
             Err(e) if rule.ignore_failure => {

@@ -108,8 +108,33 @@ struct Server {
 }
 
 impl Server {
-    /// Start the binary on free ports; `certs` and `config` are kubelet-style directories.
+    /// Start the binary on free ports and wait until it is ready; `certs` and `config` are
+    /// kubelet-style directories.
     async fn start(
+        certs: &Path,
+        config: &Path,
+        ca: Vec<CertificateDer<'static>>,
+        extra: &[&str],
+    ) -> Server {
+        let s = Server::spawn(certs, config, ca, extra);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = s.client(Alpn::H1).await
+                && let Ok((200, _)) = c.get("/readyz").await
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready; log:\n{}",
+                s.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Start the binary on free ports.
+    fn spawn(
         certs: &Path,
         config: &Path,
         ca: Vec<CertificateDer<'static>>,
@@ -140,26 +165,12 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        let s = Server {
+        Server {
             child: cmd.spawn().unwrap(),
             addr,
             metrics,
             log,
             ca,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(mut c) = s.client(Alpn::H1).await
-                && let Ok((200, _)) = c.get("/readyz").await
-            {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server not ready; log:\n{}",
-                s.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -783,27 +794,8 @@ async fn not_ready_until_a_certificate_exists() {
     kubelet_write(&config, &[("webhook.yaml", "profile: generic\n")]);
     let p = pki("late");
     // Start without waiting for readiness, then provide the certificate.
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rayshape-webhook"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--tls-cert")
-        .arg(certs.join("tls.crt"))
-        .arg("--tls-key")
-        .arg(certs.join("tls.key"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--metrics-listen",
-            &metrics.to_string(),
-            "--reload-interval",
-            "0.2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let server = Server::spawn(&certs, &config, vec![p.ca_der.clone()], &[]);
+    let addr = server.addr;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         Client::connect(addr, std::slice::from_ref(&p.ca_der), Alpn::H1)
@@ -821,8 +813,7 @@ async fn not_ready_until_a_certificate_exists() {
         assert!(Instant::now() < deadline, "certificate never picked up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(root);
 }
 
