@@ -26,10 +26,6 @@ const MAX_MILLIS: i128 = (i64::MAX as i128) * 1000;
 impl Quantity {
     pub const ZERO: Quantity = Quantity(0);
 
-    pub fn from_millis(m: i128) -> Self {
-        Quantity(m)
-    }
-
     pub fn from_units(u: i64) -> Self {
         Quantity(u as i128 * 1000)
     }

@@ -178,7 +178,8 @@ pub fn kuberay_flags_of(
     out
 }
 
-/// Sum of a resource over a set of containers, for tests and checks.
+/// What the pod's containers and native sidecars can take of a resource in all: the sum
+/// the instance type bounds.
 pub fn total(pod: &Value, res: &str) -> Quantity {
     pod::containers(pod)
         .iter()

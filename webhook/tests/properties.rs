@@ -8,7 +8,6 @@
 use proptest::prelude::*;
 use rayshape_webhook::config::Config;
 use rayshape_webhook::pod;
-use rayshape_webhook::quantity::Quantity;
 use rayshape_webhook::review::{self, Outcome};
 use serde_json::{Value, json};
 use std::io::Write;
@@ -193,10 +192,7 @@ proptest! {
         if let (None, Some(t)) = (shaped.skipped, pod::vocab(&shaped.object, &type_key)) {
             let it = &cfg.instance_types[t];
             for (res, total) in &it.shape {
-                let sum = pod::containers(&shaped.object).iter()
-                    .chain(pod::init_containers(&shaped.object).iter().filter(|c| pod::is_native_sidecar(c)))
-                    .filter_map(|c| pod::footprint(c).get(res).copied())
-                    .fold(Quantity::ZERO, Quantity::saturating_add);
+                let sum = rayshape_webhook::sizing::total(&shaped.object, res);
                 prop_assert!(sum <= *total, "{} {}: {:?} > {:?}", t, res, sum, total);
             }
         }
