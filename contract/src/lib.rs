@@ -1,0 +1,219 @@
+//! What the rayshape webhook and the rayshape sidecar agree on, and nothing else.
+//!
+//! The webhook injects the sidecar into Ray pods with an environment, volumes and a port;
+//! the sidecar reads them. Both sides take every name from here, so a rename is one edit
+//! that both programs see. The sidecar depends on this crate and never on the engine.
+
+use std::collections::BTreeMap;
+
+/// Environment variables the webhook sets on the sidecar container.
+pub mod env {
+    /// The pod's name (downward API `metadata.name`).
+    pub const POD_NAME: &str = "RAYSHAPE_POD_NAME";
+    /// The pod's namespace (downward API `metadata.namespace`).
+    pub const POD_NAMESPACE: &str = "RAYSHAPE_POD_NAMESPACE";
+    /// The pod's UID (downward API `metadata.uid`).
+    pub const POD_UID: &str = "RAYSHAPE_POD_UID";
+    /// The node the pod runs on (downward API `spec.nodeName`).
+    pub const NODE_NAME: &str = "RAYSHAPE_NODE_NAME";
+    /// The Ray cluster (downward API `metadata.labels['ray.io/cluster']`).
+    pub const RAY_CLUSTER: &str = "RAYSHAPE_RAY_CLUSTER";
+    /// Where the sidecar asks for its configuration (`https://…/v1/bootstrap`).
+    pub const BOOTSTRAP_URL: &str = "RAYSHAPE_BOOTSTRAP_URL";
+    /// The projected service-account token the sidecar proves itself with.
+    pub const TOKEN_FILE: &str = "RAYSHAPE_TOKEN_FILE";
+    /// Ray's temp directory, shared with the Ray container.
+    pub const LOG_ROOT: &str = "RAYSHAPE_LOG_ROOT";
+    /// `ADDRESS:PORT` of the sidecar's metrics endpoint.
+    pub const METRICS_LISTEN: &str = "RAYSHAPE_METRICS_LISTEN";
+    /// The log sink's URL, when the webhook hands it over directly.
+    pub const SINK_URL: &str = "RAYSHAPE_SINK_URL";
+    /// The log sink's options, in the [`options`](crate::options) format.
+    pub const SINK_OPTIONS: &str = "RAYSHAPE_SINK_OPTIONS";
+}
+
+/// Ray's temp directory (`/tmp/ray`): where Ray writes `session_*/logs`, and where the
+/// sidecar mounts the same volume as the Ray container.
+pub const RAY_ROOT: &str = "/tmp/ray";
+
+/// Where the projected service-account token is mounted in the sidecar.
+pub const TOKEN_DIR: &str = "/var/run/secrets/rayshape.io/serviceaccount";
+
+/// The token's file name inside [`TOKEN_DIR`].
+pub const TOKEN_FILE_NAME: &str = "token";
+
+/// The port the sidecar serves `/metrics` on, unless the webhook settings say otherwise.
+pub const SIDECAR_METRICS_PORT: u16 = 9108;
+
+/// The audience of the sidecar's projected token, unless the settings say otherwise.
+pub const TOKEN_AUDIENCE: &str = "rayshape.io";
+
+/// The path of the bootstrap endpoint on the webhook's TLS listener.
+pub const BOOTSTRAP_PATH: &str = "/v1/bootstrap";
+
+/// Label and annotation keys, as suffixes of the configured prefix (`rayshape.io/…` by
+/// default; `anyscale.com` makes Anyscale rules work unchanged).
+pub mod keys {
+    /// The user's choice of instance type (label or annotation).
+    pub const INSTANCE_TYPE: &str = "instance-type";
+    /// `ON_DEMAND`, `SPOT` or `PREFER_SPOT`.
+    pub const MARKET_TYPE: &str = "market-type";
+    /// The zone to pin the pod to.
+    pub const ZONE: &str = "zone";
+    /// The Ray accelerator of the instance type, written by the webhook.
+    pub const ACCELERATOR_TYPE: &str = "accelerator-type";
+    /// `disabled` opts a pod out of the sidecar.
+    pub const SIDECAR: &str = "sidecar";
+    /// The value of [`SIDECAR`] that opts out.
+    pub const SIDECAR_DISABLED: &str = "disabled";
+    /// Annotation naming the Ray container of a pod not made by KubeRay.
+    pub const RAY_CONTAINER: &str = "ray-container";
+    /// Annotation the webhook writes on every pod it shaped: the proof the bootstrap checks.
+    pub const SHAPED: &str = "shaped";
+    /// KubeRay's label naming the Ray cluster of a pod.
+    pub const KUBERAY_CLUSTER: &str = "ray.io/cluster";
+}
+
+/// The `key=value,key=value` format of [`env::SINK_OPTIONS`].
+///
+/// Keys and values may not contain `,`; keys may not contain `=` (values may: the first `=`
+/// splits). Object-store option names and values (regions, endpoints, booleans) fit.
+pub mod options {
+    use std::collections::BTreeMap;
+
+    /// Why an options string does not parse.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct OptionsError {
+        /// The offending `key=value` pair, as written.
+        pub pair: String,
+    }
+
+    impl std::fmt::Display for OptionsError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "{:?} is not key=value (expected comma-separated pairs such as aws_region=eu-west-1,aws_allow_http=true)",
+                self.pair
+            )
+        }
+    }
+
+    impl std::error::Error for OptionsError {}
+
+    /// Render options; `None` when a key or value cannot be represented.
+    pub fn encode(options: &BTreeMap<String, String>) -> Option<String> {
+        let mut out = String::new();
+        for (k, v) in options {
+            if k.is_empty() || k.contains([',', '=']) || v.contains(',') {
+                return None;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(k);
+            out.push('=');
+            out.push_str(v);
+        }
+        Some(out)
+    }
+
+    /// Parse options; empty pairs (`a=1,,b=2`, a trailing comma) are ignored.
+    pub fn decode(text: &str) -> Result<Vec<(String, String)>, OptionsError> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    Ok((k.trim().to_string(), v.trim().to_string()))
+                }
+                _ => Err(OptionsError {
+                    pair: pair.to_string(),
+                }),
+            })
+            .collect()
+    }
+}
+
+/// Where a sidecar ships logs: an `object_store` URL and its options (never secrets:
+/// credentials come from the pod's identity, such as IRSA or workload identity).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Sink {
+    /// `s3://bucket/prefix`, `gs://…`, `az://…` or `file:///dir`; empty when not set.
+    pub url: String,
+    pub options: BTreeMap<String, String>,
+}
+
+/// The `POST /v1/bootstrap` exchange: the sidecar sends its projected token as
+/// `Authorization: Bearer`, and nothing in the body is trusted.
+pub mod bootstrap {
+    use super::Sink;
+
+    /// What the webhook answers a verified sidecar: its node's configuration.
+    #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct NodeConfig {
+        /// Where to ship logs; an empty URL means the cluster has no sink configured.
+        pub sink: Sink,
+        /// The key prefix under the sink that belongs to this pod alone.
+        pub key_prefix: String,
+        pub flush: Flush,
+        pub identity: Identity,
+    }
+
+    /// Batching settings; `None` leaves the sidecar's own default.
+    #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Flush {
+        pub max_bytes: Option<u64>,
+        pub max_age_seconds: Option<f64>,
+    }
+
+    /// Who the webhook verified the caller to be (from TokenReview and the pod itself).
+    #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Identity {
+        pub namespace: String,
+        pub pod: String,
+        pub pod_uid: String,
+        pub service_account: String,
+        pub node: String,
+        /// `ray.io/cluster`, empty for a pod outside a KubeRay cluster.
+        pub ray_cluster: String,
+        /// `ray.io/node-type` (`head`, `worker`), empty when absent.
+        pub ray_node_type: String,
+    }
+
+    /// The body of a refusal (401, 403) or of API-server trouble (503).
+    #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase", default)]
+    pub struct Refusal {
+        /// What was wrong, for the sidecar's log; never contains the token.
+        pub reason: String,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_and_errors() {
+        let m: BTreeMap<String, String> = [("aws_region", "eu-west-1"), ("x", "a=b")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let text = options::encode(&m).unwrap();
+        assert_eq!(text, "aws_region=eu-west-1,x=a=b");
+        let back: BTreeMap<_, _> = options::decode(&text).unwrap().into_iter().collect();
+        assert_eq!(back, m);
+        assert_eq!(
+            options::decode(" a = 1 ,, ").unwrap(),
+            [("a".into(), "1".into())]
+        );
+        let e = options::decode("a=1,oops").unwrap_err();
+        assert!(e.to_string().contains("\"oops\" is not key=value"), "{e}");
+        let bad: BTreeMap<String, String> = [("k".to_string(), "a,b".to_string())].into();
+        assert_eq!(options::encode(&bad), None);
+    }
+}

@@ -1,0 +1,819 @@
+//! The admission server as the API server meets it: the real binary, a certificate made for
+//! the test, and clients that verify it, over HTTP/1.1 and HTTP/2.
+//!
+//! Prometheus tests need `promtool` and `prometheus` (Debian package `prometheus`, installed
+//! by `tests/run.sh`); without them they are skipped, unless `RAYSHAPE_REQUIRE_TOOLS=1`
+//! (set by `tests/run.sh`), which makes a missing tool a failure.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use rayshape_testkit::{Proc, free_port, repo, tool};
+
+fn scratch(name: &str) -> PathBuf {
+    rayshape_testkit::scratch("serve", name)
+}
+
+/// A CA and a serving certificate for localhost / 127.0.0.1 signed by it.
+struct Pki {
+    ca_der: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+    leaf_der: Vec<u8>,
+}
+
+fn pki(name: &str) -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("rayshape test CA {name}"),
+    );
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let leaf = leaf.signed_by(&key, &ca).unwrap();
+    Pki {
+        ca_der: ca.der().clone(),
+        cert_pem: leaf.pem() + &ca.pem(),
+        key_pem: key.serialize_pem(),
+        leaf_der: leaf.der().to_vec(),
+    }
+}
+
+/// Write files the way the kubelet updates a mounted Secret or ConfigMap: a new timestamped
+/// directory, then one atomic rename of the `..data` symlink.
+fn kubelet_write(dir: &Path, files: &[(&str, &str)]) {
+    static GEN: AtomicUsize = AtomicUsize::new(0);
+    let version = format!("..2026_11_22_{}", GEN.fetch_add(1, Ordering::Relaxed));
+    std::fs::create_dir_all(dir.join(&version)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&version).join(name), text).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &link).unwrap();
+        }
+    }
+}
+
+struct Server {
+    proc: Proc,
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    log: PathBuf,
+    ca: Vec<CertificateDer<'static>>,
+}
+
+impl Server {
+    /// Start the binary on free ports and wait until it is ready; `certs` and `config` are
+    /// kubelet-style directories.
+    async fn start(
+        certs: &Path,
+        config: &Path,
+        ca: Vec<CertificateDer<'static>>,
+        extra: &[&str],
+    ) -> Server {
+        let s = Server::spawn(certs, config, ca, extra);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(mut c) = s.client(Alpn::H1).await
+                && let Ok((200, _)) = c.get("/readyz").await
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server not ready; log:\n{}",
+                s.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Start the binary on free ports.
+    fn spawn(
+        certs: &Path,
+        config: &Path,
+        ca: Vec<CertificateDer<'static>>,
+        extra: &[&str],
+    ) -> Server {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = certs
+            .parent()
+            .unwrap()
+            .join(format!("server-{}.log", addr.port()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rayshape-webhook"));
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"))
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--metrics-listen",
+                &metrics.to_string(),
+                "--reload-interval",
+                "0.2",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Server {
+            proc: Proc::spawn(&mut cmd),
+            addr,
+            metrics,
+            log,
+            ca,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn client(&self, alpn: Alpn) -> Result<Client, String> {
+        Client::connect(self.addr, &self.ca, alpn).await
+    }
+
+    async fn metrics_text(&self) -> String {
+        let mut tcp = TcpStream::connect(self.metrics).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    fn metric(text: &str, line_prefix: &str) -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(line_prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        self.proc.signal("TERM");
+        self.proc
+            .wait_for(Duration::from_secs(30))
+            .expect("no exit after SIGTERM")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Alpn {
+    H1,
+    H2,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+struct Client {
+    sender: Sender,
+    /// The leaf certificate the server presented.
+    peer: Vec<u8>,
+}
+
+impl Client {
+    async fn connect(
+        addr: SocketAddr,
+        ca: &[CertificateDer<'static>],
+        alpn: Alpn,
+    ) -> Result<Client, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in ca {
+            roots.add(c.clone()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![if alpn == Alpn::H2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (_, conn) = tls.get_ref();
+        assert_eq!(
+            conn.alpn_protocol(),
+            Some(if alpn == Alpn::H2 {
+                &b"h2"[..]
+            } else {
+                &b"http/1.1"[..]
+            }),
+            "ALPN"
+        );
+        let peer = conn.peer_certificates().unwrap()[0].to_vec();
+        let io = TokioIo::new(tls);
+        let sender = match alpn {
+            Alpn::H1 => {
+                let (s, c) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(c);
+                Sender::H1(s)
+            }
+            Alpn::H2 => {
+                let (s, c) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::spawn(c);
+                Sender::H2(s)
+            }
+        };
+        Ok(Client { sender, peer })
+    }
+
+    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), String> {
+        let resp = match &mut self.sender {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+        .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    async fn get(&mut self, path: &str) -> Result<(u16, Bytes), String> {
+        let req = Request::get(format!("https://localhost{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        self.send(req).await
+    }
+
+    async fn post(&mut self, body: impl Into<Bytes>) -> Result<(u16, Bytes), String> {
+        let req = Request::post("https://localhost/mutate")
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .unwrap();
+        self.send(req).await
+    }
+}
+
+/// Kubelet-style directories with a first certificate and the built-in configuration.
+fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf, Pki) {
+    let root = scratch(name);
+    let (certs, config) = (root.join("certs"), root.join("config"));
+    let p = pki("a");
+    kubelet_write(&certs, &[("tls.crt", &p.cert_pem), ("tls.key", &p.key_pem)]);
+    kubelet_write(&config, &[("webhook.yaml", "profile: generic\n")]);
+    (root, certs, config, p)
+}
+
+fn review_for(obj: &Value, uid: &str) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+           "request": {"uid": uid, "operation": "CREATE", "namespace": obj.pointer("/metadata/namespace").cloned().unwrap_or(json!("default")),
+                       "kind": {"group": "", "version": "v1", "kind": obj["kind"]}, "object": obj}})
+}
+
+/// Every fixture, as the AdmissionReview the API server would send.
+fn reviews() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for dir in [
+        "tests/fixtures/kuberay",
+        "tests/fixtures/pods",
+        "tests/fixtures/crds",
+    ] {
+        let mut files: Vec<_> = std::fs::read_dir(repo().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let Ok((docs, _)) =
+                rayshape_engine::decode::parse_documents(&std::fs::read(&f).unwrap())
+            else {
+                continue;
+            };
+            let doc = &docs[0];
+            let r = if doc["kind"] == "AdmissionReview" {
+                doc.clone()
+            } else {
+                review_for(
+                    doc,
+                    &format!("uid-{}", f.file_stem().unwrap().to_string_lossy()),
+                )
+            };
+            out.push((f.display().to_string(), r));
+        }
+    }
+    out
+}
+
+fn preview(review: &Value) -> Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rayshape-webhook"))
+        .args(["mutate", "-o", "review", "--config"])
+        .arg(repo().join("tests/fixtures/configs/gke"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(review.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn every_fixture_gets_the_preview_answer_over_h1_and_h2() {
+    let (root, certs, _config, p) = setup("fixtures");
+    let config = repo().join("tests/fixtures/configs/gke");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let mut h1 = server.client(Alpn::H1).await.unwrap();
+    let mut h2 = server.client(Alpn::H2).await.unwrap();
+    assert_eq!(h1.peer, p.leaf_der);
+    let all = reviews();
+    assert!(all.len() >= 18, "{}", all.len());
+    for (name, review) in &all {
+        let want = preview(review);
+        for c in [&mut h1, &mut h2] {
+            let (status, body) = c.post(review.to_string()).await.unwrap();
+            assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
+            let got: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+    // One JSON log line per admission, with what an operator needs and no pod contents.
+    let log = server.log_text();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let line = lines
+        .iter()
+        .find(|l| l["message"] == "admission" && l["uid"] == "uid-gpu-worker-typed")
+        .unwrap_or_else(|| panic!("no admission line for uid-gpu-worker-typed:\n{log}"));
+    assert_eq!(line["kind"], "Pod");
+    assert_eq!(line["namespace"], "default");
+    assert_eq!(
+        line["generate_name"],
+        "raycluster-kuberay-gpu-group-worker-"
+    );
+    assert_eq!(line["decision"], "shaped");
+    assert!(line["duration_us"].is_u64());
+    assert!(
+        !log.contains("rayproject/ray"),
+        "pod contents leaked into the log"
+    );
+    // dryRun is answered the same way: the webhook has no side effects.
+    let (_, mut review) = all
+        .iter()
+        .find(|(n, _)| n.ends_with("gpu-worker-typed.json"))
+        .unwrap()
+        .clone();
+    let wet = h2.post(review.to_string()).await.unwrap().1;
+    review["request"]["dryRun"] = json!(true);
+    assert_eq!(h2.post(review.to_string()).await.unwrap().1, wet);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_only() {
+    let (root, certs, config, p) = setup("versions");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(p.ca_der.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+    }
+    // A TLS 1.0 ClientHello gets no session.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    let hello: &[u8] = &[
+        0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x01, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x00, 0x00, 0x02,
+        0x00, 0x2f, 0x01, 0x00,
+    ];
+    raw.write_all(hello).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await;
+    assert!(
+        buf.is_empty() || buf[0] == 0x15,
+        "expected an alert or a closed connection, got {buf:?}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn certificate_rotation_without_failed_requests() {
+    let (root, certs, config, a) = setup("rotation");
+    let b = pki("b");
+    let server = Server::start(
+        &certs,
+        &config,
+        vec![a.ca_der.clone(), b.ca_der.clone()],
+        &[],
+    )
+    .await;
+    let body = Bytes::from(review_for(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"ray.io/node-type": "worker"}}, "spec": {"containers": [{"name": "r", "image": "x"}]}}), "u").to_string());
+    // Requests keep flowing on old and new connections while the certificate changes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let mut c = server.client(alpn).await.unwrap();
+        let (stop, ok, failed, body) = (stop.clone(), ok.clone(), failed.clone(), body.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match c.post(body.clone()).await {
+                    Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kubelet_write(&certs, &[("tls.crt", &b.cert_pem), ("tls.key", &b.key_pem)]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = server.client(Alpn::H2).await.unwrap();
+        if c.peer == b.leaf_der {
+            break;
+        }
+        assert_eq!(c.peer, a.leaf_der);
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served; log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A certificate whose key does not match is refused; the good one stays.
+    let c = pki("c");
+    kubelet_write(&certs, &[("tls.crt", &c.cert_pem), ("tls.key", &a.key_pem)]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(server.client(Alpn::H1).await.unwrap().peer, b.leaf_der);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    let m = server.metrics_text().await;
+    assert_eq!(
+        Server::metric(
+            &m,
+            "rayshape_webhook_certificate_reloads_total{result=\"failure\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        Server::metric(
+            &m,
+            "rayshape_webhook_certificate_reloads_total{result=\"success\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert!(server.log_text().contains("serving certificate refused"));
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn configuration_swaps_like_the_kubelet_does() {
+    let (root, certs, config, p) = setup("config");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"rayshape.io/instance-type": "1CPU-4GB"}},
+                     "spec": {"containers": [{"name": "ray", "image": "x", "args": ["ray start --block"]}]}});
+    let body = review_for(&pod, "cfg").to_string();
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    let allowed = |b: &Bytes| {
+        serde_json::from_slice::<Value>(b).unwrap()["response"]["allowed"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(
+        !allowed(&c.post(body.clone()).await.unwrap().1),
+        "unknown type denied at first"
+    );
+
+    kubelet_write(
+        &config,
+        &[
+            ("webhook.yaml", "profile: generic\n"),
+            (
+                "instance_types.yaml",
+                "1CPU-4GB:\n  resources: {CPU: 1, memory: 4Gi}\n",
+            ),
+        ],
+    );
+    let swapped = Instant::now();
+    while !allowed(&c.post(body.clone()).await.unwrap().1) {
+        assert!(
+            swapped.elapsed() < Duration::from_secs(2),
+            "new configuration not in force after 2 s; log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    kubelet_write(
+        &config,
+        &[
+            ("webhook.yaml", "profile: nope\n"),
+            ("instance_types.yaml", "broken: [\n"),
+        ],
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        allowed(&c.post(body.clone()).await.unwrap().1),
+        "a broken configuration must not replace the good one"
+    );
+    let m = server.metrics_text().await;
+    assert_eq!(
+        Server::metric(
+            &m,
+            "rayshape_webhook_config_reloads_total{result=\"failure\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        Server::metric(
+            &m,
+            "rayshape_webhook_config_reloads_total{result=\"success\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        Server::metric(&m, "rayshape_webhook_instance_types "),
+        1.0,
+        "{m}"
+    );
+    let log = server.log_text();
+    assert!(
+        log.contains("configuration refused") && log.contains("unknown profile"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
+    let (root, certs, config, p) = setup("robust");
+    let server = Server::start(
+        &certs,
+        &config,
+        vec![p.ca_der.clone()],
+        &["--header-timeout", "1", "--idle-timeout", "2"],
+    )
+    .await;
+    // Over HTTP/2 the client gets the 413 while it is still sending.
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    let (s, b) = c.post(vec![b' '; 3 * 1024 * 1024 + 1]).await.unwrap();
+    assert_eq!(s, 413, "{}", String::from_utf8_lossy(&b));
+    for alpn in [Alpn::H1, Alpn::H2] {
+        let mut c = server.client(alpn).await.unwrap();
+        let (s, b) = c.post("{\"apiVersion\": ").await.unwrap();
+        assert!(
+            s == 400 && String::from_utf8_lossy(&b).contains("not JSON"),
+            "{s} {}",
+            String::from_utf8_lossy(&b)
+        );
+        let (s, b) = c.post(json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {}}).to_string()).await.unwrap();
+        assert!(
+            s == 400 && String::from_utf8_lossy(&b).contains("expected admission.k8s.io/v1"),
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
+        let (s, b) = c
+            .post(
+                json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            s == 400 && String::from_utf8_lossy(&b).contains("`request` is missing"),
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
+        assert_eq!(c.get("/mutate").await.unwrap().0, 405);
+        assert_eq!(c.get("/nope").await.unwrap().0, 404);
+        assert_eq!(c.get("/healthz").await.unwrap().0, 200);
+    }
+    let tls = || async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(p.ca_der.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    // Over HTTP/1.1: a declared oversize body is refused before it is read; an undeclared
+    // (chunked) one when it passes the limit.
+    let mut s = tls().await;
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    let mut s = tls().await;
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 65536, " ".repeat(65536));
+    let mut head = vec![0u8; 12];
+    for _ in 0..49 {
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413");
+    // A body shorter than its Content-Length, then the client goes away.
+    let mut s = tls().await;
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\"")
+        .await
+        .unwrap();
+    drop(s);
+    // Headers that never finish: closed after the header timeout.
+    let mut s = tls().await;
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "a slow client was not cut off");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // An idle keep-alive connection is closed after the idle timeout.
+    let mut s = tls().await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(
+        r.is_ok() && started.elapsed() >= Duration::from_millis(900),
+        "idle connection handling: {:?}",
+        started.elapsed()
+    );
+    // Not TLS at all.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n\x16\x03\x01\x00\x05garbage")
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "garbage connection left open");
+    // Still serving.
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    assert_eq!(c.get("/readyz").await.unwrap().0, 200);
+    let m = server.metrics_text().await;
+    assert_eq!(
+        Server::metric(&m, "rayshape_webhook_http_responses_total{code=\"413\"}"),
+        3.0,
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_and_exits_zero() {
+    let (root, certs, config, p) = setup("sigterm");
+    let mut server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    assert_eq!(c.get("/healthz").await.unwrap().0, 200);
+    let st = server.terminate();
+    assert_eq!(st.code(), Some(0), "log:\n{}", server.log_text());
+    assert!(server.log_text().contains("shutting down"));
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn not_ready_until_a_certificate_exists() {
+    let root = scratch("nocert");
+    let (certs, config) = (root.join("certs"), root.join("config"));
+    std::fs::create_dir_all(&certs).unwrap();
+    kubelet_write(&config, &[("webhook.yaml", "profile: generic\n")]);
+    let p = pki("late");
+    // Start without waiting for readiness, then provide the certificate.
+    let server = Server::spawn(&certs, &config, vec![p.ca_der.clone()], &[]);
+    let addr = server.addr;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        Client::connect(addr, std::slice::from_ref(&p.ca_der), Alpn::H1)
+            .await
+            .is_err(),
+        "no handshake without a certificate"
+    );
+    kubelet_write(&certs, &[("tls.crt", &p.cert_pem), ("tls.key", &p.key_pem)]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut c) = Client::connect(addr, std::slice::from_ref(&p.ca_der), Alpn::H1).await {
+            assert_eq!(c.get("/readyz").await.unwrap().0, 200);
+            break;
+        }
+        assert!(Instant::now() < deadline, "certificate never picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_prometheus_counts_admissions() {
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let Some(prometheus) = tool("prometheus") else {
+        return;
+    };
+    let (root, certs, config, p) = setup("metrics");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    let sent = 37;
+    for (i, (_, review)) in reviews().into_iter().cycle().take(sent).enumerate() {
+        let mut review = review;
+        review["request"]["uid"] = json!(format!("m-{i}"));
+        assert_eq!(c.post(review.to_string()).await.unwrap().0, 200);
+    }
+    let raw = server.metrics_text().await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    if let Err(e) = rayshape_testkit::promtool_check(&promtool, body) {
+        panic!("promtool: {e}");
+    }
+    let prom =
+        rayshape_testkit::Prometheus::start(&prometheus, &root, &[server.metrics.to_string()]);
+    prom.wait_for(
+        "sum(rayshape_webhook_admission_requests_total{operation=\"CREATE\"})",
+        sent as f64,
+        Duration::from_secs(60),
+    );
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -1,0 +1,117 @@
+//! The fourth stage: write a plan into the object. Nothing here can deny: every decision
+//! was made while planning.
+
+use crate::config::Config;
+use crate::plan::raycluster::ClusterPlan;
+use crate::plan::rayview::{Corrections, OVERRIDE_ENV};
+use crate::plan::sizing::Sizing;
+use crate::plan::{self, Plan, PodPlan};
+use crate::primitives::pod;
+use serde_json::{Value, json};
+
+/// The result of shaping one object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shaped {
+    pub object: Value,
+    /// Admission warnings: what was changed that the user may not expect (each ≤ 120 chars).
+    pub warnings: Vec<String>,
+    /// Why the object passed through untouched, when it did.
+    pub skipped: Option<&'static str>,
+    /// Rules with `failurePolicy: Ignore` that failed on this object and were skipped.
+    pub failed_rules: Vec<String>,
+}
+
+impl Shaped {
+    /// The object as it came, with the reason it is not changed.
+    pub fn untouched(obj: &Value, why: &'static str) -> Shaped {
+        Shaped {
+            object: obj.clone(),
+            warnings: Vec::new(),
+            skipped: Some(why),
+            failed_rules: Vec::new(),
+        }
+    }
+}
+
+/// Carry out a plan for `obj`.
+pub fn apply(obj: &Value, plan: Plan<'_>, cfg: &Config) -> Shaped {
+    match plan {
+        Plan::Unchanged(why) => Shaped::untouched(obj, why),
+        Plan::Pod(p) => self::pod(*p, cfg),
+        Plan::Cluster(c) => cluster(obj, c),
+    }
+}
+
+/// Carry out a pod's plan on its staged object.
+pub fn pod(plan: PodPlan<'_>, cfg: &Config) -> Shaped {
+    let failed_rules = plan.failed_rules();
+    let mut obj = plan.staged;
+    if let Some(sizing) = &plan.sizing {
+        write_ray_container(&mut obj, plan.ray_index, sizing, &plan.ray_view);
+    }
+    pod::set_annotation(&mut obj, &plan::record_key(cfg), plan.record);
+    Shaped {
+        object: obj,
+        warnings: plan.warnings,
+        skipped: None,
+        failed_rules,
+    }
+}
+
+/// Write the Ray container's new resources and the corrections of Ray's view.
+pub fn write_ray_container(pod: &mut Value, ray_idx: usize, sizing: &Sizing, fix: &Corrections) {
+    if let Some(c) = pod::at_mut(pod, &["spec", "containers"])
+        .and_then(Value::as_array_mut)
+        .and_then(|a| a.get_mut(ray_idx))
+        .and_then(Value::as_object_mut)
+    {
+        if sizing.changed {
+            c.insert("resources".into(), sizing.resources.clone());
+        }
+        if let Some(value) = &fix.override_env {
+            let env = pod::ensure_array(c.entry("env").or_insert_with(|| Value::Array(Vec::new())));
+            let entry = json!({"name": OVERRIDE_ENV, "value": value});
+            match env.iter_mut().find(|e| pod::name(e) == OVERRIDE_ENV) {
+                Some(e) => *e = entry,
+                None => env.push(entry),
+            }
+        }
+    }
+    if let Some((volume, size)) = &fix.shm
+        && let Some(empty_dir) = pod::at_mut(pod, &["spec", "volumes"])
+            .and_then(Value::as_array_mut)
+            .and_then(|a| a.iter_mut().find(|v| pod::name(v) == volume))
+            .and_then(|v| v.get_mut("emptyDir"))
+            .and_then(Value::as_object_mut)
+    {
+        empty_dir.insert("sizeLimit".into(), Value::String(size.clone()));
+    }
+}
+
+/// Carry out a RayCluster, RayJob or RayService plan.
+pub fn cluster(obj: &Value, plan: ClusterPlan<'_>) -> Shaped {
+    let mut out = obj.clone();
+    for g in plan.groups.iter().filter(|g| g.changed) {
+        let ray = g
+            .template
+            .iter()
+            .try_fold(&mut out, |v, k| match v {
+                Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?),
+                Value::Object(m) => m.get_mut(k.as_str()),
+                _ => None,
+            })
+            .and_then(|t| pod::at_mut(t, &["spec", "containers"]))
+            .and_then(Value::as_array_mut)
+            .and_then(|a| a.first_mut())
+            .and_then(Value::as_object_mut);
+        if let Some(c) = ray {
+            c.insert("resources".into(), g.resources.clone());
+        }
+    }
+    Shaped {
+        object: out,
+        warnings: plan.warnings,
+        skipped: plan.skipped,
+        failed_rules: Vec::new(),
+    }
+}

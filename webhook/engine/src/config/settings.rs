@@ -1,0 +1,346 @@
+//! `webhook.yaml`: the settings of the webhook itself.
+
+use super::problems::Report;
+use super::profiles;
+use crate::primitives::quantity::Quantity;
+use rayshape_contract::Sink;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub const FILE: &str = "webhook.yaml";
+
+/// Settings, with the defaults that apply when `webhook.yaml` is absent.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Settings {
+    /// Prefix of every label and annotation the webhook reads or writes.
+    pub label_prefix: String,
+    /// Placement profile: generic, eks, karpenter, gke or aks.
+    pub profile: String,
+    /// Kubernetes resource that carries an instance type's `GPU` count.
+    pub gpu_resource_name: String,
+    pub sidecar: SidecarSettings,
+    pub namespaces: NamespaceSettings,
+}
+
+/// The injected sidecar.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SidecarSettings {
+    /// Inject the sidecar at all.
+    pub enabled: bool,
+    /// Inject as a native sidecar (an init container with `restartPolicy: Always`, Kubernetes
+    /// 1.29+); `false` appends a regular container instead, for older clusters.
+    pub native: bool,
+    pub name: String,
+    pub image: String,
+    pub image_pull_policy: String,
+    /// Requests and limits of the sidecar, taken out of the instance type's shape.
+    pub resources: BTreeMap<String, String>,
+    pub metrics_port: u16,
+    /// Audience of the projected service-account token the sidecar proves itself with.
+    pub token_audience: String,
+    pub token_expiration_seconds: u32,
+    /// Where the sidecar asks for its configuration.
+    pub bootstrap_url: String,
+    /// Where the sidecar ships logs, handed to it in its environment; empty: not set.
+    pub log_sink: Sink,
+}
+
+/// Which namespaces' pods are shaped (the webhook configuration's selectors should agree).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NamespaceSettings {
+    /// Only these namespaces, when not empty.
+    pub include: Vec<String>,
+    /// Never these namespaces.
+    pub exclude: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            label_prefix: "rayshape.io".into(),
+            profile: "generic".into(),
+            gpu_resource_name: "nvidia.com/gpu".into(),
+            sidecar: SidecarSettings::default(),
+            namespaces: NamespaceSettings::default(),
+        }
+    }
+}
+
+impl Default for SidecarSettings {
+    fn default() -> Self {
+        SidecarSettings {
+            enabled: true,
+            native: true,
+            name: "rayshape-sidecar".into(),
+            image: concat!(
+                "ghcr.io/rayshape/rayshape-sidecar:v",
+                env!("CARGO_PKG_VERSION")
+            )
+            .into(),
+            image_pull_policy: "IfNotPresent".into(),
+            resources: [("cpu", "100m"), ("memory", "64Mi")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            metrics_port: rayshape_contract::SIDECAR_METRICS_PORT,
+            token_audience: rayshape_contract::TOKEN_AUDIENCE.into(),
+            token_expiration_seconds: 3600,
+            bootstrap_url: "https://rayshape-webhook.rayshape-system.svc:443/v1/bootstrap".into(),
+            log_sink: Sink::default(),
+        }
+    }
+}
+
+impl Default for NamespaceSettings {
+    fn default() -> Self {
+        NamespaceSettings {
+            include: Vec::new(),
+            exclude: vec![
+                "kube-system".into(),
+                "kube-public".into(),
+                "kube-node-lease".into(),
+            ],
+        }
+    }
+}
+
+impl Settings {
+    /// Parse and check `webhook.yaml`; problems go to `report`.
+    pub fn load(text: &str, report: &mut Report) -> Option<Settings> {
+        if text.trim().is_empty() {
+            return Some(Settings::default());
+        }
+        let s: Settings = match serde_saphyr::from_str(text) {
+            Ok(s) => s,
+            Err(e) => {
+                report.yaml(FILE, &e);
+                return None;
+            }
+        };
+        let before = report.errors.len();
+        s.check(report);
+        (report.errors.len() == before).then_some(s)
+    }
+
+    fn check(&self, r: &mut Report) {
+        if !is_dns_subdomain(&self.label_prefix) {
+            r.error(FILE, None, "labelPrefix", format!("{:?} is not a DNS subdomain; expected something like rayshape.io or anyscale.com", self.label_prefix));
+        }
+        if !profiles::names().any(|n| n == self.profile) {
+            r.error(
+                FILE,
+                None,
+                "profile",
+                format!(
+                    "unknown profile {:?}; accepted: {}",
+                    self.profile,
+                    profiles::names_text()
+                ),
+            );
+        }
+        if !is_resource_name(&self.gpu_resource_name) {
+            r.error(FILE, None, "gpuResourceName", format!("{:?} is not an extended resource name; expected something like nvidia.com/gpu or amd.com/gpu", self.gpu_resource_name));
+        }
+        let sc = &self.sidecar;
+        if !is_dns_label(&sc.name) {
+            r.error(FILE, None, "sidecar.name", format!("{:?} is not a valid container name (lowercase letters, digits and `-`, at most 63)", sc.name));
+        }
+        if sc.image.trim().is_empty() {
+            r.error(
+                FILE,
+                None,
+                "sidecar.image",
+                "is empty; expected an image reference",
+            );
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&sc.image_pull_policy.as_str()) {
+            r.error(
+                FILE,
+                None,
+                "sidecar.imagePullPolicy",
+                format!(
+                    "{:?}; accepted: Always, IfNotPresent, Never",
+                    sc.image_pull_policy
+                ),
+            );
+        }
+        for (k, v) in &sc.resources {
+            if !is_resource_name(k) && !["cpu", "memory", "ephemeral-storage"].contains(&k.as_str())
+            {
+                r.error(FILE, None, format!("sidecar.resources.{k}"), "is not a resource name; expected cpu, memory, ephemeral-storage or an extended resource");
+            }
+            match Quantity::parse(v) {
+                Ok(q) if q.millis() < 0 => r.error(
+                    FILE,
+                    None,
+                    format!("sidecar.resources.{k}"),
+                    "must not be negative",
+                ),
+                Ok(_) => {}
+                Err(e) => r.error(FILE, None, format!("sidecar.resources.{k}"), e.to_string()),
+            }
+        }
+        if sc.metrics_port == 0 {
+            r.error(
+                FILE,
+                None,
+                "sidecar.metricsPort",
+                "must be a port from 1 to 65535",
+            );
+        }
+        if sc.token_audience.is_empty() {
+            r.error(
+                FILE,
+                None,
+                "sidecar.tokenAudience",
+                "is empty; expected an audience such as rayshape.io",
+            );
+        }
+        if sc.token_expiration_seconds < 600 {
+            r.error(
+                FILE,
+                None,
+                "sidecar.tokenExpirationSeconds",
+                format!(
+                    "{} is below 600, the least Kubernetes accepts for a projected token",
+                    sc.token_expiration_seconds
+                ),
+            );
+        }
+        if !(sc.bootstrap_url.starts_with("https://") || sc.bootstrap_url.starts_with("http://")) {
+            r.error(
+                FILE,
+                None,
+                "sidecar.bootstrapUrl",
+                format!("{:?} is not an http(s) URL", sc.bootstrap_url),
+            );
+        }
+        if rayshape_contract::options::encode(&sc.log_sink.options).is_none() {
+            r.error(
+                FILE,
+                None,
+                "sidecar.logSink.options",
+                "keys must be non-empty and without `,` or `=`, values without `,` (the sidecar receives them as key=value,key=value)",
+            );
+        }
+        for (i, ns) in self
+            .namespaces
+            .include
+            .iter()
+            .chain(&self.namespaces.exclude)
+            .enumerate()
+        {
+            if !is_dns_label(ns) {
+                r.error(
+                    FILE,
+                    None,
+                    format!("namespaces[{i}]"),
+                    format!("{ns:?} is not a namespace name"),
+                );
+            }
+        }
+    }
+
+    /// The sidecar's reservation, parsed (validated at load).
+    pub fn sidecar_resources(&self) -> BTreeMap<String, Quantity> {
+        self.sidecar
+            .resources
+            .iter()
+            .filter_map(|(k, v)| Quantity::parse(v).ok().map(|q| (k.clone(), q)))
+            .collect()
+    }
+
+    /// Whether pods in this namespace are managed.
+    pub fn manages_namespace(&self, ns: Option<&str>) -> bool {
+        let ns = ns.unwrap_or("default");
+        !self.namespaces.exclude.iter().any(|x| x == ns)
+            && (self.namespaces.include.is_empty()
+                || self.namespaces.include.iter().any(|x| x == ns))
+    }
+
+    /// `<prefix>/<name>`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}/{}", self.label_prefix, name)
+    }
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// `domain/name`, as extended resources are named.
+pub fn is_resource_name(s: &str) -> bool {
+    match s.split_once('/') {
+        Some((d, n)) => {
+            is_dns_subdomain(d)
+                && !n.is_empty()
+                && n.len() <= 63
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        }
+        None => false,
+    }
+}
+
+/// A valid Kubernetes label value (empty allowed).
+pub fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let mut r = Report::default();
+        let s = Settings::load(
+            "labelPrefix: anyscale.com\nsidecar:\n  native: false\n",
+            &mut r,
+        )
+        .unwrap();
+        assert_eq!(s.label_prefix, "anyscale.com");
+        assert!(!s.sidecar.native);
+        assert_eq!(s.sidecar.name, "rayshape-sidecar");
+        assert_eq!(s.key("zone"), "anyscale.com/zone");
+    }
+
+    #[test]
+    fn every_problem_reported() {
+        let mut r = Report::default();
+        let s = Settings::load(
+            "labelPrefix: Bad_Prefix\nprofile: azure\nsidecar:\n  resources: {cpu: lots}\n  tokenExpirationSeconds: 10\n",
+            &mut r,
+        );
+        assert!(s.is_none());
+        let all: Vec<String> = r.errors.iter().map(|p| p.to_string()).collect();
+        assert_eq!(all.len(), 4, "{all:#?}");
+        assert!(
+            all[1].contains("accepted: generic, eks, karpenter, gke, aks"),
+            "{all:#?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_a_line() {
+        let mut r = Report::default();
+        assert!(Settings::load("labelprefix: x\n", &mut r).is_none());
+        assert_eq!(r.errors[0].line, Some(1), "{:?}", r.errors);
+    }
+}

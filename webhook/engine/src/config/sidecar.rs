@@ -1,0 +1,107 @@
+//! The sidecar container as the settings describe it, built once when a configuration
+//! loads. Where it goes in a pod is the plan's business (`plan::sidecar`).
+//!
+//! Its spec carries the defaults the API server would add, so that re-shaping an admitted
+//! pod is a no-op. Every name the sidecar reads comes from `rayshape_contract`.
+
+use super::settings::Settings;
+use rayshape_contract::{self as contract, env, options};
+use serde_json::{Value, json};
+
+/// The name of the projected token volume.
+pub const TOKEN_VOLUME: &str = "rayshape-token";
+
+/// The sidecar's container and token volume for one configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    /// The container, with an empty name where the logs volume's name goes.
+    pub container: Value,
+    pub token_volume: Value,
+}
+
+impl Template {
+    pub fn new(s: &Settings) -> Template {
+        Template {
+            container: container(s),
+            token_volume: token_volume(s),
+        }
+    }
+}
+
+fn token_volume(s: &Settings) -> Value {
+    json!({
+        "name": TOKEN_VOLUME,
+        "projected": {
+            "defaultMode": 420,
+            "sources": [{"serviceAccountToken": {
+                "audience": s.sidecar.token_audience,
+                "expirationSeconds": s.sidecar.token_expiration_seconds,
+                "path": contract::TOKEN_FILE_NAME
+            }}]
+        }
+    })
+}
+
+fn field_env(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}})
+}
+
+fn container(s: &Settings) -> Value {
+    let sc = &s.sidecar;
+    let resources: serde_json::Map<String, Value> = sc
+        .resources
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let mut env = vec![
+        field_env(env::POD_NAME, "metadata.name"),
+        field_env(env::POD_NAMESPACE, "metadata.namespace"),
+        field_env(env::POD_UID, "metadata.uid"),
+        field_env(env::NODE_NAME, "spec.nodeName"),
+        field_env(
+            env::RAY_CLUSTER,
+            &format!("metadata.labels['{}']", contract::keys::KUBERAY_CLUSTER),
+        ),
+        json!({"name": env::BOOTSTRAP_URL, "value": sc.bootstrap_url}),
+        json!({"name": env::TOKEN_FILE, "value": format!("{}/{}", contract::TOKEN_DIR, contract::TOKEN_FILE_NAME)}),
+        json!({"name": env::LOG_ROOT, "value": contract::RAY_ROOT}),
+        json!({"name": env::METRICS_LISTEN, "value": format!("0.0.0.0:{}", sc.metrics_port)}),
+    ];
+    if !sc.log_sink.url.is_empty() {
+        env.push(json!({"name": env::SINK_URL, "value": sc.log_sink.url}));
+        // Settings refuse options the format cannot carry, so encoding succeeds here.
+        if let Some(opts) = options::encode(&sc.log_sink.options).filter(|o| !o.is_empty()) {
+            env.push(json!({"name": env::SINK_OPTIONS, "value": opts}));
+        }
+    }
+    let mut c = json!({
+        "name": sc.name,
+        "image": sc.image,
+        "imagePullPolicy": sc.image_pull_policy,
+        "args": ["run"],
+        "env": env,
+        "ports": [{"name": "rs-metrics", "containerPort": sc.metrics_port, "protocol": "TCP"}],
+        "resources": {"requests": resources.clone(), "limits": resources},
+        "volumeMounts": [
+            {"name": "", "mountPath": contract::RAY_ROOT},
+            {"name": TOKEN_VOLUME, "mountPath": contract::TOKEN_DIR, "readOnly": true},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+    });
+    if sc.native
+        && let Some(m) = c.as_object_mut()
+    {
+        m.insert("restartPolicy".into(), json!("Always"));
+    }
+    c
+}

@@ -1,0 +1,236 @@
+//! The first stage: decoding what the API server and users send. An AdmissionReview's
+//! request, or for the preview, JSON or YAML documents, one or a stream.
+
+use crate::primitives::pod;
+use serde_json::Value;
+use thiserror::Error;
+
+/// A review that cannot be answered (HTTP 400; exit 2 in the preview).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReviewError {
+    #[error("apiVersion is {0:?}; expected admission.k8s.io/v1")]
+    ApiVersion(String),
+    #[error("kind is {0:?}; expected AdmissionReview")]
+    Kind(String),
+    #[error("`request` is missing or not an object")]
+    NoRequest,
+    #[error("`request.uid` is missing or not a string")]
+    NoUid,
+    #[error("`request.object` is missing or not an object, for a {0} request")]
+    NoObject(String),
+}
+
+/// The parts of an AdmissionReview's request the engine reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request<'a> {
+    pub uid: &'a str,
+    pub operation: &'a str,
+    /// `Kind` of the object, as the request names it (or the object itself does).
+    pub kind: &'a str,
+    /// The request's namespace: the object may lack it on CREATE.
+    pub namespace: &'a str,
+    /// `metadata.name`, often empty on CREATE (the API server names the pod afterwards).
+    pub name: &'a str,
+    pub generate_name: &'a str,
+    pub sub_resource: &'a str,
+    pub dry_run: bool,
+    pub object: Option<&'a Value>,
+}
+
+impl Request<'_> {
+    /// Pods are shaped on CREATE only: an admitted pod's spec is immutable, and KubeRay
+    /// updates live pods (labels, annotations), which must go through untouched. KubeRay's
+    /// own objects are shaped on CREATE and UPDATE (sizing is idempotent, so the
+    /// autoscaler's `replicas` updates pass unchanged). Subresources never are.
+    pub fn is_shaped(&self) -> bool {
+        let ray_crd = matches!(self.kind, "RayCluster" | "RayJob" | "RayService");
+        self.sub_resource.is_empty()
+            && (self.operation == "CREATE" || (ray_crd && self.operation == "UPDATE"))
+    }
+}
+
+/// Decode an `admission.k8s.io/v1` AdmissionReview.
+pub fn review(review: &Value) -> Result<Request<'_>, ReviewError> {
+    let api = review
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if api != "admission.k8s.io/v1" {
+        return Err(ReviewError::ApiVersion(api.into()));
+    }
+    let kind = review.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != "AdmissionReview" {
+        return Err(ReviewError::Kind(kind.into()));
+    }
+    let req = review
+        .get("request")
+        .filter(|r| r.is_object())
+        .ok_or(ReviewError::NoRequest)?;
+    let uid = req
+        .get("uid")
+        .and_then(Value::as_str)
+        .ok_or(ReviewError::NoUid)?;
+    let text = |p: &[&str]| pod::at(req, p).and_then(Value::as_str).unwrap_or("");
+    let object = req.get("object").filter(|o| o.is_object());
+    let in_object = |p: &[&str]| object.and_then(|o| pod::at(o, p)).and_then(Value::as_str);
+    Ok(Request {
+        uid,
+        operation: text(&["operation"]),
+        kind: pod::at(req, &["kind", "kind"])
+            .and_then(Value::as_str)
+            .or_else(|| in_object(&["kind"]))
+            .unwrap_or(""),
+        namespace: text(&["namespace"]),
+        name: in_object(&["metadata", "name"]).unwrap_or_else(|| text(&["name"])),
+        generate_name: in_object(&["metadata", "generateName"]).unwrap_or(""),
+        sub_resource: text(&["subResource"]),
+        dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
+        object,
+    })
+}
+
+/// The API server's limit on a request body; nothing larger can be a real object.
+pub const MAX_INPUT: usize = 3 * 1024 * 1024;
+
+/// The syntax the input came in, so output can use the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Error)]
+pub enum InputError {
+    #[error(
+        "input is {0} bytes; the limit is {MAX_INPUT} bytes (3 MiB), the API server's own limit on an object"
+    )]
+    TooLarge(usize),
+    #[error("input is not UTF-8 text: {0}")]
+    NotUtf8(#[from] std::str::Utf8Error),
+    #[error("input is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("input is not valid YAML: {0}")]
+    Yaml(String),
+    #[error("input holds no document; expected a Pod or an AdmissionReview")]
+    Empty,
+    #[error("document {index} is not an object with apiVersion and kind (found {found})")]
+    NotAnObject { index: usize, found: &'static str },
+}
+
+/// Parse one or more documents (the preview's input). A `kind: List` is expanded into its
+/// items.
+pub fn parse_documents(bytes: &[u8]) -> Result<(Vec<Value>, Format), InputError> {
+    if bytes.len() > MAX_INPUT {
+        return Err(InputError::TooLarge(bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes)?;
+    let trimmed = text.trim_start_matches('\u{feff}').trim_start();
+    let (docs, format) = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let docs = serde_json::Deserializer::from_str(trimmed)
+            .into_iter::<Value>()
+            .collect::<Result<Vec<_>, _>>()?;
+        (docs, Format::Json)
+    } else {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(trimmed).map_err(|e| {
+            InputError::Yaml(
+                e.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("parse error")
+                    .to_string(),
+            )
+        })?;
+        (docs, Format::Yaml)
+    };
+    let mut out = Vec::new();
+    for doc in docs {
+        match doc {
+            Value::Null => {}
+            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
+                if let Some(items) = m.get("items").and_then(Value::as_array) {
+                    out.extend(items.iter().cloned());
+                }
+            }
+            Value::Array(items) => out.extend(items),
+            other => out.push(other),
+        }
+    }
+    if out.is_empty() {
+        return Err(InputError::Empty);
+    }
+    for (index, d) in out.iter().enumerate() {
+        let found = match d {
+            Value::Object(_) => continue,
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "a list",
+        };
+        return Err(InputError::NotAnObject { index, found });
+    }
+    Ok((out, format))
+}
+
+/// Render documents in the given format (YAML streams are separated by `---`).
+pub fn render(docs: &[Value], format: Format) -> String {
+    match format {
+        Format::Json => docs
+            .iter()
+            .map(|d| serde_json::to_string_pretty(d).expect("JSON values serialise") + "\n")
+            .collect(),
+        Format::Yaml => docs
+            .iter()
+            .map(|d| serde_saphyr::to_string(d).unwrap_or_else(|_| d.to_string()))
+            .collect::<Vec<_>>()
+            .join("---\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_yaml_streams_and_lists() {
+        let (d, f) = parse_documents(b"{\"kind\":\"Pod\"}").unwrap();
+        assert_eq!((d.len(), f), (1, Format::Json));
+        let (d, f) = parse_documents(b"kind: Pod\n---\nkind: Pod\n---\n").unwrap();
+        assert_eq!((d.len(), f), (2, Format::Yaml));
+        let (d, _) = parse_documents(b"kind: List\nitems:\n- kind: Pod\n- kind: Pod\n").unwrap();
+        assert_eq!(d.len(), 2);
+    }
+
+    #[test]
+    fn bad_input_is_explained() {
+        assert!(matches!(
+            parse_documents(&vec![b' '; MAX_INPUT + 1]),
+            Err(InputError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_documents(b"{\"kind\":"),
+            Err(InputError::Json(_))
+        ));
+        assert!(matches!(
+            parse_documents(b"a: [1,"),
+            Err(InputError::Yaml(_))
+        ));
+        assert!(matches!(parse_documents(b""), Err(InputError::Empty)));
+        assert!(matches!(
+            parse_documents(b"just text"),
+            Err(InputError::NotAnObject { .. })
+        ));
+        assert!(matches!(
+            parse_documents(&[0xff, 0xfe]),
+            Err(InputError::NotUtf8(_))
+        ));
+    }
+
+    #[test]
+    fn yaml_output_round_trips_tricky_strings() {
+        let v: Value = serde_json::json!({"kind": "Pod", "a": "true", "b": "1", "c": "on", "d": "null", "e": "8Gi", "f": "", "g": "0x10", "h": "- x", "i": "a: b"});
+        let text = render(std::slice::from_ref(&v), Format::Yaml);
+        let (back, _) = parse_documents(text.as_bytes()).unwrap();
+        assert_eq!(back[0], v, "{text}");
+    }
+}

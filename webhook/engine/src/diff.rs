@@ -1,0 +1,215 @@
+//! `diff(original, shaped)`: the RFC 6902 patch the API server receives.
+//!
+//! The same operations as `json_patch::diff` (tests compare the two), but equal subtrees are
+//! skipped with one comparison, and paths are only rendered for operations that are emitted:
+//! `json_patch::diff` escapes and allocates a path segment for every node it visits, which
+//! was a quarter of the cost of an admission. [`diff_json`] writes the patch's JSON straight
+//! from the shaped object, without copying the values it adds.
+
+use serde_json::{Map, Value};
+
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Where the walk reports operations.
+trait Sink {
+    fn op(&mut self, op: &'static str, path: &[Seg<'_>], value: Option<&Value>);
+}
+
+/// The operations that turn `left` into `right`, as RFC 6902 JSON text, and their number.
+pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
+    struct Json(Vec<u8>, usize);
+    impl Sink for Json {
+        fn op(&mut self, op: &'static str, path: &[Seg<'_>], value: Option<&Value>) {
+            let out = &mut self.0;
+            out.push(if self.1 == 0 { b'[' } else { b',' });
+            self.1 += 1;
+            out.extend_from_slice(b"{\"op\":\"");
+            out.extend_from_slice(op.as_bytes());
+            out.extend_from_slice(b"\",\"path\":");
+            let mut text = String::new();
+            for seg in path {
+                text.push('/');
+                match seg {
+                    Seg::Key(k) => text.push_str(&k.replace('~', "~0").replace('/', "~1")),
+                    Seg::Index(i) => text.push_str(&i.to_string()),
+                }
+            }
+            serde_json::to_writer(&mut *out, &text).expect("writing to a Vec cannot fail");
+            if let Some(v) = value {
+                out.extend_from_slice(b",\"value\":");
+                serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail");
+            }
+            out.push(b'}');
+        }
+    }
+    let mut sink = Json(Vec::new(), 0);
+    walk(left, right, &mut Vec::new(), &mut sink);
+    if sink.1 == 0 {
+        sink.0.push(b'[');
+    }
+    sink.0.push(b']');
+    (sink.0, sink.1)
+}
+
+/// Equality that walks both maps in step while their keys agree, as they do when `right` is
+/// an edited copy of `left`, and only then falls back to hashed lookups.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            if x.len() != y.len() {
+                return false;
+            }
+            for ((kx, vx), (ky, vy)) in x.iter().zip(y.iter()) {
+                if kx != ky {
+                    return x == y;
+                }
+                if !same(vx, vy) {
+                    return false;
+                }
+            }
+            true
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        _ => a == b,
+    }
+}
+
+fn walk<'a>(left: &'a Value, right: &'a Value, path: &mut Vec<Seg<'a>>, sink: &mut impl Sink) {
+    if same(left, right) {
+        return;
+    }
+    match (left, right) {
+        (Value::Object(l), Value::Object(r)) => object(l, r, path, sink),
+        (Value::Array(l), Value::Array(r)) => array(l, r, path, sink),
+        _ => sink.op("replace", path, Some(right)),
+    }
+}
+
+fn object<'a>(
+    l: &'a Map<String, Value>,
+    r: &'a Map<String, Value>,
+    path: &mut Vec<Seg<'a>>,
+    sink: &mut impl Sink,
+) {
+    for (k, rv) in r {
+        path.push(Seg::Key(k));
+        match l.get(k) {
+            Some(lv) => walk(lv, rv, path, sink),
+            None => sink.op("add", path, Some(rv)),
+        }
+        path.pop();
+    }
+    for k in l.keys() {
+        if !r.contains_key(k) {
+            path.push(Seg::Key(k));
+            sink.op("remove", path, None);
+            path.pop();
+        }
+    }
+}
+
+/// Element by element; extra elements on the left are removed from the same index in turn.
+fn array<'a>(l: &'a [Value], r: &'a [Value], path: &mut Vec<Seg<'a>>, sink: &mut impl Sink) {
+    let common = l.len().min(r.len());
+    for i in 0..common {
+        path.push(Seg::Index(i));
+        walk(&l[i], &r[i], path, sink);
+        path.pop();
+    }
+    for (i, v) in r.iter().enumerate().skip(common) {
+        path.push(Seg::Index(i));
+        sink.op("add", path, Some(v));
+        path.pop();
+    }
+    for _ in common..l.len() {
+        path.push(Seg::Index(common));
+        sink.op("remove", path, None);
+        path.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use json_patch::jsonptr::{PointerBuf, Token};
+    use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation};
+
+    /// The operations that turn `left` into `right`.
+    fn diff(left: &Value, right: &Value) -> Patch {
+        struct Ops(Vec<PatchOperation>);
+        impl Sink for Ops {
+            fn op(&mut self, op: &'static str, path: &[Seg<'_>], value: Option<&Value>) {
+                let path = PointerBuf::from_tokens(path.iter().map(|s| match s {
+                    Seg::Key(k) => Token::new(*k),
+                    Seg::Index(i) => Token::from(*i),
+                }));
+                let value = || value.cloned().unwrap_or(Value::Null);
+                self.0.push(match op {
+                    "add" => PatchOperation::Add(AddOperation {
+                        path,
+                        value: value(),
+                    }),
+                    "replace" => PatchOperation::Replace(ReplaceOperation {
+                        path,
+                        value: value(),
+                    }),
+                    _ => PatchOperation::Remove(RemoveOperation { path }),
+                });
+            }
+        }
+        let mut sink = Ops(Vec::new());
+        walk(left, right, &mut Vec::new(), &mut sink);
+        Patch(sink.0)
+    }
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (0i64..4).prop_map(|n| json!(n)),
+            prop::sample::select(&["a", "b", "a/b", "~x"][..]).prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(4, 40, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    prop::sample::select(&["k", "l", "m/n", "o~p"][..]).prop_map(str::to_string),
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn same_as_json_patch_and_applies(a in value(), b in value()) {
+            let ours = diff(&a, &b);
+            prop_assert_eq!(&ours, &json_patch::diff(&a, &b));
+            let (bytes, n) = diff_json(&a, &b);
+            let parsed: Patch = serde_json::from_slice(&bytes).unwrap();
+            prop_assert_eq!((&parsed, n), (&ours, ours.0.len()));
+            let mut applied = a.clone();
+            json_patch::patch(&mut applied, &ours).unwrap();
+            prop_assert_eq!(applied, b);
+        }
+    }
+
+    #[test]
+    fn escapes_keys() {
+        let p = diff(&json!({}), &json!({"a/b": 1, "c~d": 2}));
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"op":"add","path":"/a~1b","value":1},{"op":"add","path":"/c~0d","value":2}]"#
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! The third stage: decide everything about one object, or deny it.
+//!
+//! A pod's plan is made in the order its parts depend on each other: the vocabulary
+//! (instance type, market type, zone), the sidecar, the patch rules, the sizing of the Ray
+//! container and what Ray must see. Patch rules are edits whose success decides
+//! admission, so planning runs them (with the vocabulary and the sidecar) on a staged copy
+//! of the object; everything after them is decided from that copy and written by
+//! [`apply`](crate::apply), which cannot fail. Every denial is decided here.
+
+pub mod raycluster;
+pub mod rayview;
+pub mod rules;
+pub mod sidecar;
+pub mod sizing;
+pub mod vocabulary;
+
+use crate::classify::{FoundBy, RayPod};
+use crate::config::Config;
+use crate::primitives::pod;
+use rayshape_contract::keys;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The webhook refuses the object; the message says what is wrong and what would be accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Denial {
+    pub message: String,
+    /// The rule that failed, when a rule caused the denial.
+    pub rule: Option<String>,
+}
+
+impl Denial {
+    pub fn new(message: impl Into<String>) -> Denial {
+        Denial {
+            message: message.into(),
+            rule: None,
+        }
+    }
+}
+
+/// What to do to one object.
+#[derive(Debug)]
+pub enum Plan<'c> {
+    /// Let it through as it is; the reason is for logs.
+    Unchanged(&'static str),
+    Pod(Box<PodPlan<'c>>),
+    Cluster(raycluster::ClusterPlan<'c>),
+}
+
+/// Everything decided about one Ray pod.
+#[derive(Debug)]
+pub struct PodPlan<'c> {
+    /// The object with the vocabulary, the sidecar and the rules applied.
+    pub staged: Value,
+    /// The Ray container as classified, in the incoming object.
+    pub ray: RayPod,
+    /// Its name, and its index in `staged` (rules may have appended containers).
+    pub ray_name: String,
+    pub ray_index: usize,
+    pub vocabulary: vocabulary::Vocabulary<'c>,
+    /// The sidecar as injected, unless disabled.
+    pub sidecar: Option<sidecar::Injection>,
+    /// Every rule whose selector matched, with what became of it.
+    pub rules: Vec<rules::Outcome<'c>>,
+    /// The Ray container's new resources, for pods with an instance type.
+    pub sizing: Option<sizing::Sizing>,
+    /// Corrections of what Ray sees.
+    pub ray_view: rayview::Corrections,
+    /// The `<prefix>/shaped` annotation: what was applied.
+    pub record: String,
+    pub warnings: Vec<String>,
+}
+
+impl PodPlan<'_> {
+    /// Rules with `failurePolicy: Ignore` that failed and were skipped.
+    pub fn failed_rules(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .filter(|o| o.skipped.is_some())
+            .map(|o| o.rule.name.clone())
+            .collect()
+    }
+}
+
+/// Plan a Ray pod.
+pub fn pod<'c>(input: &Value, ray: RayPod, cfg: &'c Config) -> Result<PodPlan<'c>, Denial> {
+    let s = &cfg.settings;
+    let ray_name = pod::name(&pod::containers(input)[ray.ray_container]).to_string();
+    let original_ray = rayview::Original::of(&pod::containers(input)[ray.ray_container]);
+    let vocabulary = vocabulary::read(input, cfg)?;
+
+    let mut staged = input.clone();
+    vocabulary.write(&mut staged, s);
+    let sidecar = if s.sidecar.enabled && !sidecar::opted_out(input, s) {
+        Some(sidecar::inject(&mut staged, ray.ray_container, cfg)?)
+    } else {
+        None
+    };
+    let mut warnings = Vec::new();
+    let rules = rules::run(&mut staged, &ray_name, vocabulary.instance_type, cfg)?;
+    warnings.extend(rules.iter().filter_map(|o| {
+        o.skipped
+            .as_ref()
+            .map(|why| format!("skipped rule {}: {why}", o.rule.name))
+    }));
+    rules::check_protected(input, &staged)?;
+    let Some(ray_index) = pod::containers(&staged)
+        .iter()
+        .position(|c| pod::name(c) == ray_name)
+    else {
+        return Err(Denial::new(format!(
+            "patch rules removed the Ray container {ray_name:?}; rules must not remove it"
+        )));
+    };
+
+    let (sizing, ray_view) = match vocabulary.instance_type {
+        Some(t) => {
+            let sized = sizing::plan(&staged, ray_index, t).map_err(Denial::new)?;
+            warnings.extend(sized.warnings.iter().cloned());
+            let view = rayview::plan(&staged, ray_index, &original_ray, &sized, t, ray.kuberay);
+            warnings.extend(view.warnings.iter().cloned());
+            (Some(sized), view)
+        }
+        None => (None, rayview::Corrections::default()),
+    };
+
+    let applied: Vec<&str> = rules
+        .iter()
+        .filter(|o| o.skipped.is_none())
+        .map(|o| o.rule.name.as_str())
+        .collect();
+    let record = record(cfg, &vocabulary, sidecar.is_some(), &applied);
+    Ok(PodPlan {
+        staged,
+        ray,
+        ray_name,
+        ray_index,
+        vocabulary,
+        sidecar,
+        rules,
+        sizing,
+        ray_view,
+        record,
+        warnings: tidy(warnings),
+    })
+}
+
+/// The `<prefix>/shaped` annotation: the configuration, the choices and a hash of all that
+/// was applied, for idempotency checks and audits.
+fn record(cfg: &Config, v: &vocabulary::Vocabulary<'_>, sidecar: bool, applied: &[&str]) -> String {
+    let instance_type = v.instance_type.map(|t| t.name.as_str());
+    let full = json!({
+        "config": cfg.fingerprint,
+        "instanceType": instance_type,
+        "marketType": v.market,
+        "zone": v.zone,
+        "sidecar": sidecar,
+        "rules": applied,
+    });
+    let hash = Sha256::digest(full.to_string().as_bytes());
+    json!({
+        "config": cfg.fingerprint,
+        "instanceType": instance_type,
+        "marketType": v.market,
+        "rules": applied.len(),
+        "hash": hash[..8].iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    })
+    .to_string()
+}
+
+/// The annotation key of the record.
+pub fn record_key(cfg: &Config) -> String {
+    cfg.settings.key(keys::SHAPED)
+}
+
+/// Deduplicate, and keep each warning within the 120 characters Kubernetes advises.
+pub fn tidy(warnings: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for w in warnings {
+        let w = if w.chars().count() > 120 {
+            let cut: String = w.chars().take(119).collect();
+            format!("{cut}…")
+        } else {
+            w
+        };
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    out
+}
+
+/// Why the Ray container is the one it is.
+pub fn explain_ray(ray: &RayPod) -> &'static str {
+    FoundBy::explain(ray.found_by)
+}

