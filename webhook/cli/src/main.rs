@@ -121,6 +121,9 @@ enum OutFormat {
 }
 
 fn main() -> ExitCode {
+    // A bug is reported in one line, not a backtrace; `mutate` then exits 2 and `serve`
+    // answers the one review with 500.
+    std::panic::set_hook(Box::new(|info| eprintln!("internal error: {info}")));
     let cli = Cli::parse();
     match cli.command {
         Command::Mutate {
@@ -279,10 +282,21 @@ fn mutate(
         } else {
             synthetic_review(doc, i)
         };
-        match rayshape_engine::decide(&review_doc, &cfg) {
-            Ok(d) => decisions.push((d, review_doc)),
-            Err(e) => {
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rayshape_engine::decide(&review_doc, &cfg)
+        }));
+        match decided {
+            Ok(Ok(d)) => decisions.push((d, review_doc)),
+            Ok(Err(e)) => {
                 eprintln!("error: document {}: {e}", i + 1);
+                return ExitCode::from(2);
+            }
+            Err(panic) => {
+                drop(panic);
+                eprintln!(
+                    "error: document {}: rayshape hit an internal error (above); this is a bug, please report it with the input",
+                    i + 1
+                );
                 return ExitCode::from(2);
             }
         }

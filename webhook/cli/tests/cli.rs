@@ -174,7 +174,10 @@ fn plan_output_explains_the_decision() {
     assert_eq!(plan["decision"], "admitted");
     assert_eq!(plan["rayContainer"]["index"], 0);
     assert!(
-        plan["rayContainer"]["why"].as_str().unwrap().contains("KubeRay"),
+        plan["rayContainer"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("KubeRay"),
         "{plan:#}"
     );
     let rules = plan["rules"].as_array().unwrap();
@@ -188,7 +191,13 @@ fn plan_output_explains_the_decision() {
     assert!(plan["sidecar"]["injected"].as_bool().unwrap());
 
     let denied = run(
-        &["mutate", "-f", "tests/fixtures/pods/unknown-type.yaml", "-o", "plan"],
+        &[
+            "mutate",
+            "-f",
+            "tests/fixtures/pods/unknown-type.yaml",
+            "-o",
+            "plan",
+        ],
         None,
     );
     assert_eq!(denied.status.code(), Some(1));

@@ -30,6 +30,7 @@ fn scratch(name: &str) -> PathBuf {
 /// A CA and a serving certificate for localhost / 127.0.0.1 signed by it.
 struct Pki {
     ca_der: CertificateDer<'static>,
+    ca_pem: String,
     cert_pem: String,
     key_pem: String,
     leaf_der: Vec<u8>,
@@ -51,6 +52,7 @@ fn pki(name: &str) -> Pki {
     let leaf = leaf.signed_by(&key, &ca).unwrap();
     Pki {
         ca_der: ca.der().clone(),
+        ca_pem: ca.pem(),
         cert_pem: leaf.pem() + &ca.pem(),
         key_pem: key.serialize_pem(),
         leaf_der: leaf.der().to_vec(),
@@ -192,9 +194,11 @@ enum Alpn {
     H2,
 }
 
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
 enum Sender {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
 }
 
 struct Client {
@@ -261,7 +265,7 @@ impl Client {
         Ok(Client { sender, peer })
     }
 
-    async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<(u16, Bytes), String> {
+    async fn send(&mut self, req: Request<Body>) -> Result<(u16, Bytes), String> {
         let resp = match &mut self.sender {
             Sender::H1(s) => s.send_request(req).await,
             Sender::H2(s) => s.send_request(req).await,
@@ -279,7 +283,7 @@ impl Client {
 
     async fn get(&mut self, path: &str) -> Result<(u16, Bytes), String> {
         let req = Request::get(format!("https://localhost{path}"))
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(Bytes::new()).boxed())
             .unwrap();
         self.send(req).await
     }
@@ -287,7 +291,29 @@ impl Client {
     async fn post(&mut self, body: impl Into<Bytes>) -> Result<(u16, Bytes), String> {
         let req = Request::post("https://localhost/mutate")
             .header("content-type", "application/json")
-            .body(Full::new(body.into()))
+            .body(Full::new(body.into()).boxed())
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// POST `total` bytes in 64 KiB chunks, with no declared length.
+    async fn post_streamed(&mut self, total: usize) -> Result<(u16, Bytes), String> {
+        let (mut tx, body) =
+            http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+        tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b' '; 64 * 1024]);
+            let mut sent = 0;
+            while sent < total {
+                // The server may stop reading once it has seen enough.
+                if tx.send_data(chunk.clone()).await.is_err() {
+                    return;
+                }
+                sent += chunk.len();
+            }
+        });
+        let req = Request::post("https://localhost/mutate")
+            .header("content-type", "application/json")
+            .body(body.boxed())
             .unwrap();
         self.send(req).await
     }
@@ -623,10 +649,24 @@ async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
         &["--header-timeout", "1", "--idle-timeout", "2"],
     )
     .await;
-    // Over HTTP/2 the client gets the 413 while it is still sending.
+    // Over HTTP/2 the client gets the 413 while it is still sending, whether it declared
+    // the length or not; then the connection goes on serving.
     let mut c = server.client(Alpn::H2).await.unwrap();
     let (s, b) = c.post(vec![b' '; 3 * 1024 * 1024 + 1]).await.unwrap();
     assert_eq!(s, 413, "{}", String::from_utf8_lossy(&b));
+    for alpn in [Alpn::H2, Alpn::H1] {
+        let mut c = server.client(alpn).await.unwrap();
+        let (s, b) = c
+            .post_streamed(4 * 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("{alpn:?}: no response, {e}"));
+        assert_eq!(s, 413, "{alpn:?}: {}", String::from_utf8_lossy(&b));
+        let (s, _) = c
+            .get("/healthz")
+            .await
+            .unwrap_or_else(|e| panic!("{alpn:?}: {e}"));
+        assert_eq!(s, 200, "{alpn:?}: the connection still serves");
+    }
     for alpn in [Alpn::H1, Alpn::H2] {
         let mut c = server.client(alpn).await.unwrap();
         let (s, b) = c.post("{\"apiVersion\": ").await.unwrap();
@@ -732,7 +772,7 @@ async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
     let m = server.metrics_text().await;
     assert_eq!(
         Server::metric(&m, "rayshape_webhook_http_responses_total{code=\"413\"}"),
-        3.0,
+        5.0,
         "{m}"
     );
     let _ = std::fs::remove_dir_all(root);
@@ -814,6 +854,71 @@ async fn metrics_pass_promtool_and_prometheus_counts_admissions() {
         "sum(rayshape_webhook_admission_requests_total{operation=\"CREATE\"})",
         sent as f64,
         Duration::from_secs(60),
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// curl, like many HTTP/2 clients, fails a request whose stream is reset before the
+/// response arrives; the 413 must reach it, with a declared length or without.
+#[tokio::test]
+async fn oversized_bodies_get_413_over_h2_and_h1_in_curl() {
+    let Some(curl) = tool("curl") else {
+        return;
+    };
+    let (root, certs, config, p) = setup("curl-413");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let ca = root.join("ca.pem");
+    std::fs::write(&ca, &p.ca_pem).unwrap();
+    let big = root.join("big.json");
+    std::fs::write(&big, vec![b' '; 4 * 1024 * 1024]).unwrap();
+    for version in ["--http2", "--http1.1"] {
+        for chunked in [false, true] {
+            let mut cmd = Command::new(&curl);
+            cmd.args(["-sS", version, "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg("--cacert")
+                .arg(&ca)
+                .arg("--data-binary")
+                .arg(format!("@{}", big.display()));
+            if chunked {
+                cmd.args(["-H", "Transfer-Encoding: chunked"]);
+            }
+            let out = cmd
+                .arg(format!("https://127.0.0.1:{}/mutate", server.addr.port()))
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "413",
+                "{version} chunked={chunked}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Label values come from requests; made-up ones must not become new series.
+#[tokio::test]
+async fn metric_labels_from_requests_are_bounded() {
+    let (root, certs, config, p) = setup("labels");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    for i in 0..20 {
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": format!("u-{i}"), "operation": format!("OP{i}"), "namespace": "ns",
+                        "kind": {"group": "x", "version": "v1", "kind": format!("Kind{i}")},
+                        "object": {"kind": format!("Kind{i}"), "metadata": {}}}});
+        assert_eq!(c.post(review.to_string()).await.unwrap().0, 200);
+    }
+    let m = server.metrics_text().await;
+    assert!(!m.contains("Kind1") && !m.contains("OP1"), "{m}");
+    assert_eq!(
+        Server::metric(
+            &m,
+            "rayshape_webhook_admission_requests_total{kind=\"other\",operation=\"other\",result=\"unchanged\"}"
+        ),
+        20.0,
+        "{m}"
     );
     let _ = std::fs::remove_dir_all(root);
 }

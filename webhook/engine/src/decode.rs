@@ -131,15 +131,17 @@ pub fn parse_documents(bytes: &[u8]) -> Result<(Vec<Value>, Format), InputError>
             .collect::<Result<Vec<_>, _>>()?;
         (docs, Format::Json)
     } else {
-        let docs: Vec<Value> = serde_saphyr::from_multiple(trimmed).map_err(|e| {
-            InputError::Yaml(
-                e.to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("parse error")
-                    .to_string(),
-            )
-        })?;
+        let mut docs: Vec<Value> =
+            serde_saphyr::from_multiple_with_options(trimmed, kubectl_yaml()).map_err(|e| {
+                InputError::Yaml(
+                    e.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or("parse error")
+                        .to_string(),
+                )
+            })?;
+        docs.iter_mut().for_each(integral_floats_to_integers);
         (docs, Format::Yaml)
     };
     let mut out = Vec::new();
@@ -170,6 +172,31 @@ pub fn parse_documents(bytes: &[u8]) -> Result<(Vec<Value>, Format), InputError>
         return Err(InputError::NotAnObject { index, found });
     }
     Ok((out, format))
+}
+
+/// YAML as `kubectl` reads it (`sigs.k8s.io/yaml`, YAML 1.1): `0777` is octal (511), and
+/// `yes`/`no`/`on`/`off` are booleans.
+fn kubectl_yaml() -> serde_saphyr::Options {
+    serde_saphyr::options! { legacy_octal_numbers: true }
+}
+
+/// `kubectl` turns YAML into JSON through Go's `float64`, whose JSON form has no fraction
+/// when it has none: `1e3` and `08` reach the API server as `1000` and `8`, which integer
+/// fields accept. The same here, for every integral number that fits.
+fn integral_floats_to_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.007_199_254_740_992e15
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(m) => m.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 /// Render documents in the given format (YAML streams are separated by `---`).
@@ -224,6 +251,23 @@ mod tests {
             parse_documents(&[0xff, 0xfe]),
             Err(InputError::NotUtf8(_))
         ));
+    }
+
+    #[test]
+    fn numbers_mean_what_they_mean_to_kubectl() {
+        // KubeRay's own samples write `defaultMode: 0777`.
+        let text = b"kind: Pod\nvolumes:\n- configMap: {name: x, defaultMode: 0777}\na: 1e3\nb: 08\nc: 1.5\nd: 0x1F\ne: 1_000\nf: '0777'\ng: yes\nh: -0\n";
+        let (d, _) = parse_documents(text).unwrap();
+        let want = serde_json::json!({"kind": "Pod", "volumes": [{"configMap": {"name": "x", "defaultMode": 511}}],
+            "a": 1000, "b": 8, "c": 1.5, "d": 31, "e": 1000, "f": "0777", "g": true, "h": 0});
+        assert_eq!(d[0], want);
+        assert!(
+            render(&d, Format::Json).contains("\"defaultMode\": 511"),
+            "an integer, not 511.0"
+        );
+        // JSON input is taken as it is.
+        let (d, _) = parse_documents(b"{\"kind\": \"Pod\", \"a\": 1.0}").unwrap();
+        assert_eq!(d[0]["a"], serde_json::json!(1.0));
     }
 
     #[test]

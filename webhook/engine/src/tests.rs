@@ -187,3 +187,26 @@ fn denial_has_status() {
             .contains("known instance types: 2CPU-8GB")
     );
 }
+
+/// Custom resources reach mutating admission before schema validation: malformed group
+/// templates are denied with the place, never a panic.
+#[test]
+fn malformed_kuberay_objects_are_denied_not_panicked_on() {
+    let cfg = Config::builtin();
+    let rc = json!({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "x"},
+        "spec": {"headGroupSpec": {"template": {"metadata": {"labels": {"rayshape.io/instance-type": "2CPU-8GB"}},
+                                                 "spec": {"containers": [1]}}}}});
+    let e = shape(&rc, None, &cfg).unwrap_err();
+    assert!(
+        e.message
+            .starts_with("group head: template.spec.containers[0] is not an object"),
+        "{e}"
+    );
+    let odd = json!({"apiVersion": "ray.io/v1", "kind": "RayCluster",
+        "spec": {"headGroupSpec": 3, "workerGroupSpecs": [1, {"template": 5},
+            {"template": {"metadata": {"labels": {"rayshape.io/instance-type": "2CPU-8GB"}}, "spec": {"containers": 7}}}]}});
+    assert!(shape(&odd, None, &cfg).is_ok());
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"ray.io/node-type": "worker"}},
+        "spec": {"containers": [1]}});
+    assert!(shape(&pod, None, &cfg).is_err());
+}

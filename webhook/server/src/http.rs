@@ -1,15 +1,16 @@
 //! Requests on the webhook port (`/mutate`, `/healthz`, `/readyz`) and the metrics port.
 
 use super::State;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use rayshape_engine::decode::MAX_INPUT;
-use rayshape_engine::review::Outcome;
+use http_body_util::{BodyExt, Full};
+use rayshape_engine::config::Config;
+use rayshape_engine::decode::{MAX_INPUT, ReviewError};
+use rayshape_engine::review::{Decision, Outcome};
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub type Body = Full<Bytes>;
 
@@ -28,22 +29,87 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 }
 
 /// The webhook port.
-pub async fn webhook(
-    req: Request<Incoming>,
-    state: Arc<State>,
-) -> Result<Response<Body>, Infallible> {
-    state.metrics.in_flight.inc();
+pub async fn webhook<B>(req: Request<B>, state: Arc<State>) -> Result<Response<Body>, Infallible>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
+    // Decremented on drop: also when hyper drops this future because the client left.
+    let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let resp = route(req, &state).await;
-    state.metrics.in_flight.dec();
     state
         .metrics
         .responses
-        .with_label_values(&[resp.status().as_str()])
+        .with_label_values(&[labels::code(resp.status())])
         .inc();
     Ok(resp)
 }
 
-async fn route(req: Request<Incoming>, state: &State) -> Response<Body> {
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> InFlight<'a> {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Metric label values from requests, mapped to fixed sets so that no client can grow the
+/// server's memory with made-up kinds, operations or codes.
+pub mod labels {
+    use http::StatusCode;
+
+    /// Object kinds the webhook is registered for; anything else is `other`.
+    pub fn kind(kind: &str) -> &'static str {
+        match kind {
+            "Pod" => "Pod",
+            "RayCluster" => "RayCluster",
+            "RayJob" => "RayJob",
+            "RayService" => "RayService",
+            _ => "other",
+        }
+    }
+
+    /// Admission operations; anything else is `other`.
+    pub fn operation(op: &str) -> &'static str {
+        match op {
+            "CREATE" => "CREATE",
+            "UPDATE" => "UPDATE",
+            "DELETE" => "DELETE",
+            "CONNECT" => "CONNECT",
+            _ => "other",
+        }
+    }
+
+    /// The status codes the server answers with; anything else is `other`.
+    pub fn code(status: StatusCode) -> &'static str {
+        match status.as_u16() {
+            200 => "200",
+            400 => "400",
+            404 => "404",
+            405 => "405",
+            408 => "408",
+            413 => "413",
+            429 => "429",
+            500 => "500",
+            503 => "503",
+            _ => "other",
+        }
+    }
+}
+
+async fn route<B>(req: Request<B>, state: &State) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
@@ -71,7 +137,11 @@ async fn route(req: Request<Incoming>, state: &State) -> Response<Body> {
     }
 }
 
-async fn mutate(req: Request<Incoming>, state: &State) -> Response<Body> {
+async fn mutate<B>(req: Request<B>, state: &State) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
+{
     let too_large = || {
         text(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,23 +154,25 @@ async fn mutate(req: Request<Incoming>, state: &State) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_INPUT as u64) {
+        tokio::spawn(drain(req.into_body(), state.body_timeout));
         return too_large();
     }
-    let body = match tokio::time::timeout(
-        state.body_timeout,
-        Limited::new(req.into_body(), MAX_INPUT).collect(),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Ok(Err(e)) => {
+    let body = match read_body(req.into_body(), state.body_timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge(rest)) => {
+            // Answer while the client is still sending, and keep reading what it sends so
+            // the answer arrives: a request body dropped unread resets an HTTP/2 stream
+            // before its response goes out.
+            tokio::spawn(drain(rest, state.body_timeout));
+            return too_large();
+        }
+        Err(BodyError::Read(e)) => {
             return text(
                 StatusCode::BAD_REQUEST,
                 format!("could not read the request body: {e}"),
             );
         }
-        Err(_) => {
+        Err(BodyError::Timeout) => {
             return text(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
@@ -115,18 +187,47 @@ async fn mutate(req: Request<Incoming>, state: &State) -> Response<Body> {
         .acquire()
         .await
         .expect("the semaphore is never closed");
+    answer(&body, state, rayshape_engine::decide).await
+}
+
+/// The engine's entry point, as the server calls it.
+type Decide = fn(&serde_json::Value, &Config) -> Result<Decision, ReviewError>;
+
+/// Decide one review's body and answer it. A panic while deciding answers this review
+/// with 500 and leaves the server serving.
+async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
     let started = Instant::now();
-    let doc: serde_json::Value = match serde_json::from_slice(&body) {
+    let doc: serde_json::Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => return bad_request(state, format!("the body is not JSON: {e}")),
     };
     let cfg = state.config();
-    let decision = match rayshape_engine::decide(&doc, &cfg) {
-        Ok(d) => d,
-        Err(e) => {
+    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| decide(&doc, &cfg)));
+    let decision = match decided {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
             return bad_request(
                 state,
                 format!("not an admission.k8s.io/v1 AdmissionReview: {e}"),
+            );
+        }
+        Err(panic) => {
+            let uid = doc
+                .pointer("/request/uid")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            state.metrics.panics.inc();
+            tracing::error!(uid, panic = %what, "internal error while deciding a review; the server goes on serving");
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "rayshape: internal error while deciding review {uid:?}; this is a bug, please report it with the webhook's log"
+                ),
             );
         }
     };
@@ -134,11 +235,12 @@ async fn mutate(req: Request<Incoming>, state: &State) -> Response<Body> {
     let elapsed = started.elapsed();
     let m = &state.metrics;
     let result = decision.result_label();
+    let kind = labels::kind(&decision.kind);
     m.admissions
-        .with_label_values(&[&decision.kind, &decision.operation, result])
+        .with_label_values(&[kind, labels::operation(&decision.operation), result])
         .inc();
     m.admission_seconds
-        .with_label_values(&[&decision.kind])
+        .with_label_values(&[kind])
         .observe(elapsed.as_secs_f64());
     match &decision.outcome {
         Outcome::Denied(d) => {
@@ -161,12 +263,126 @@ async fn mutate(req: Request<Incoming>, state: &State) -> Response<Body> {
     reply(StatusCode::OK, "application/json", out)
 }
 
+enum BodyError<B> {
+    /// Over the limit; the rest of the body, still unread.
+    TooLarge(B),
+    Read(String),
+    Timeout,
+}
+
+/// The request body, up to [`MAX_INPUT`] bytes, within `timeout`.
+async fn read_body<B>(mut body: B, timeout: Duration) -> Result<Bytes, BodyError<B>>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > MAX_INPUT {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(Some(buf.freeze()))
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(Some(b))) => Ok(b),
+        Ok(Ok(None)) => Err(BodyError::TooLarge(body)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BodyError::Timeout),
+    }
+}
+
+/// Read and discard the rest of a refused body, for at most `timeout` and a few times the
+/// limit; past that the stream is reset (HTTP/2) or the connection closed (HTTP/1.1).
+async fn drain<B: hyper::body::Body<Data = Bytes> + Unpin>(mut body: B, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        let mut left = 4 * MAX_INPUT;
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            match left.checked_sub(n) {
+                Some(l) => left = l,
+                None => return,
+            }
+        }
+    })
+    .await;
+}
+
 fn bad_request(state: &State, msg: String) -> Response<Body> {
     state
         .metrics
         .admissions
-        .with_label_values(&["", "", "error"])
+        .with_label_values(&["other", "other", "error"])
         .inc();
     tracing::warn!(error = %msg, "rejected request");
     text(StatusCode::BAD_REQUEST, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panicking(_: &serde_json::Value, _: &Config) -> Result<Decision, ReviewError> {
+        panic!("a bug in the engine")
+    }
+
+    #[tokio::test]
+    async fn a_panic_answers_its_review_with_500_and_is_counted() {
+        let state = State::new(Config::builtin(), 4, Duration::from_secs(1));
+        let body = br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u-77"}}"#;
+        let resp = answer(body, &state, panicking).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&text).contains("\"u-77\""),
+            "{text:?}"
+        );
+        assert_eq!(state.metrics.panics.get(), 1);
+        // The next review is decided as usual.
+        let resp = answer(body, &state, rayshape_engine::decide).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(labels::kind("Pod"), "Pod");
+        assert_eq!(labels::kind("Deployment-x-1234"), "other");
+        assert_eq!(labels::operation("DELETE"), "DELETE");
+        assert_eq!(labels::operation("whatever"), "other");
+        assert_eq!(labels::code(StatusCode::IM_A_TEAPOT), "other");
+    }
+
+    /// hyper drops a request's handler where it waits when the client goes away (an
+    /// HTTP/2 stream reset, a connection torn down): it must not stay counted in flight.
+    #[tokio::test]
+    async fn a_dropped_request_leaves_the_in_flight_gauge() {
+        let state = Arc::new(State::new(Config::builtin(), 4, Duration::from_secs(30)));
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+        tx.send_data(Bytes::from_static(b"{")).await.unwrap();
+        let req = Request::post("/mutate").body(body).unwrap();
+        let mut handler = Box::pin(webhook(req, state.clone()));
+        // It waits for the rest of the body.
+        assert!(futures_poll_once(handler.as_mut()).await.is_none());
+        assert_eq!(state.metrics.in_flight.get(), 1);
+        drop(handler);
+        assert_eq!(state.metrics.in_flight.get(), 0);
+        drop(tx);
+    }
+
+    /// Poll a future once; `None` while it is pending.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+        let mut f = f;
+        std::future::poll_fn(move |cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
 }

@@ -61,6 +61,18 @@ pub struct State {
 }
 
 impl State {
+    /// The state of a server with this configuration, before any certificate has loaded.
+    pub fn new(cfg: Config, max_in_flight: usize, body_timeout: Duration) -> State {
+        State {
+            config: RwLock::new(Arc::new(cfg)),
+            metrics: Metrics::new(),
+            resolver: Arc::new(tls::Resolver::default()),
+            config_loaded: AtomicBool::new(false),
+            decisions: Semaphore::new(max_in_flight.max(1)),
+            body_timeout,
+        }
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
         self.config
@@ -111,20 +123,22 @@ pub enum StartError {
 /// Run until SIGTERM or SIGINT. The configuration must load at start; the certificate may
 /// appear later (the server is not ready until it does).
 pub async fn run(opts: Options) -> Result<(), StartError> {
+    // A panic is answered where it happens (a 500 for its review); the report goes to the
+    // JSON log rather than raw stderr.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "panic");
+    }));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let sources = config_dir::read(&opts.config_dir)?;
     let cfg = Config::from_sources(&sources)?;
     for w in &cfg.warnings {
         tracing::warn!(problem = %w, "configuration note");
     }
-    let state = Arc::new(State {
-        config: RwLock::new(Arc::new(cfg.clone())),
-        metrics: Metrics::new(),
-        resolver: Arc::new(tls::Resolver::default()),
-        config_loaded: AtomicBool::new(false),
-        decisions: Semaphore::new(opts.max_in_flight.max(1)),
-        body_timeout: opts.body_timeout,
-    });
+    let state = Arc::new(State::new(
+        cfg.clone(),
+        opts.max_in_flight,
+        opts.body_timeout,
+    ));
     state.install(cfg);
     tracing::info!(dir = %opts.config_dir.display(), "configuration loaded");
     let mut reloader = Reloader {

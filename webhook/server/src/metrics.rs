@@ -1,6 +1,8 @@
 //! The webhook's Prometheus metrics, served in text format on their own plain-HTTP port.
 
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use std::sync::Arc;
 
 pub struct Metrics {
@@ -12,6 +14,8 @@ pub struct Metrics {
     /// HTTP responses by status code, including requests that never reached a decision.
     pub responses: IntCounterVec,
     pub in_flight: IntGauge,
+    /// Reviews whose decision panicked (answered 500; the server goes on).
+    pub panics: IntCounter,
     /// Configuration reloads by result (success, failure).
     pub config_reloads: IntCounterVec,
     pub config_last_success: Gauge,
@@ -60,7 +64,14 @@ impl Metrics {
             r.register(Box::new(g.clone())).expect("unique metric");
             g
         };
+        let panics = IntCounter::new(
+            format!("{PREFIX}panics_total"),
+            "Reviews whose decision hit an internal error (a bug); each was answered 500.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(panics.clone())).expect("unique metric");
         Metrics {
+            panics,
             admissions: counter(
                 &r,
                 "admission_requests_total",

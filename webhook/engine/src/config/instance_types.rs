@@ -8,7 +8,7 @@
 //! ```
 
 use super::problems::Report;
-use super::settings::{Settings, is_label_value, is_resource_name};
+use super::settings::{Settings, is_label_key, is_label_value, is_resource_name};
 use crate::primitives::quantity::Quantity;
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
@@ -123,17 +123,37 @@ fn parse_one(
         match k.as_str() {
             "resources" => {}
             "nodeSelector" => match val.as_object() {
-                Some(sel) if sel.values().all(Value::is_string) => {
-                    t.node_selector.extend(sel.clone())
+                Some(sel) => {
+                    for (key, value) in sel {
+                        match value.as_str() {
+                            _ if !is_label_key(key) => err(
+                                format!("{place}.{key}"),
+                                "is not a label key (a qualified name such as node.kubernetes.io/instance-type)".into(),
+                            ),
+                            Some(v) if is_label_value(v) => {}
+                            _ => err(
+                                format!("{place}.{key}"),
+                                format!("{value} is not a label value (a string of at most 63 letters, digits, `-`, `_` and `.`)"),
+                            ),
+                        }
+                    }
+                    t.node_selector.extend(sel.clone());
                 }
-                _ => err(
+                None => err(
                     place,
                     "must be a mapping of label keys to string values".into(),
                 ),
             },
             "tolerations" => match val.as_array() {
-                Some(ts) if ts.iter().all(Value::is_object) => t.tolerations = ts.clone(),
-                _ => err(
+                Some(ts) => {
+                    for (i, tol) in ts.iter().enumerate() {
+                        if let Err(msg) = check_toleration(tol) {
+                            err(format!("{place}[{i}]"), msg);
+                        }
+                    }
+                    t.tolerations = ts.clone();
+                }
+                None => err(
                     place,
                     "must be a list of tolerations (mappings with key, operator, value, effect)"
                         .into(),
@@ -213,11 +233,6 @@ fn parse_one(
             }
             "accelerators" => match val.as_array().map(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>()) {
                 Some(Some(names)) if !names.is_empty() => {
-                    for n in &names {
-                        if !is_label_value(n) || n.is_empty() {
-                            err(place.clone(), format!("{n:?} is not a valid accelerator name (it becomes a label value)"));
-                        }
-                    }
                     // Anyscale takes the first of several as the node's accelerator; so do we.
                     // It is the same as the legacy `accelerator_type:X: 1` Ray resource.
                     set_accelerator(&mut t, names[0], &place, &mut err);
@@ -288,12 +303,90 @@ fn parse_one(
     ok.then_some(t)
 }
 
+/// A toleration as the API server validates one.
+fn check_toleration(tol: &Value) -> Result<(), String> {
+    let Some(m) = tol.as_object() else {
+        return Err(
+            "must be a mapping with key, operator, value, effect and tolerationSeconds".into(),
+        );
+    };
+    if let Some(k) = m.keys().find(|k| {
+        !matches!(
+            k.as_str(),
+            "key" | "operator" | "value" | "effect" | "tolerationSeconds"
+        )
+    }) {
+        return Err(format!(
+            "unknown field {k:?}; a toleration has key, operator, value, effect and tolerationSeconds"
+        ));
+    }
+    let text = |f: &str| match m.get(f) {
+        None => Ok(""),
+        Some(Value::String(s)) => Ok(s.as_str()),
+        Some(other) => Err(format!("{f}: {other} is not a string")),
+    };
+    let (key, operator, value, effect) = (
+        text("key")?,
+        text("operator")?,
+        text("value")?,
+        text("effect")?,
+    );
+    match operator {
+        "" | "Equal" => {
+            if key.is_empty() {
+                return Err("key is empty; only operator Exists may leave it empty (to tolerate every taint)".into());
+            }
+        }
+        "Exists" => {
+            if !value.is_empty() {
+                return Err(format!(
+                    "value {value:?} is set with operator Exists; leave it out, or use operator Equal"
+                ));
+            }
+        }
+        other => return Err(format!("operator {other:?}; accepted: Exists, Equal")),
+    }
+    if !key.is_empty() && !is_label_key(key) {
+        return Err(format!(
+            "key {key:?} is not a qualified name (like nvidia.com/gpu)"
+        ));
+    }
+    if !is_label_value(value) {
+        return Err(format!("value {value:?} is not a label value"));
+    }
+    if !matches!(effect, "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(format!(
+            "effect {effect:?}; accepted: NoSchedule, PreferNoSchedule, NoExecute, or none for all"
+        ));
+    }
+    if let Some(secs) = m.get("tolerationSeconds") {
+        if !secs.is_i64() {
+            return Err(format!(
+                "tolerationSeconds: {secs} is not a whole number of seconds"
+            ));
+        }
+        if effect != "NoExecute" {
+            return Err("tolerationSeconds is only allowed with effect NoExecute".into());
+        }
+    }
+    Ok(())
+}
+
 fn set_accelerator(
     t: &mut InstanceType,
     acc: &str,
     place: &str,
     err: &mut dyn FnMut(String, String),
 ) {
+    if acc.is_empty() || !is_label_value(acc) {
+        err(
+            place.to_string(),
+            format!(
+                "{acc:?} is not a valid accelerator name: it becomes the value of the accelerator-type label (letters, digits, `-`, `_` and `.`, at most 63, like T4 or A100-80G)"
+            ),
+        );
+        return;
+    }
     match &t.accelerator {
         Some(a) if a != acc => err(
             place.to_string(),
@@ -348,6 +441,34 @@ mod tests {
         assert_eq!(trn.node_selector["kubernetes.io/arch"], "arm64");
         assert_eq!(t["amd"].gpus, 1);
         assert!(!t["amd"].shape.contains_key("nvidia.com/gpu"));
+    }
+
+    #[test]
+    fn what_would_break_every_pod_of_a_type_is_refused() {
+        let mut r = Report::default();
+        let text = "a:\n  resources: {CPU: 2, memory: 8Gi, \"accelerator_type:T4 x\": 1}\n\
+                    b:\n  resources: {CPU: 2, memory: 8Gi}\n  nodeSelector: {\"bad key!\": x, good.io/k: \"bad value!\"}\n\
+                    c:\n  resources: {CPU: 2, memory: 8Gi}\n  tolerations: [{key: k, operator: Maybe}, {operator: Exists, value: v}, {key: k, effect: Now}, {key: k, tolerationSeconds: 5}, {key: k, colour: red}, 3]\n";
+        assert!(load(text, &Settings::default(), &mut r).is_none());
+        let msgs: Vec<String> = r.errors.iter().map(|p| p.to_string()).collect();
+        let has = |place: &str, what: &str| {
+            assert!(
+                msgs.iter().any(|m| m.contains(place) && m.contains(what)),
+                "{place} / {what}: {msgs:#?}"
+            )
+        };
+        has(
+            "a.resources.accelerator_type:T4 x",
+            "not a valid accelerator name",
+        );
+        has("b.nodeSelector.bad key!", "not a label key");
+        has("b.nodeSelector.good.io/k", "not a label value");
+        has("c.tolerations[0]", "accepted: Exists, Equal");
+        has("c.tolerations[1]", "operator Exists");
+        has("c.tolerations[2]", "effect \"Now\"");
+        has("c.tolerations[3]", "only allowed with effect NoExecute");
+        has("c.tolerations[4]", "unknown field \"colour\"");
+        has("c.tolerations[5]", "must be a mapping");
     }
 
     #[test]

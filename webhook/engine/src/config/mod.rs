@@ -97,14 +97,23 @@ impl Config {
         };
         let profile_rules = profiles::render(&s.profile, &s.label_prefix)
             .and_then(|text| rules::load(&text, &format!("profile {}", s.profile), &mut r));
-        if !r.errors.is_empty() {
-            return Err(ConfigError { problems: r.errors });
+        if s.sidecar.enabled && s.sidecar.log_sink.url.is_empty() {
+            r.warn(
+                settings::FILE,
+                None,
+                "sidecar.logSink.url",
+                "is empty while the sidecar is enabled: sidecars will keep Ray's logs on disk and ship nothing; set it (s3://bucket/prefix, gs://..., az://...) or set sidecar.enabled: false",
+            );
         }
         let (Some(settings), Some(instance_types), Some(admin_rules), Some(profile_rules)) =
             (settings, types, admin_rules, profile_rules)
         else {
-            unreachable!("a part that failed to load reported an error");
+            // Each part that did not load reported why.
+            return Err(ConfigError { problems: r.errors });
         };
+        if !r.errors.is_empty() {
+            return Err(ConfigError { problems: r.errors });
+        }
         let type_rules = instance_types
             .values()
             .filter_map(|t| type_rule(t).map(|rule| (t.name.clone(), rule)))

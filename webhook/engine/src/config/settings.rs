@@ -294,6 +294,18 @@ pub fn is_resource_name(s: &str) -> bool {
     }
 }
 
+/// A label key (a qualified name): `[prefix/]name`, the prefix a DNS subdomain, the name at
+/// most 63 letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+pub fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    prefix.is_none_or(|p| !p.is_empty() && is_dns_subdomain(p))
+        && !name.is_empty()
+        && is_label_value(name)
+}
+
 /// A valid Kubernetes label value (empty allowed).
 pub fn is_label_value(s: &str) -> bool {
     s.len() <= 63
