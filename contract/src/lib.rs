@@ -22,6 +22,8 @@ pub mod env {
     pub const BOOTSTRAP_URL: &str = "RAYSHAPE_BOOTSTRAP_URL";
     /// The projected service-account token the sidecar proves itself with.
     pub const TOKEN_FILE: &str = "RAYSHAPE_TOKEN_FILE";
+    /// The CA certificates (PEM) the bootstrap endpoint's certificate must chain to.
+    pub const BOOTSTRAP_CA: &str = "RAYSHAPE_BOOTSTRAP_CA";
     /// Ray's temp directory, shared with the Ray container.
     pub const LOG_ROOT: &str = "RAYSHAPE_LOG_ROOT";
     /// `ADDRESS:PORT` of the sidecar's metrics endpoint.

@@ -39,6 +39,10 @@ enum Command {
         /// Without it, the built-in defaults apply.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The CA bundle the server injects into sidecars (serve --bootstrap-ca), to
+        /// preview exactly what it sends.
+        #[arg(long)]
+        bootstrap_ca: Option<PathBuf>,
         /// What to print.
         #[arg(short, long, value_enum, default_value_t = Output::Object)]
         output: Output,
@@ -55,6 +59,10 @@ enum Command {
         /// Directory with instance_types.yaml, patches.yaml and webhook.yaml (a mounted ConfigMap).
         #[arg(long)]
         config: PathBuf,
+        /// CA bundle (PEM) the injected sidecars check the bootstrap endpoint against,
+        /// such as the ca.crt of the serving certificate's Secret.
+        #[arg(long)]
+        bootstrap_ca: Option<PathBuf>,
         /// PEM certificate chain for the webhook Service.
         #[arg(long)]
         tls_cert: PathBuf,
@@ -129,12 +137,20 @@ fn main() -> ExitCode {
         Command::Mutate {
             file,
             config,
+            bootstrap_ca,
             output,
             format,
-        } => mutate(&file, config.as_deref(), output, format),
+        } => mutate(
+            &file,
+            config.as_deref(),
+            bootstrap_ca.as_deref(),
+            output,
+            format,
+        ),
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve {
             config,
+            bootstrap_ca,
             tls_cert,
             tls_key,
             listen,
@@ -159,6 +175,7 @@ fn main() -> ExitCode {
             let opts = (|| {
                 Ok::<_, String>(serve::Options {
                     config_dir: config,
+                    bootstrap_ca,
                     tls: serve::tls::Paths {
                         cert: tls_cert,
                         key: tls_key,
@@ -220,11 +237,21 @@ fn serve_main(opts: serve::Options) -> ExitCode {
     }
 }
 
-fn load_config(dir: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    let Some(dir) = dir else {
-        return Ok(Config::builtin());
-    };
-    load_dir(dir).map_err(|e| {
+fn load_config(
+    dir: Option<&std::path::Path>,
+    bootstrap_ca: Option<&std::path::Path>,
+) -> Result<Config, ExitCode> {
+    let loaded = (|| {
+        let mut sources = match dir {
+            Some(d) => serve::config_dir::read(d)?,
+            None => rayshape_engine::config::Sources::default(),
+        };
+        if let Some(ca) = bootstrap_ca {
+            sources.bootstrap_ca = Some(serve::config_dir::read_ca(ca)?);
+        }
+        Config::from_sources(&sources)
+    })();
+    loaded.map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
@@ -257,10 +284,11 @@ fn read_input(file: &std::path::Path) -> Result<Vec<u8>, String> {
 fn mutate(
     file: &std::path::Path,
     config: Option<&std::path::Path>,
+    bootstrap_ca: Option<&std::path::Path>,
     output: Output,
     format: Option<OutFormat>,
 ) -> ExitCode {
-    let cfg = match load_config(config) {
+    let cfg = match load_config(config, bootstrap_ca) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -3,8 +3,7 @@
 
 use crate::config::Config;
 use crate::plan::raycluster::ClusterPlan;
-use crate::plan::rayview::{Corrections, OVERRIDE_ENV};
-use crate::plan::sizing::Sizing;
+use crate::plan::rayview::OVERRIDE_ENV;
 use crate::plan::{self, Plan, PodPlan};
 use crate::primitives::pod;
 use serde_json::{Value, json};
@@ -46,8 +45,15 @@ pub fn apply(obj: &Value, plan: Plan<'_>, cfg: &Config) -> Shaped {
 pub fn pod(plan: PodPlan<'_>, cfg: &Config) -> Shaped {
     let failed_rules = plan.failed_rules();
     let mut obj = plan.staged;
-    if let Some(sizing) = &plan.sizing {
-        write_ray_container(&mut obj, plan.ray_index, sizing, &plan.ray_view);
+    if let Some(sizing) = plan.sizing {
+        let resources = sizing.changed.then_some(sizing.resources);
+        write_ray_container(
+            &mut obj,
+            plan.ray_index,
+            resources,
+            plan.ray_view.override_env,
+            plan.ray_view.shm,
+        );
     }
     pod::set_annotation(&mut obj, &plan::record_key(cfg), plan.record);
     Shaped {
@@ -58,17 +64,24 @@ pub fn pod(plan: PodPlan<'_>, cfg: &Config) -> Shaped {
     }
 }
 
-/// Write the Ray container's new resources and the corrections of Ray's view.
-pub fn write_ray_container(pod: &mut Value, ray_idx: usize, sizing: &Sizing, fix: &Corrections) {
+/// Write the Ray container's new resources and the corrections of Ray's view (the new
+/// `RAY_OVERRIDE_RESOURCES`, and the `/dev/shm` volume's new size).
+pub fn write_ray_container(
+    pod: &mut Value,
+    ray_idx: usize,
+    resources: Option<Value>,
+    override_env: Option<String>,
+    shm: Option<(String, String)>,
+) {
     if let Some(c) = pod::at_mut(pod, &["spec", "containers"])
         .and_then(Value::as_array_mut)
         .and_then(|a| a.get_mut(ray_idx))
         .and_then(Value::as_object_mut)
     {
-        if sizing.changed {
-            c.insert("resources".into(), sizing.resources.clone());
+        if let Some(r) = resources {
+            c.insert("resources".into(), r);
         }
-        if let Some(value) = &fix.override_env {
+        if let Some(value) = override_env {
             let env = pod::ensure_array(c.entry("env").or_insert_with(|| Value::Array(Vec::new())));
             let entry = json!({"name": OVERRIDE_ENV, "value": value});
             match env.iter_mut().find(|e| pod::name(e) == OVERRIDE_ENV) {
@@ -77,14 +90,14 @@ pub fn write_ray_container(pod: &mut Value, ray_idx: usize, sizing: &Sizing, fix
             }
         }
     }
-    if let Some((volume, size)) = &fix.shm
+    if let Some((volume, size)) = shm
         && let Some(empty_dir) = pod::at_mut(pod, &["spec", "volumes"])
             .and_then(Value::as_array_mut)
             .and_then(|a| a.iter_mut().find(|v| pod::name(v) == volume))
             .and_then(|v| v.get_mut("emptyDir"))
             .and_then(Value::as_object_mut)
     {
-        empty_dir.insert("sizeLimit".into(), Value::String(size.clone()));
+        empty_dir.insert("sizeLimit".into(), Value::String(size));
     }
 }
 

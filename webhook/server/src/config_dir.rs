@@ -99,6 +99,19 @@ fn read_version(dir: &Path, version: Option<&Path>, between: &mut impl FnMut()) 
     Attempt::Done(Ok(sources))
 }
 
+/// A PEM bundle of CA certificates, checked to hold at least one certificate.
+pub fn read_ca(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| problem(path, &format!("cannot be read: {e}")))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(problem(
+            path,
+            "holds no PEM certificate (-----BEGIN CERTIFICATE-----); --bootstrap-ca takes the CA bundle the webhook's serving certificate chains to",
+        ));
+    }
+    Ok(text)
+}
+
 fn problem(dir: &Path, message: &str) -> ConfigError {
     ConfigError {
         problems: vec![Problem {

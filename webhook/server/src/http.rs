@@ -29,14 +29,18 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
 }
 
 /// The webhook port.
-pub async fn webhook<B>(req: Request<B>, state: Arc<State>) -> Result<Response<Body>, Infallible>
+pub async fn webhook<B>(
+    req: Request<B>,
+    state: Arc<State>,
+    source: std::net::IpAddr,
+) -> Result<Response<Body>, Infallible>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
 {
     // Decremented on drop: also when hyper drops this future because the client left.
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
-    let resp = route(req, &state).await;
+    let resp = route(req, &state, source).await;
     state
         .metrics
         .responses
@@ -105,7 +109,7 @@ pub mod labels {
     }
 }
 
-async fn route<B>(req: Request<B>, state: &State) -> Response<Body>
+async fn route<B>(req: Request<B>, state: &State, source: std::net::IpAddr) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: std::fmt::Display,
@@ -123,6 +127,13 @@ where
             }
         }
         (&Method::POST, "/mutate") => mutate(req, state).await,
+        (&Method::POST, rayshape_contract::BOOTSTRAP_PATH) => {
+            crate::bootstrap::handle(req.headers().get(header::AUTHORIZATION), source, state).await
+        }
+        (_, rayshape_contract::BOOTSTRAP_PATH) => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST with Authorization: Bearer <the pod's projected token>",
+        ),
         (_, "/mutate") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "use POST with an admission.k8s.io/v1 AdmissionReview",
@@ -131,7 +142,7 @@ where
         (_, path) => text(
             StatusCode::NOT_FOUND,
             format!(
-                "no such path {path:?}; the webhook serves POST /mutate, GET /healthz and GET /readyz"
+                "no such path {path:?}; the webhook serves POST /mutate, POST /v1/bootstrap, GET /healthz and GET /readyz"
             ),
         ),
     }
@@ -333,7 +344,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_answers_its_review_with_500_and_is_counted() {
-        let state = State::new(Config::builtin(), 4, Duration::from_secs(1));
+        let state = State::new(
+            Config::builtin(),
+            4,
+            Duration::from_secs(1),
+            crate::bootstrap::Bootstrap::new(Err("not in this test".into())),
+        );
         let body = br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u-77"}}"#;
         let resp = answer(body, &state, panicking).await;
         assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -361,11 +377,16 @@ mod tests {
     /// HTTP/2 stream reset, a connection torn down): it must not stay counted in flight.
     #[tokio::test]
     async fn a_dropped_request_leaves_the_in_flight_gauge() {
-        let state = Arc::new(State::new(Config::builtin(), 4, Duration::from_secs(30)));
+        let state = Arc::new(State::new(
+            Config::builtin(),
+            4,
+            Duration::from_secs(30),
+            crate::bootstrap::Bootstrap::new(Err("not in this test".into())),
+        ));
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
         tx.send_data(Bytes::from_static(b"{")).await.unwrap();
         let req = Request::post("/mutate").body(body).unwrap();
-        let mut handler = Box::pin(webhook(req, state.clone()));
+        let mut handler = Box::pin(webhook(req, state.clone(), [127, 0, 0, 1].into()));
         // It waits for the rest of the body.
         assert!(futures_poll_once(handler.as_mut()).await.is_none());
         assert_eq!(state.metrics.in_flight.get(), 1);

@@ -7,6 +7,7 @@
 //! the last good one stays. SIGTERM stops accepting, lets requests in flight finish, and
 //! exits 0.
 
+pub mod bootstrap;
 pub mod config_dir;
 mod http;
 mod idle;
@@ -30,6 +31,9 @@ use tokio::task::JoinSet;
 #[derive(Clone, Debug)]
 pub struct Options {
     pub config_dir: PathBuf,
+    /// The CA bundle (PEM) injected into sidecars to check the bootstrap endpoint with,
+    /// such as the `ca.crt` of the serving certificate's Secret.
+    pub bootstrap_ca: Option<PathBuf>,
     pub tls: tls::Paths,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
@@ -58,12 +62,19 @@ pub struct State {
     config_loaded: AtomicBool,
     decisions: Semaphore,
     body_timeout: Duration,
+    pub bootstrap: bootstrap::Bootstrap,
 }
 
 impl State {
     /// The state of a server with this configuration, before any certificate has loaded.
-    pub fn new(cfg: Config, max_in_flight: usize, body_timeout: Duration) -> State {
+    pub fn new(
+        cfg: Config,
+        max_in_flight: usize,
+        body_timeout: Duration,
+        bootstrap: bootstrap::Bootstrap,
+    ) -> State {
         State {
+            bootstrap,
             config: RwLock::new(Arc::new(cfg)),
             metrics: Metrics::new(),
             resolver: Arc::new(tls::Resolver::default()),
@@ -129,15 +140,20 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         tracing::error!(panic = %info, "panic");
     }));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let sources = config_dir::read(&opts.config_dir)?;
+    let sources = read_sources(&opts)?;
     let cfg = Config::from_sources(&sources)?;
     for w in &cfg.warnings {
         tracing::warn!(problem = %w, "configuration note");
+    }
+    let api = bootstrap::api::KubeApi::infer().await;
+    if let Err(e) = &api {
+        tracing::warn!(error = %e, "bootstrap requests will be answered 503 until the webhook runs with API access");
     }
     let state = Arc::new(State::new(
         cfg.clone(),
         opts.max_in_flight,
         opts.body_timeout,
+        bootstrap::Bootstrap::new(api),
     ));
     state.install(cfg);
     tracing::info!(dir = %opts.config_dir.display(), "configuration loaded");
@@ -191,6 +207,17 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         ),
     }
     Ok(())
+}
+
+/// The configuration directory, and the bootstrap CA bundle when one is given.
+pub fn read_sources(
+    opts: &Options,
+) -> Result<Sources, rayshape_engine::config::problems::ConfigError> {
+    let mut sources = config_dir::read(&opts.config_dir)?;
+    if let Some(path) = &opts.bootstrap_ca {
+        sources.bootstrap_ca = Some(config_dir::read_ca(path)?);
+    }
+    Ok(sources)
 }
 
 async fn shutdown_signal() {
@@ -276,7 +303,9 @@ async fn accept_loop(
                 }
             };
             let (io, activity) = idle::Tracked::new(tls);
-            let service = hyper::service::service_fn(move |req| http::webhook(req, state.clone()));
+            let source = peer.ip();
+            let service =
+                hyper::service::service_fn(move |req| http::webhook(req, state.clone(), source));
             // Serve until the connection ends, goes idle, or the server stops.
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
@@ -337,7 +366,7 @@ impl Reloader {
     }
 
     fn check_config(&mut self) {
-        let sources = match config_dir::read(&self.opts.config_dir) {
+        let sources = match read_sources(&self.opts) {
             Ok(s) => s,
             Err(e) => {
                 // A half-written directory reads as an error; only count it once per state.

@@ -26,6 +26,15 @@ pub struct Metrics {
     /// Certificate reloads by result.
     pub cert_reloads: IntCounterVec,
     pub cert_expiry: Gauge,
+    /// Bootstrap requests by result (verified, unauthenticated, forbidden, rate_limited,
+    /// bad_request, unavailable).
+    pub bootstrap_requests: IntCounterVec,
+    /// Seconds per Kubernetes API call of a bootstrap, by call (tokenreview, pod).
+    pub bootstrap_api_seconds: HistogramVec,
+    /// Bootstraps answered from the review cache.
+    pub bootstrap_cache_hits: IntCounter,
+    /// Events recorded on pods by bootstraps, by result (created, failed).
+    pub bootstrap_events: IntCounterVec,
 }
 
 const PREFIX: &str = "rayshape_webhook_";
@@ -70,7 +79,45 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(panics.clone())).expect("unique metric");
+        let bootstrap_api_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                format!("{PREFIX}bootstrap_api_duration_seconds"),
+                "Time of one Kubernetes API call made for a bootstrap, by call.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["call"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(bootstrap_api_seconds.clone()))
+            .expect("unique metric");
+        let bootstrap_cache_hits = IntCounter::new(
+            format!("{PREFIX}bootstrap_cache_hits_total"),
+            "Bootstraps whose token was found in the cache of positive TokenReviews.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(bootstrap_cache_hits.clone()))
+            .expect("unique metric");
+        let bootstrap_requests = counter(
+            &r,
+            "bootstrap_requests_total",
+            "Bootstrap requests, by result.",
+            &["result"],
+        );
+        for result in crate::bootstrap::RESULTS {
+            bootstrap_requests.with_label_values(&[result]);
+        }
         Metrics {
+            bootstrap_requests,
+            bootstrap_api_seconds,
+            bootstrap_cache_hits,
+            bootstrap_events: counter(
+                &r,
+                "bootstrap_events_total",
+                "Events recorded on pods by bootstraps, by result.",
+                &["result"],
+            ),
             panics,
             admissions: counter(
                 &r,

@@ -26,6 +26,9 @@ pub struct Sources {
     pub instance_types: Option<String>,
     pub patches: Option<String>,
     pub settings: Option<String>,
+    /// The CA bundle (PEM) sidecars check the bootstrap endpoint against; it comes from
+    /// the serving certificate's Secret, not from the config directory.
+    pub bootstrap_ca: Option<String>,
 }
 
 /// File names inside a config directory.
@@ -120,7 +123,7 @@ impl Config {
             .collect();
         Ok(Config {
             fingerprint: fingerprint(src),
-            sidecar: sidecar::Template::new(&settings),
+            sidecar: sidecar::Template::new(&settings, src.bootstrap_ca.as_deref()),
             settings,
             instance_types,
             profile_rules,
@@ -140,6 +143,7 @@ impl Sources {
             instance_types: file(instance_types::FILE),
             patches: file(rules::FILE),
             settings: file(settings::FILE),
+            bootstrap_ca: None,
         }
     }
 }
@@ -192,12 +196,17 @@ fn type_rule(t: &InstanceType) -> Option<Rule> {
 
 fn fingerprint(src: &Sources) -> String {
     let mut h = Sha256::new();
+    // The CA counts only when given, so that fingerprints without one stay as they were.
+    let ca = src.bootstrap_ca.is_some().then_some(&src.bootstrap_ca);
     for part in [
         &src.version,
         &src.instance_types,
         &src.patches,
         &src.settings,
-    ] {
+    ]
+    .into_iter()
+    .chain(ca)
+    {
         match part {
             Some(t) => {
                 h.update(b"1");
@@ -235,6 +244,7 @@ mod tests {
             instance_types: Some("x:\n  resources: {CPU: 0}\n".into()),
             patches: Some("patches:\n- patch: [{op: add}]\n".into()),
             settings: Some("profile: nope\n".into()),
+            bootstrap_ca: None,
         };
         let e = Config::from_sources(&src).unwrap_err();
         let files: std::collections::BTreeSet<_> =

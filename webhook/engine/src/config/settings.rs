@@ -21,6 +21,7 @@ pub struct Settings {
     pub gpu_resource_name: String,
     pub sidecar: SidecarSettings,
     pub namespaces: NamespaceSettings,
+    pub bootstrap: BootstrapSettings,
 }
 
 /// The injected sidecar.
@@ -45,6 +46,47 @@ pub struct SidecarSettings {
     pub bootstrap_url: String,
     /// Where the sidecar ships logs, handed to it in its environment; empty: not set.
     pub log_sink: Sink,
+    /// Batching handed to the sidecar at bootstrap; unset keeps the sidecar's defaults.
+    pub flush: FlushSettings,
+}
+
+/// The sidecar's batching, as handed out at bootstrap.
+#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct FlushSettings {
+    /// Size bound of a segment, a quantity such as `4Mi`.
+    pub max_bytes: Option<String>,
+    /// Age bound of the oldest waiting byte, in seconds.
+    pub max_age_seconds: Option<f64>,
+}
+
+/// Who may bootstrap, and how the server protects the API server.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BootstrapSettings {
+    /// Only pods in these namespaces, when not empty.
+    pub namespaces: Vec<String>,
+    /// Only pods running as these service accounts (`namespace/name`), when not empty.
+    pub service_accounts: Vec<String>,
+    /// How long a positive TokenReview is reused for the same token (never past its
+    /// expiry); 0 asks the API server every time.
+    pub cache_seconds: u32,
+    /// Bootstrap requests per second allowed from one source address, on average...
+    pub rate_per_second: f64,
+    /// ...and at once.
+    pub burst: u32,
+}
+
+impl Default for BootstrapSettings {
+    fn default() -> Self {
+        BootstrapSettings {
+            namespaces: Vec::new(),
+            service_accounts: Vec::new(),
+            cache_seconds: 10,
+            rate_per_second: 1.0,
+            burst: 10,
+        }
+    }
 }
 
 /// Which namespaces' pods are shaped (the webhook configuration's selectors should agree).
@@ -65,6 +107,7 @@ impl Default for Settings {
             gpu_resource_name: "nvidia.com/gpu".into(),
             sidecar: SidecarSettings::default(),
             namespaces: NamespaceSettings::default(),
+            bootstrap: BootstrapSettings::default(),
         }
     }
 }
@@ -90,6 +133,7 @@ impl Default for SidecarSettings {
             token_expiration_seconds: 3600,
             bootstrap_url: "https://rayshape-webhook.rayshape-system.svc:443/v1/bootstrap".into(),
             log_sink: Sink::default(),
+            flush: FlushSettings::default(),
         }
     }
 }
@@ -224,6 +268,59 @@ impl Settings {
                 None,
                 "sidecar.logSink.options",
                 "keys must be non-empty and without `,` or `=`, values without `,` (the sidecar receives them as key=value,key=value)",
+            );
+        }
+        if let Some(b) = &sc.flush.max_bytes {
+            match Quantity::parse(b) {
+                Ok(q) if q.is_positive() && q.millis() % 1000 == 0 => {}
+                _ => r.error(
+                    FILE,
+                    None,
+                    "sidecar.flush.maxBytes",
+                    format!("{b:?} is not a positive number of bytes, like 4Mi"),
+                ),
+            }
+        }
+        if let Some(a) = sc.flush.max_age_seconds
+            && !(a.is_finite() && a > 0.0)
+        {
+            r.error(
+                FILE,
+                None,
+                "sidecar.flush.maxAgeSeconds",
+                format!("{a} is not a positive number of seconds"),
+            );
+        }
+        let b = &self.bootstrap;
+        for (i, ns) in b.namespaces.iter().enumerate() {
+            if !is_dns_label(ns) {
+                r.error(
+                    FILE,
+                    None,
+                    format!("bootstrap.namespaces[{i}]"),
+                    format!("{ns:?} is not a namespace name"),
+                );
+            }
+        }
+        for (i, sa) in b.service_accounts.iter().enumerate() {
+            let ok = sa.split_once('/').is_some_and(|(ns, name)| {
+                is_dns_label(ns) && is_dns_subdomain(name) && !name.is_empty()
+            });
+            if !ok {
+                r.error(
+                    FILE,
+                    None,
+                    format!("bootstrap.serviceAccounts[{i}]"),
+                    format!("{sa:?} is not namespace/name, like ml-team/ray-workers"),
+                );
+            }
+        }
+        if !(b.rate_per_second.is_finite() && b.rate_per_second > 0.0) || b.burst == 0 {
+            r.error(
+                FILE,
+                None,
+                "bootstrap",
+                "ratePerSecond and burst must be above 0",
             );
         }
         for (i, ns) in self

@@ -20,9 +20,11 @@ pub struct Template {
 }
 
 impl Template {
-    pub fn new(s: &Settings) -> Template {
+    /// The sidecar under these settings; `bootstrap_ca` is the PEM bundle it checks the
+    /// bootstrap endpoint against.
+    pub fn new(s: &Settings, bootstrap_ca: Option<&str>) -> Template {
         Template {
-            container: container(s),
+            container: container(s, bootstrap_ca),
             token_volume: token_volume(s),
         }
     }
@@ -46,7 +48,7 @@ fn field_env(name: &str, path: &str) -> Value {
     json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}})
 }
 
-fn container(s: &Settings) -> Value {
+fn container(s: &Settings, bootstrap_ca: Option<&str>) -> Value {
     let sc = &s.sidecar;
     let resources: serde_json::Map<String, Value> = sc
         .resources
@@ -65,8 +67,13 @@ fn container(s: &Settings) -> Value {
         json!({"name": env::BOOTSTRAP_URL, "value": sc.bootstrap_url}),
         json!({"name": env::TOKEN_FILE, "value": format!("{}/{}", contract::TOKEN_DIR, contract::TOKEN_FILE_NAME)}),
         json!({"name": env::LOG_ROOT, "value": contract::RAY_ROOT}),
-        json!({"name": env::METRICS_LISTEN, "value": format!("0.0.0.0:{}", sc.metrics_port)}),
     ];
+    if let Some(ca) = bootstrap_ca.filter(|c| !c.trim().is_empty()) {
+        env.push(json!({"name": env::BOOTSTRAP_CA, "value": ca}));
+    }
+    env.extend([
+        json!({"name": env::METRICS_LISTEN, "value": format!("0.0.0.0:{}", sc.metrics_port)}),
+    ]);
     if !sc.log_sink.url.is_empty() {
         env.push(json!({"name": env::SINK_URL, "value": sc.log_sink.url}));
         // Settings refuse options the format cannot carry, so encoding succeeds here.

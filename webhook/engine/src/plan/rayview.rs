@@ -329,7 +329,13 @@ mod tests {
         let sized = super::super::sizing::plan(&pod, 0, &it).unwrap();
         let fix = plan(&pod, 0, &original, &sized, &it, true);
         let mut pod = pod;
-        crate::apply::write_ray_container(&mut pod, 0, &sized, &fix);
+        crate::apply::write_ray_container(
+            &mut pod,
+            0,
+            sized.changed.then(|| sized.resources.clone()),
+            fix.override_env.clone(),
+            fix.shm.clone(),
+        );
         (pod, fix.warnings)
     }
 
