@@ -2,7 +2,7 @@
 //! was made while planning.
 
 use crate::config::Config;
-use crate::plan::raycluster::ClusterPlan;
+use crate::plan::raycluster::{ClusterPlan, Custom};
 use crate::plan::rayview::OVERRIDE_ENV;
 use crate::plan::{self, Plan, PodPlan};
 use crate::primitives::pod;
@@ -104,26 +104,38 @@ pub fn write_ray_container(
 /// Carry out a RayCluster, RayJob or RayService plan.
 pub fn cluster(obj: &Value, plan: ClusterPlan<'_>) -> Shaped {
     let mut out = obj.clone();
-    for g in plan.groups.iter().filter(|g| g.changed) {
-        let ray = g
-            .template
-            .iter()
-            .try_fold(&mut out, |v, k| match v {
-                Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?),
-                Value::Object(m) => m.get_mut(k.as_str()),
-                _ => None,
-            })
-            .and_then(|t| pod::at_mut(t, &["spec", "containers"]))
+    for g in plan.groups.into_iter().filter(|g| g.changed) {
+        let Some(group) = g.group.iter().try_fold(&mut out, |v, k| match v {
+            Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?),
+            Value::Object(m) => m.get_mut(k.as_str()),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if let Some(c) = pod::at_mut(group, &["template", "spec", "containers"])
             .and_then(Value::as_array_mut)
             .and_then(|a| a.first_mut())
-            .and_then(Value::as_object_mut);
-        if let Some(c) = ray {
-            c.insert("resources".into(), g.resources.clone());
+            .and_then(Value::as_object_mut)
+        {
+            c.insert("resources".into(), g.resources);
         }
+        match g.custom {
+            Some(Custom::StartParams(text)) => {
+                pod::ensure_object(pod::ensure_field(group, "rayStartParams"))
+                    .insert("resources".into(), Value::String(text));
+            }
+            Some(Custom::GroupResources(m)) => {
+                pod::ensure_object(group).insert("resources".into(), Value::Object(m));
+            }
+            None => {}
+        }
+    }
+    if let Some((key, text)) = plan.record {
+        pod::set_annotation(&mut out, &key, text);
     }
     Shaped {
         object: out,
-        warnings: plan.warnings,
+        warnings: plan::tidy(plan.warnings),
         skipped: plan.skipped,
         failed_rules: Vec::new(),
     }

@@ -93,9 +93,10 @@ pub fn classify(obj: &Value, namespace: Option<&str>, s: &Settings) -> Class {
             kind: "RayJob",
             spec_path: &["spec", "rayClusterSpec"],
         }),
+        // KubeRay keeps a RayService's cluster under `rayClusterConfig`.
         Some("RayService") if ray_api => Class::Cluster(ClusterKind {
             kind: "RayService",
-            spec_path: &["spec", "rayClusterSpec"],
+            spec_path: &["spec", "rayClusterConfig"],
         }),
         _ => Class::NotRay("not a Pod"),
     }

@@ -35,6 +35,8 @@ pub struct Request<'a> {
     pub sub_resource: &'a str,
     pub dry_run: bool,
     pub object: Option<&'a Value>,
+    /// The stored object, on UPDATE.
+    pub old_object: Option<&'a Value>,
 }
 
 impl Request<'_> {
@@ -86,6 +88,7 @@ pub fn review(review: &Value) -> Result<Request<'_>, ReviewError> {
         sub_resource: text(&["subResource"]),
         dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
         object,
+        old_object: req.get("oldObject").filter(|o| o.is_object()),
     })
 }
 

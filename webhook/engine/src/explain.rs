@@ -36,7 +36,7 @@ pub fn explain(obj: &Value, namespace: Option<&str>, cfg: &Config) -> Value {
                 }
             }
         }
-        Class::Cluster(kind) => match plan::raycluster::plan(obj, kind, cfg) {
+        Class::Cluster(kind) => match plan::raycluster::plan(obj, None, kind, cfg) {
             Ok(p) => cluster_plan(&p, &mut out),
             Err(d) => {
                 out.insert("decision".into(), json!(format!("denied: {}", d.message)));
@@ -159,8 +159,14 @@ fn cluster_plan(p: &ClusterPlan<'_>, out: &mut Map<String, Value>) {
         .groups
         .iter()
         .map(|g| {
-            json!({"group": g.name, "instanceType": g.instance_type.name, "shape": g.instance_type.describe(),
-                   "rayContainerResources": g.resources, "changed": g.changed})
+            json!({"group": g.name, "instanceType": g.instance_type.name, "definition": g.instance_type.definition(),
+                   "shape": g.instance_type.describe(), "rayContainerResources": g.resources,
+                   "rayResources": match &g.custom {
+                       Some(crate::plan::raycluster::Custom::StartParams(t)) => json!({"rayStartParams.resources": t}),
+                       Some(crate::plan::raycluster::Custom::GroupResources(m)) => json!({"resources": m}),
+                       None => json!(null),
+                   },
+                   "changed": g.changed})
         })
         .collect();
     out.insert("groups".into(), Value::Array(groups));

@@ -25,19 +25,35 @@ use review::{Decision, Outcome};
 use serde_json::Value;
 
 /// Plan what to do to any object: Ray pods and KubeRay objects are planned, everything
-/// else is left alone. `namespace` is the request's, for objects that do not name their own.
-pub fn plan<'c>(obj: &Value, namespace: Option<&str>, cfg: &'c Config) -> Result<Plan<'c>, Denial> {
+/// else is left alone. `old` is the stored object on UPDATE; `namespace` is the request's,
+/// for objects that do not name their own.
+pub fn plan<'c>(
+    obj: &Value,
+    old: Option<&Value>,
+    namespace: Option<&str>,
+    cfg: &'c Config,
+) -> Result<Plan<'c>, Denial> {
     Ok(match classify::classify(obj, namespace, &cfg.settings) {
         Class::NotRay(why) => Plan::Unchanged(why),
         Class::Invalid(message) => return Err(Denial::new(message)),
         Class::Ray(ray) => Plan::Pod(Box::new(plan::pod(obj, ray, cfg)?)),
-        Class::Cluster(kind) => Plan::Cluster(plan::raycluster::plan(obj, kind, cfg)?),
+        Class::Cluster(kind) => Plan::Cluster(plan::raycluster::plan(obj, old, kind, cfg)?),
     })
 }
 
-/// Shape any object: classify, plan, apply.
+/// Shape a new object: classify, plan, apply.
 pub fn shape(obj: &Value, namespace: Option<&str>, cfg: &Config) -> Result<Shaped, Denial> {
-    let plan = plan(obj, namespace, cfg)?;
+    shape_update(obj, None, namespace, cfg)
+}
+
+/// Shape an object; `old` is the stored one, on UPDATE.
+pub fn shape_update(
+    obj: &Value,
+    old: Option<&Value>,
+    namespace: Option<&str>,
+    cfg: &Config,
+) -> Result<Shaped, Denial> {
+    let plan = plan(obj, old, namespace, cfg)?;
     Ok(apply::apply(obj, plan, cfg))
 }
 
@@ -57,7 +73,8 @@ pub fn decide(review: &Value, cfg: &Config) -> Result<Decision, ReviewError> {
         .object
         .ok_or_else(|| ReviewError::NoObject(req.operation.to_string()))?;
     let namespace = Some(req.namespace).filter(|n| !n.is_empty());
-    let outcome = match shape(object, namespace, cfg) {
+    let old = req.old_object.filter(|_| req.operation == "UPDATE");
+    let outcome = match shape_update(object, old, namespace, cfg) {
         // An object that passed through untouched needs no diff against itself.
         Ok(shaped) if shaped.skipped.is_some() => unchanged(shaped),
         Ok(shaped) => {

@@ -70,8 +70,11 @@ fn pods_of_a_sized_template_agree_with_ray() {
     let mut ray = template["spec"]["containers"][0].clone();
     // What KubeRay's BuildPod derives from the template.
     let f = plan::sizing::kuberay_flags(&ray);
+    let resources = sized["spec"]["workerGroupSpecs"][0]["rayStartParams"]["resources"]
+        .as_str()
+        .unwrap();
     ray["args"] = json!([format!(
-        "ulimit -n 65536; ray start  --address=h:6379  --block  --memory={}  --num-cpus={}  --num-gpus={} ",
+        "ulimit -n 65536; ray start  --address=h:6379  --block  --memory={}  --num-cpus={}  --num-gpus={}  --resources={resources} ",
         f["memory"], f["CPU"], f["GPU"]
     )]);
     ray["volumeMounts"] = json!([{"name": "shared-mem", "mountPath": "/dev/shm"}]);
@@ -85,10 +88,10 @@ fn pods_of_a_sized_template_agree_with_ray() {
         c["resources"], pod["spec"]["containers"][0]["resources"],
         "same shape as the template"
     );
-    let ov = primitives::pod::env_value(c, plan::rayview::OVERRIDE_ENV).unwrap_or("{}");
     assert_eq!(
-        ov, r#"{"accelerator_type:T4":1}"#,
-        "only the accelerator, which Ray may not detect by name"
+        primitives::pod::env_value(c, plan::rayview::OVERRIDE_ENV),
+        None,
+        "the template gave Ray the accelerator in rayStartParams: nothing to correct"
     );
     assert!(
         !out.warnings.iter().any(|w| w.contains("group template")),
@@ -205,7 +208,12 @@ fn malformed_kuberay_objects_are_denied_not_panicked_on() {
     let odd = json!({"apiVersion": "ray.io/v1", "kind": "RayCluster",
         "spec": {"headGroupSpec": 3, "workerGroupSpecs": [1, {"template": 5},
             {"template": {"metadata": {"labels": {"rayshape.io/instance-type": "2CPU-8GB"}}, "spec": {"containers": 7}}}]}});
-    assert!(shape(&odd, None, &cfg).is_ok());
+    let e = shape(&odd, None, &cfg).unwrap_err();
+    assert!(
+        e.message
+            .contains("group workerGroupSpecs[2]: the template has no containers"),
+        "{e}"
+    );
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"ray.io/node-type": "worker"}},
         "spec": {"containers": [1]}});
     assert!(shape(&pod, None, &cfg).is_err());

@@ -46,6 +46,21 @@ pub struct InstanceType {
 }
 
 impl InstanceType {
+    /// A short hash of everything the type applies, so a record can say which definition
+    /// of a type shaped an object, and a changed definition is noticed.
+    pub fn definition(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::json!({
+            "shape": self.shape.iter().map(|(k, q)| (k.clone(), q.millis().to_string())).collect::<BTreeMap<_, _>>(),
+            "ray": self.ray_resources,
+            "accelerator": self.accelerator,
+            "nodeSelector": self.node_selector,
+            "tolerations": self.tolerations,
+        });
+        let hash = Sha256::digest(canonical.to_string().as_bytes());
+        hash[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The shape as text, for messages: `cpu 8, memory 32Gi, nvidia.com/gpu 1`.
     pub fn describe(&self) -> String {
         self.shape

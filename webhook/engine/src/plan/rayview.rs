@@ -265,7 +265,28 @@ fn flag(cmd: &str, name: &str) -> FlagText {
         };
         if let (true, Some(v)) = (boundary_before, value) {
             let text = match v.chars().next() {
-                Some(q @ ('\'' | '"')) => v[1..].split(q).next().unwrap_or("").to_string(),
+                // As the shell reads them: nothing is escaped in single quotes; `\"` and
+                // `\\` are in double quotes (KubeRay writes `--resources="{\"TPU\": 4}"`).
+                Some('\'') => v[1..].split('\'').next().unwrap_or("").to_string(),
+                Some('"') => {
+                    let mut out = String::new();
+                    let mut chars = v[1..].chars();
+                    while let Some(c) = chars.next() {
+                        match c {
+                            '"' => break,
+                            '\\' => match chars.next() {
+                                Some(e @ ('"' | '\\' | '$' | '`')) => out.push(e),
+                                Some(other) => {
+                                    out.push('\\');
+                                    out.push(other);
+                                }
+                                None => break,
+                            },
+                            c => out.push(c),
+                        }
+                    }
+                    out
+                }
                 _ => v.split_whitespace().next().unwrap_or("").to_string(),
             };
             // The last occurrence wins, as with argparse/click.
@@ -405,6 +426,14 @@ mod tests {
         );
         match flag("ray start --resources='{\"TPU\": 4}' --block", "resources") {
             FlagText::Text(t) => assert_eq!(t, "{\"TPU\": 4}"),
+            FlagText::Absent => panic!(),
+        }
+        // As KubeRay writes a rayStartParams value in KubeRay's quoted form.
+        match flag(
+            r#"ray start  --resources="{\"accelerator_type:T4\":1}"  --block"#,
+            "resources",
+        ) {
+            FlagText::Text(t) => assert_eq!(t, r#"{"accelerator_type:T4":1}"#),
             FlagText::Absent => panic!(),
         }
     }

@@ -93,15 +93,36 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
         ));
     }
     let c = ray_container;
-    let had_gpus: Vec<String> = pod::resource_list(c, "limits")
-        .into_keys()
-        .chain(pod::resource_list(c, "requests").into_keys())
-        .filter(|k| is_gpu_resource(k) && !it.shape.contains_key(k))
+    // What the container asked for itself that the type now decides otherwise: said, not
+    // done silently (a group asking for 4 GPUs given a 1-GPU type runs with 1).
+    let own = {
+        let mut own = pod::resource_list(c, "requests");
+        own.extend(pod::resource_list(c, "limits"));
+        own
+    };
+    let mut replaced: Vec<(bool, String)> = own
+        .iter()
+        .filter(|(k, _)| it.shape.contains_key(*k) || is_gpu_resource(k))
+        .filter_map(|(k, q)| {
+            let got = ray
+                .get(k)
+                .map_or_else(|| "none".to_string(), |g| g.format_for(k));
+            (ray.get(k) != Some(q)).then(|| {
+                (
+                    !is_gpu_resource(k),
+                    format!("{k} {}→{got}", q.format_for(k)),
+                )
+            })
+        })
         .collect();
-    if let Some(g) = had_gpus.first() {
+    // GPUs first: the warning is cut at 120 characters.
+    replaced.sort();
+    if !replaced.is_empty() {
+        let list: Vec<String> = replaced.into_iter().map(|(_, s)| s).collect();
         warnings.push(format!(
-            "removed {g} from {ray_name}: instance type {} has no such GPU",
-            it.name
+            "{ray_name}: {} replaced its own {}",
+            it.name,
+            list.join(", ")
         ));
     }
     let before = c.get("resources");
@@ -243,7 +264,7 @@ mod tests {
             "requests": {"cpu": "1400m", "memory": "7616Mi"}})
         );
         assert!(
-            s.warnings[0].contains("removed nvidia.com/gpu"),
+            s.warnings[0].contains("nvidia.com/gpu 1→none"),
             "{:?}",
             s.warnings
         );
