@@ -1,5 +1,6 @@
-//! Just enough DER to read a certificate's `notAfter`, for the expiry metric: walking to
-//! one field does not justify an X.509 crate.
+//! Just enough DER to read two fields of a certificate: `notAfter`, for expiry metrics and
+//! checks, and the subject's common name, to sign again with a CA this tool made. Walking
+//! to two fields does not justify an X.509 crate.
 
 /// `notAfter` of a DER certificate, in seconds since the Unix epoch.
 pub fn not_after(der: &[u8]) -> Option<i64> {
@@ -16,6 +17,37 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
     let (_, after) = any_element(validity)?; // notBefore
     let (tag, value) = (after.first().copied()?, any_element(after)?.0);
     time(tag, value)
+}
+
+/// The subject's common name (the first CN attribute), if it has one.
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    let (cert, _) = element(der, 0x30)?;
+    let (mut tbs, _) = element(cert, 0x30)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = element(tbs, 0xa0)?.1;
+    }
+    let (_, rest) = element(tbs, 0x02)?; // serialNumber
+    let (_, rest) = element(rest, 0x30)?; // signature algorithm
+    let (_, rest) = element(rest, 0x30)?; // issuer
+    let (_, rest) = element(rest, 0x30)?; // validity
+    let (mut subject, _) = element(rest, 0x30)?;
+    const CN: [u8; 3] = [0x55, 0x04, 0x03]; // 2.5.4.3
+    while !subject.is_empty() {
+        let (set, next) = element(subject, 0x31)?;
+        let (attr, _) = element(set, 0x30)?;
+        let (oid, value) = element(attr, 0x06)?;
+        if oid == CN {
+            let tag = *value.first()?;
+            let (text, _) = any_element(value)?;
+            // UTF8String, PrintableString, IA5String
+            if matches!(tag, 0x0c | 0x13 | 0x16) {
+                return String::from_utf8(text.to_vec()).ok();
+            }
+            return None;
+        }
+        subject = next;
+    }
+    None
 }
 
 /// The content of the element at the start of `data` with the given tag, and what follows.
@@ -88,6 +120,24 @@ mod tests {
             let want = days_from_civil(year as i64, month as i64, day as i64).unwrap() * 86400;
             assert_eq!(not_after(cert.der()), Some(want), "{year}-{month}-{day}");
         }
+    }
+
+    #[test]
+    fn reads_the_common_name() {
+        let mut params = rcgen::CertificateParams::new(vec!["x.example".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "rayshape");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "rayshape CA 2026-11-29");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            subject_common_name(cert.der()).as_deref(),
+            Some("rayshape CA 2026-11-29")
+        );
+        assert_eq!(subject_common_name(b"\x30\x00"), None);
     }
 
     #[test]

@@ -922,3 +922,104 @@ async fn metric_labels_from_requests_are_bounded() {
     );
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// What `rayshape-certs` makes is what `serve` takes, and a CA rotation with overlap goes
+/// through with no failed request for a client that trusts only the generated bundle.
+#[tokio::test]
+async fn rayshape_certs_output_serves_across_a_ca_rotation() {
+    use rayshape_certs::{dir, pki};
+    let root = scratch("certs-rotation");
+    let (made, secret, config) = (root.join("made"), root.join("secret"), root.join("config"));
+    let names = pki::Names::for_service(
+        "rayshape-webhook",
+        "rayshape-system",
+        &["localhost".to_string()],
+        &["127.0.0.1".parse().unwrap()],
+    );
+    dir::generate(&made, &names, 365, 3650, false).unwrap();
+    let read = |f: &str| std::fs::read_to_string(made.join(f)).unwrap();
+    let deploy = || {
+        kubelet_write(
+            &secret,
+            &[
+                ("tls.crt", &read("tls.crt")),
+                ("tls.key", &read("tls.key")),
+                ("ca.crt", &read("ca.crt")),
+            ],
+        )
+    };
+    deploy();
+    kubelet_write(&config, &[("webhook.yaml", "profile: generic\n")]);
+    let bundle = |pem: &str| pki::certificates(pem);
+    let server = Server::start(&secret, &config, bundle(&read("ca.crt")), &[]).await;
+    // The client's trust is what the admin last applied as caBundle.
+    let trusted = Arc::new(std::sync::Mutex::new(bundle(&read("ca.crt"))));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let worker = {
+        let (trusted, stop, ok, failed, addr) = (
+            trusted.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            server.addr,
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let ca = trusted.lock().unwrap().clone();
+                // A new connection each time: every request is a handshake.
+                let result = match Client::connect(addr, &ca, Alpn::H2).await {
+                    Ok(mut c) => c.get("/readyz").await.map(|(s, _)| s),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(200) => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let settle = || tokio::time::sleep(Duration::from_millis(600));
+    settle().await;
+    // 1. A new CA; the bundle trusts both; apply it (the client now trusts both).
+    dir::rotate_ca(&made, 3650).unwrap();
+    deploy();
+    *trusted.lock().unwrap() = bundle(&read("ca.crt"));
+    settle().await;
+    // 2. The serving certificate from the new CA; the server picks it up.
+    dir::renew(&made, &names, 365).unwrap();
+    deploy();
+    let new_leaf = bundle(&read("tls.crt"))[0].to_vec();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Client::connect(server.addr, &bundle(&read("ca.crt")), Alpn::H1)
+        .await
+        .map(|c| c.peer)
+        != Ok(new_leaf.clone())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "new certificate not served; log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle().await;
+    // 3. Only the new CA.
+    dir::finish_rotation(&made).unwrap();
+    deploy();
+    *trusted.lock().unwrap() = bundle(&read("ca.crt"));
+    settle().await;
+    stop.store(true, Ordering::Relaxed);
+    worker.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the rotation"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 20,
+        "{}",
+        ok.load(Ordering::Relaxed)
+    );
+    let _ = std::fs::remove_dir_all(root);
+}

@@ -1,0 +1,98 @@
+//! The certificate directory as `rayshape-certs` keeps it: generation, renewal, and a CA
+//! rotation with overlap.
+
+use crate::check;
+use crate::pki::{self, CA_CERT, CA_KEY, Names, PkiError, TLS_CERT, TLS_KEY};
+use std::path::Path;
+
+/// A CA and a serving certificate signed by it, in `out`.
+pub fn generate(
+    out: &Path,
+    names: &Names,
+    days: u32,
+    ca_days: u32,
+    force: bool,
+) -> Result<(), PkiError> {
+    std::fs::create_dir_all(out).map_err(|source| PkiError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let existing: Vec<&str> = [CA_CERT, CA_KEY, TLS_CERT, TLS_KEY]
+        .into_iter()
+        .filter(|f| out.join(f).exists())
+        .collect();
+    if !existing.is_empty() && !force {
+        return Err(PkiError::Exists(format!(
+            "{} in {}",
+            existing.join(", "),
+            out.display()
+        )));
+    }
+    let (ca, ca_key) = pki::new_ca(ca_days)?;
+    let (tls, key) = pki::new_serving(names, days, &ca, &ca_key, &out.join(CA_CERT))?;
+    pki::write(&out.join(CA_KEY), &ca_key, true)?;
+    pki::write(&out.join(CA_CERT), &ca, false)?;
+    pki::write(&out.join(TLS_KEY), &key, true)?;
+    pki::write(&out.join(TLS_CERT), &tls, false)?;
+    Ok(())
+}
+
+/// A new serving certificate from the CA that signs (the first in `ca.crt`, key `ca.key`).
+pub fn renew(dir: &Path, names: &Names, days: u32) -> Result<(), PkiError> {
+    let bundle = pki::read(&dir.join(CA_CERT))?;
+    let signing = pki::first_certificate_pem(&bundle).ok_or_else(|| PkiError::NoCertificate {
+        path: dir.join(CA_CERT),
+    })?;
+    let ca_key = pki::read(&dir.join(CA_KEY))?;
+    let (tls, key) = pki::new_serving(names, days, &signing, &ca_key, &dir.join(CA_CERT))?;
+    // The key first: a server reading between the two writes sees a mismatch and keeps the
+    // pair it has until both are new.
+    pki::write(&dir.join(TLS_KEY), &key, true)?;
+    pki::write(&dir.join(TLS_CERT), &tls, false)?;
+    Ok(())
+}
+
+/// Start a CA rotation: a new CA signs, and `ca.crt` trusts it and the old one.
+pub fn rotate_ca(dir: &Path, ca_days: u32) -> Result<(), PkiError> {
+    let old = pki::read(&dir.join(CA_CERT))?;
+    if pki::certificates(&old).is_empty() {
+        return Err(PkiError::NoCertificate {
+            path: dir.join(CA_CERT),
+        });
+    }
+    let (ca, ca_key) = pki::new_ca(ca_days)?;
+    // The old key is kept beside, in case the rotation must be undone.
+    if let Ok(old_key) = pki::read(&dir.join(CA_KEY)) {
+        pki::write(&dir.join("ca-previous.key"), &old_key, true)?;
+    }
+    pki::write(&dir.join(CA_KEY), &ca_key, true)?;
+    let old_signing = pki::first_certificate_pem(&old).unwrap_or_default();
+    pki::write(&dir.join(CA_CERT), &format!("{ca}{old_signing}"), false)?;
+    Ok(())
+}
+
+/// End a CA rotation: `ca.crt` trusts only the CA that signs, once `tls.crt` is its.
+pub fn finish_rotation(dir: &Path) -> Result<(), PkiError> {
+    let bundle = pki::read(&dir.join(CA_CERT))?;
+    let signing = pki::first_certificate_pem(&bundle).ok_or_else(|| PkiError::NoCertificate {
+        path: dir.join(CA_CERT),
+    })?;
+    let tls = pki::read(&dir.join(TLS_CERT))?;
+    let leaf = pki::certificates(&tls);
+    let ok = leaf.first().is_some_and(|l| check_issuer(l, &signing));
+    if !ok {
+        return Err(PkiError::Invalid(
+            "tls.crt is not signed by the new CA yet: run `renew` and deploy it before finishing the rotation".into(),
+        ));
+    }
+    pki::write(&dir.join(CA_CERT), &signing, false)?;
+    let _ = std::fs::remove_file(dir.join("ca-previous.key"));
+    Ok(())
+}
+
+/// Whether `leaf` chains to `ca`, for the name in its common name (the first DNS name).
+fn check_issuer(leaf: &rustls::pki_types::CertificateDer<'_>, ca: &str) -> bool {
+    let roots = pki::certificates(ca);
+    let cn = crate::x509::subject_common_name(leaf).unwrap_or_default();
+    check::verify_chain(leaf, &roots, &cn).is_ok()
+}
