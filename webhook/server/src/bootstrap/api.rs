@@ -87,9 +87,15 @@ impl KubeApi {
         };
         // Events are limited to 1 KiB of note.
         let note: String = note.chars().take(1000).collect();
+        // Named as Kubernetes names events: the object, a dot, a unique hex suffix
+        // (a generateName ending in a dot is refused).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let prefix: String = caller.pod.chars().take(200).collect();
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", caller.pod)),
+                name: Some(format!("{prefix}.{nanos:x}")),
                 namespace: Some(caller.namespace.clone()),
                 ..Default::default()
             },
