@@ -1,0 +1,207 @@
+//! The control plane `tests/cluster/up.sh` started, as the end-to-end tests use it: kubectl
+//! of the same version as the API server, the webhook's endpoints and metrics, and its
+//! configuration directory.
+//!
+//! The tests need `RAYSHAPE_CLUSTER_DIR` (set by `tests/run.sh`, or `source DIR/env` after
+//! `tests/cluster/up.sh DIR`). Without it they fail, naming what to do: an end-to-end test
+//! that quietly passes without a cluster would prove nothing.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+/// A running control plane with rayshape in front of it.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub webhook_url: String,
+    pub webhook_metrics: String,
+    pub webhook_config: PathBuf,
+    pub ca: PathBuf,
+    pub kuberay_dir: PathBuf,
+    pub nodes: String,
+}
+
+static SHARED_STATE: RwLock<()> = RwLock::new(());
+
+/// Tests that change what the whole cluster shares (the webhook's configuration, RBAC, the
+/// API server itself) hold this while they do...
+pub fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    SHARED_STATE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// ...and tests that rely on it as `up.sh` left it hold this.
+pub fn shared() -> RwLockReadGuard<'static, ()> {
+    SHARED_STATE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Cluster {
+    /// The cluster named by `RAYSHAPE_CLUSTER_DIR` (its `env` file).
+    pub fn get() -> Cluster {
+        let dir = std::env::var_os("RAYSHAPE_CLUSTER_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            panic!("RAYSHAPE_CLUSTER_DIR is not set: start a control plane with tests/cluster/up.sh DIR and `source DIR/env`, or run tests/run.sh")
+        });
+        let env = std::fs::read_to_string(dir.join("env"))
+            .unwrap_or_else(|e| panic!("{}/env: {e}; is the cluster up?", dir.display()));
+        let var = |name: &str| -> String {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(|v| v.trim_matches('\'').to_string())
+                .unwrap_or_else(|| panic!("{name} missing from {}/env", dir.display()))
+        };
+        Cluster {
+            bin: PathBuf::from(var("RAYSHAPE_CLUSTER_BIN")),
+            kubeconfig: PathBuf::from(var("KUBECONFIG")),
+            webhook_url: var("RAYSHAPE_WEBHOOK_URL"),
+            webhook_metrics: var("RAYSHAPE_WEBHOOK_METRICS"),
+            webhook_config: PathBuf::from(var("RAYSHAPE_WEBHOOK_CONFIG")),
+            kuberay_dir: PathBuf::from(var("RAYSHAPE_KUBERAY_DIR")),
+            nodes: var("RAYSHAPE_CLUSTER_NODES"),
+            ca: dir.join("pki/ca.crt"),
+            dir,
+        }
+    }
+
+    /// Run kubectl (as the admin).
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(self.bin.join("kubectl"));
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run(cmd, stdin)
+    }
+
+    /// Run kubectl and require success; its standard output.
+    pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// A kubectl read as JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all, None))
+            .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
+    }
+
+    /// A fresh namespace for one test: `prefix-` and a suffix of this run. Namespaces are
+    /// not deleted: without kubelets, a scheduled pod never finishes terminating, and the
+    /// control plane is thrown away after the run anyway.
+    pub fn namespace(&self, prefix: &str) -> String {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let name = format!("{prefix}-{:x}", stamp & 0xffff_ffff);
+        let name = name.as_str();
+        self.ok(&["create", "namespace", name], None);
+        // The controller manager creates the `default` ServiceAccount; pods need it.
+        wait_until(
+            Duration::from_secs(30),
+            &format!("the default ServiceAccount of {name}"),
+            || {
+                self.kubectl(&["get", "serviceaccount", "default", "-n", name], None)
+                    .status
+                    .success()
+            },
+        );
+        name.to_string()
+    }
+
+    /// The webhook's metrics page.
+    pub fn webhook_metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", &self.webhook_metrics])
+            .output()
+            .expect("curl runs");
+        text(&out.stdout)
+    }
+
+    /// The sum of a metric's samples whose line starts with `prefix`.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        metric(&self.webhook_metrics(), prefix)
+    }
+
+    /// Replace `webhook.yaml` the way the kubelet updates a mounted ConfigMap, and wait
+    /// until the webhook has loaded it.
+    pub fn set_webhook_settings(&self, yaml: &str) {
+        let before = self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}");
+        let tmp = self.webhook_config.join(".webhook.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write webhook.yaml");
+        std::fs::rename(&tmp, self.webhook_config.join("webhook.yaml")).expect("swap webhook.yaml");
+        wait_until(
+            Duration::from_secs(15),
+            "the webhook to load its new settings",
+            || self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}") > before,
+        );
+    }
+
+    /// The profile's own settings, as up.sh wrote them.
+    pub fn default_settings(&self) -> String {
+        format!("profile: {}\n", self.nodes)
+    }
+}
+
+/// Run a command, feeding `stdin`.
+pub fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{:?}: {e}", cmd.get_program()));
+    if let Some(s) = stdin
+        && let Some(mut i) = child.stdin.take()
+    {
+        let _ = i.write_all(s.as_bytes());
+    }
+    child.wait_with_output().expect("wait")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The sum of the samples whose line starts with `prefix` in a metrics page.
+pub fn metric(page: &str, prefix: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Poll `cond` until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    rayshape_testkit::repo()
+}
+
+/// A path under the repository.
+pub fn repo_path(p: &str) -> PathBuf {
+    repo().join(Path::new(p))
+}
