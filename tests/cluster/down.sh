@@ -9,31 +9,41 @@ DIR=$1
 GRACE=${RAYSHAPE_CLUSTER_GRACE:-10}
 [ -d "$DIR/pids" ] || exit 0
 
-# Stop clients before servers: the webhook and controllers first, etcd last.
-order=(rayshape-webhook ray-operator kube-scheduler kube-controller-manager kube-apiserver etcd)
-files=()
-for name in "${order[@]}"; do
-  [ -f "$DIR/pids/$name.pid" ] && files+=("$DIR/pids/$name.pid")
-done
-for f in "$DIR"/pids/*.pid; do
-  [ -f "$f" ] || continue
-  case " ${files[*]} " in *" $f "*) ;; *) files+=("$f") ;; esac
-done
-
 alive() { kill -0 "$1" 2>/dev/null; }
-for f in "${files[@]}"; do
-  pid=$(cat "$f")
-  name=$(basename "$f" .pid)
-  if alive "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq $((GRACE * 10))); do
-      alive "$pid" || break
-      sleep 0.1
-    done
+# ours PIDFILE PID: the pid still runs what up.sh started (not a recycled pid).
+ours() {
+  local exe="${1%.pid}.exe" argv0
+  [ -f "$exe" ] || return 0
+  argv0=$(tr '\0' '\n' <"/proc/$2/cmdline" 2>/dev/null | head -1) || return 1
+  [ "$argv0" = "$(cat "$exe")" ]
+}
+# stop PIDFILE...: SIGTERM to all at once, SIGKILL to those alive after the grace period.
+stop() {
+  local f pid deadline pids=()
+  for f in "$@"; do
+    pid=$(cat "$f" 2>/dev/null) || continue
+    if [ -n "$pid" ] && alive "$pid" && ours "$f" "$pid"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid:$(basename "$f" .pid)")
+    fi
+  done
+  deadline=$(($(date +%s) + GRACE))
+  for p in "${pids[@]}"; do
+    pid=${p%%:*}
+    while alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.1; done
     if alive "$pid"; then
-      echo "$name (pid $pid) did not stop within ${GRACE} s of SIGTERM; sending SIGKILL" >&2
+      echo "${p#*:} (pid $pid) did not stop within ${GRACE} s of SIGTERM; sending SIGKILL" >&2
       kill -KILL "$pid" 2>/dev/null || true
     fi
-  fi
-  rm -f "$f"
+  done
+  for f in "$@"; do rm -f "$f" "${f%.pid}.exe"; done
+}
+
+# Everything but etcd first (each shuts down gracefully in about 2 s, in parallel), then etcd,
+# so that kube-apiserver does not spend its shutdown on a missing etcd.
+others=()
+for f in "$DIR"/pids/*.pid; do
+  [ -f "$f" ] && [ "$(basename "$f")" != etcd.pid ] && others+=("$f")
 done
+[ ${#others[@]} -eq 0 ] || stop "${others[@]}"
+[ ! -f "$DIR/pids/etcd.pid" ] || stop "$DIR/pids/etcd.pid"

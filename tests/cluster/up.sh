@@ -116,6 +116,7 @@ start() {
   shift
   "$@" </dev/null >"$DIR/logs/$name.log" 2>&1 &
   echo $! >"$DIR/pids/$name.pid"
+  echo "$1" >"$DIR/pids/$name.exe" # down.sh signals the pid only while it still runs this
 }
 # wait_for NAME SECONDS CMD...: until CMD succeeds; fails early if NAME's process died.
 wait_for() {
