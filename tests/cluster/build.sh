@@ -38,7 +38,7 @@ mkdir -p "$OUT" "$OUT/logs"
 # The key of a module's build: its files, the Go version and platform, and this script.
 key() {
   {
-    (cd "$HERE/$1" && sha256sum go.mod go.sum ./*.go)
+    (cd "$HERE/$1" && find . -maxdepth 1 \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 | sort -z | xargs -0 sha256sum)
     go version
     go env GOOS GOARCH
     sha256sum "$HERE/build.sh" | cut -d' ' -f1

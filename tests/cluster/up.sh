@@ -178,6 +178,14 @@ kubeconfig "$DIR/kubeconfig" admin
 kubeconfig "$DIR/kube-controller-manager.kubeconfig" kube-controller-manager
 kubeconfig "$DIR/kube-scheduler.kubeconfig" kube-scheduler
 
+# --- where the KubeRay CRDs are: the ray-operator module the operator was built from ----------
+step "finding the KubeRay module" "$DIR/logs/kubectl.log"
+# `go mod download -json` prints where the module is (and fetches it if the cache lost it).
+KUBERAY_DIR=$(cd "$HERE/kuberay" && GOTOOLCHAIN=local go mod download -json github.com/ray-project/kuberay/ray-operator 2>>"$DIR/logs/kubectl.log" |
+  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+[ -d "$KUBERAY_DIR/config/crd/bases" ] || { echo "error: no KubeRay CRDs found in the module cache ('$KUBERAY_DIR')" >&2; exit 1; }
+echo "$KUBERAY_DIR" >"$DIR/kuberay.dir"
+
 # --- etcd -------------------------------------------------------------------------------------
 step "starting etcd" "$DIR/logs/etcd.log"
 start etcd "$BIN/etcd" --name=default --data-dir="$DIR/etcd" \
@@ -195,6 +203,10 @@ start kube-apiserver "$K8S" kube-apiserver \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
   --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
   --client-ca-file="$PKI/client-ca.crt" \
+  --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
   --authorization-mode=Node,RBAC \
   --enable-admission-plugins=NodeRestriction,ServiceAccount,PodSecurity,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
   --service-account-issuer="$API" --api-audiences="$API" \
@@ -230,25 +242,14 @@ start kube-scheduler "$K8S" kube-scheduler \
   --leader-elect=false \
   --profiling=false
 
-# --- KubeRay CRDs, from the ray-operator module the operator was built from -------------------
-step "creating the KubeRay CRDs" "$DIR/logs/kubectl.log"
-# `go mod download -json` prints where the module is (and fetches it if the cache lost it).
-KUBERAY_DIR=$(cd "$HERE/kuberay" && GOTOOLCHAIN=local go mod download -json github.com/ray-project/kuberay/ray-operator 2>>"$DIR/logs/kubectl.log" |
-  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-[ -d "$KUBERAY_DIR/config/crd/bases" ] || { echo "error: no KubeRay CRDs found in the module cache ('$KUBERAY_DIR')" >&2; exit 1; }
-echo "$KUBERAY_DIR" >"$DIR/kuberay.dir"
+# --- KubeRay CRDs (in the background while the rest is set up) --------------------------------
+step "creating the KubeRay CRDs" "$DIR/logs/kuberay-crds.log"
 # Far beyond the 256 KiB client-side apply annotation: create, as KubeRay's Makefile does.
-kubectl create -f "$KUBERAY_DIR/config/crd/bases" >>"$DIR/logs/kubectl.log" 2>&1
-kubectl wait --for condition=established --timeout=30s \
-  crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io >>"$DIR/logs/kubectl.log" 2>&1
-say "KubeRay CRDs established (from $KUBERAY_DIR)"
-
-step "starting the KubeRay operator" "$DIR/logs/ray-operator.log"
-start ray-operator "$BIN/ray-operator" --kubeconfig="$DIR/kubeconfig" \
-  --enable-leader-election=false \
-  --metrics-addr="127.0.0.1:$KUBERAY_METRICS_PORT" \
-  --health-probe-bind-address="127.0.0.1:$KUBERAY_HEALTH_PORT" \
-  --log-stdout-encoder=console
+(
+  kubectl create -f "$KUBERAY_DIR/config/crd/bases"
+  kubectl wait --for condition=established --timeout=30s crd/rayclusters.ray.io crd/rayjobs.ray.io crd/rayservices.ray.io
+) >"$DIR/logs/kuberay-crds.log" 2>&1 &
+CRDS_PID=$!
 
 # --- fake Nodes ------------------------------------------------------------------------------
 step "creating the fake $NODES Nodes" "$DIR/logs/kubectl.log"
@@ -364,6 +365,16 @@ webhooks:
   reinvocationPolicy: IfNeeded
 EOF
 kubectl create -f "$DIR/rayshape/webhook-registration.yaml" >>"$DIR/logs/kubectl.log" 2>&1
+
+step "waiting for the KubeRay CRDs" "$DIR/logs/kuberay-crds.log"
+wait "$CRDS_PID"
+say "KubeRay CRDs established (from $KUBERAY_DIR)"
+step "starting the KubeRay operator" "$DIR/logs/ray-operator.log"
+start ray-operator "$BIN/ray-operator" --kubeconfig="$DIR/kubeconfig" \
+  --enable-leader-election=false \
+  --metrics-addr="127.0.0.1:$KUBERAY_METRICS_PORT" \
+  --health-probe-bind-address="127.0.0.1:$KUBERAY_HEALTH_PORT" \
+  --log-stdout-encoder=console
 
 # --- everything ready ------------------------------------------------------------------------------
 KCM_HEALTH="https://127.0.0.1:$KCM_PORT/healthz" SCHED_HEALTH="https://127.0.0.1:$SCHED_PORT/healthz"

@@ -45,6 +45,8 @@ Writes into DIR (PEM, ECDSA P-256, valid 7 days):
   apiserver.crt apiserver.key  kube-apiserver serving (127.0.0.1, localhost, kubernetes.default, 10.0.0.1)
   webhook.crt webhook.key      rayshape-webhook serving (127.0.0.1, localhost)
   client-ca.crt client-ca.key  client CA (--client-ca-file)
+  front-proxy-ca.crt/.key      front-proxy (aggregation layer) client CA
+  front-proxy-client.crt/.key  CN=front-proxy-client
   admin.crt admin.key          CN=admin, O=system:masters
   kube-controller-manager.crt/.key  CN=system:kube-controller-manager
   kube-scheduler.crt/.key      CN=system:kube-scheduler
@@ -78,11 +80,14 @@ func writePKI(dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := writePair(dir, "ca", serving); err != nil {
+	frontProxy, err := newCA("rayshape-test-front-proxy-ca")
+	if err != nil {
 		return err
 	}
-	if err := writePair(dir, "client-ca", client); err != nil {
-		return err
+	for name, ca := range map[string]keyPair{"ca": serving, "client-ca": client, "front-proxy-ca": frontProxy} {
+		if err := writePair(dir, name, ca); err != nil {
+			return err
+		}
 	}
 	servers := []leaf{
 		{name: "apiserver", cn: "kube-apiserver", server: true,
@@ -104,6 +109,11 @@ func writePKI(dir string) error {
 		if err := issue(dir, l, client); err != nil {
 			return err
 		}
+	}
+	// kube-apiserver's identity towards aggregated API servers (and what components that
+	// delegate authentication read from kube-system/extension-apiserver-authentication).
+	if err := issue(dir, leaf{name: "front-proxy-client", cn: "front-proxy-client"}, frontProxy); err != nil {
+		return err
 	}
 	// The service-account signer: a bare key pair (kube-apiserver reads the public key from
 	// --service-account-key-file and signs with --service-account-signing-key-file).
