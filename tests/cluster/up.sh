@@ -90,8 +90,8 @@ step() { STEP=$1 STEP_LOG=${2:-}; }
 # --- free ports on 127.0.0.1 ------------------------------------------------------------
 USED_PORTS=" "
 free_port() {
-  local p i
-  for i in $(seq 200); do
+  local p
+  for _ in $(seq 200); do
     p=$((20000 + RANDOM % 30000))
     case "$USED_PORTS" in *" $p "*) continue ;; esac
     # Nothing listening: the connection is refused.
