@@ -43,6 +43,9 @@ eventually() {
   done
 }
 jp() { kubectl get -n "$NS" "$1" -o jsonpath="$2"; }
+bound() { test -n "$(jp "$1" '{.spec.nodeName}' 2>/dev/null)"; }
+# has_pod SELECTOR: a pod matching SELECTOR exists.
+has_pod() { test -n "$(kubectl get pods -n "$NS" -l "$1" -o name 2>/dev/null)"; }
 # The sum of the webhook's admission request counters.
 admissions() {
   curl -fsS "$RAYSHAPE_WEBHOOK_METRICS" | awk '/^rayshape_webhook_admission_requests_total[{ ]/ {s += $NF} END {print s + 0}'
@@ -109,7 +112,7 @@ check "the Ray container was sized to the instance type (limits cpu 1900m = 2 - 
   test "$(jp pod/ray-typed '{.spec.containers[0].resources.limits.cpu}')" = 1900m
 
 # --- the scheduler binds it to a node of the matching pool --------------------------------------
-if eventually 30 test -n "$(jp pod/ray-typed '{.spec.nodeName}')"; then
+if eventually 30 bound pod/ray-typed; then
   node=$(jp pod/ray-typed '{.spec.nodeName}')
   pool=$(kubectl get node "$node" -o jsonpath='{.metadata.labels.rayshape\.test/pool}')
   ok "the scheduler bound the Ray pod (to $node)"
@@ -147,14 +150,14 @@ check "the RayCluster's worker template was sized (limits cpu 3900m)" \
   test "$(jp raycluster/smoke '{.spec.workerGroupSpecs[0].template.spec.containers[0].resources.limits.cpu}')" = 3900m
 for type in head worker; do
   sel="ray.io/cluster=smoke,ray.io/node-type=$type"
-  if eventually 60 test -n "$(kubectl get pods -n "$NS" -l "$sel" -o name 2>/dev/null)"; then
+  if eventually 60 has_pod "$sel"; then
     pod=$(kubectl get pods -n "$NS" -l "$sel" -o name | head -1)
     ok "the KubeRay operator created the $type pod ($pod)"
     check "KubeRay's $type pod has the native sidecar rayshape-sidecar" \
       test "$(jp "$pod" '{.spec.initContainers[?(@.name=="rayshape-sidecar")].restartPolicy}')" = Always
     check "KubeRay's $type pod has the annotation rayshape.io/shaped" \
       test -n "$(jp "$pod" '{.metadata.annotations.rayshape\.io/shaped}')"
-    check "the scheduler bound KubeRay's $type pod" eventually 30 test -n "$(jp "$pod" '{.spec.nodeName}')"
+    check "the scheduler bound KubeRay's $type pod" eventually 30 bound "$pod"
   else
     not_ok "the KubeRay operator created the $type pod (none within 60 s; see $DIR/logs/ray-operator.log)"
   fi

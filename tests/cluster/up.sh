@@ -92,7 +92,8 @@ USED_PORTS=" "
 free_port() {
   local p
   for _ in $(seq 200); do
-    p=$((20000 + RANDOM % 30000))
+    # Below Linux's ephemeral range (32768-60999), which outgoing connections draw from.
+    p=$((10000 + RANDOM % 22000))
     case "$USED_PORTS" in *" $p "*) continue ;; esac
     # Nothing listening: the connection is refused.
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
