@@ -51,6 +51,7 @@ if compgen -G "$DIR/pids/*.pid" >/dev/null; then
 fi
 rm -rf "${DIR:?}"/{pki,logs,pids,etcd,rayshape,env} "$DIR"/*.kubeconfig "$DIR"/kubeconfig "$DIR"/*.yaml
 mkdir -p "$DIR"/{pki,logs,pids,etcd,rayshape/config}
+chmod 700 "$DIR/etcd" "$DIR/pki" # as etcd and a key directory want them
 
 # The webhook binary: given, or built from this checkout.
 if [ -n "${RAYSHAPE_WEBHOOK_BIN:-}" ]; then
