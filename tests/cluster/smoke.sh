@@ -87,6 +87,10 @@ check "a plain pod is not sent to the webhook (requests $before -> $after)" test
 check "a plain pod is stored without a sidecar or rayshape annotation" \
   test -z "$(jp pod/plain '{.spec.initContainers[*].name}{.metadata.annotations.rayshape\.io/shaped}')"
 
+# The controller manager runs the workload controllers: a Deployment gets its pod.
+kubectl create deployment web -n "$NS" --image=nginx:1.27 --replicas=1 >>"$RUN_LOG" 2>&1
+check "the Deployment and ReplicaSet controllers create a Deployment's pod" eventually 30 has_pod app=web
+
 # --- a Ray pod asking for an instance type is shaped ------------------------------------------
 before=$(admissions)
 cat <<EOF | kubectl create -n "$NS" -f - >>"$RUN_LOG" 2>&1
