@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints fake Nodes (YAML, a kind: List) labelled and tainted like one provider's node pools,
-# as rayshape's placement profiles (webhook/profiles/*.yaml) select on them:
+# as rayshape's placement profiles (webhook/engine/profiles/*.yaml) select on them:
 #   on-demand and spot CPU pools in two zones each, and an on-demand GPU pool (NVIDIA T4,
 #   the accelerator of the default instance type 8CPU-32GB-1xT4) in two zones.
 # No kubelet runs behind them: up.sh removes the not-ready taint the API server adds on

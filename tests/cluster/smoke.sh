@@ -171,7 +171,7 @@ done
 wk() { kubectl --kubeconfig "$DIR/webhook.kubeconfig" "$@"; }
 check "the webhook authenticates as system:serviceaccount:rayshape-system:rayshape-webhook" \
   test "$(wk auth whoami -o jsonpath='{.status.userInfo.username}')" = system:serviceaccount:rayshape-system:rayshape-webhook
-for allowed in "create tokenreviews.authentication.k8s.io" "get pods -n $NS" "create events -n $NS"; do
+for allowed in "create tokenreviews.authentication.k8s.io" "get pods -n $NS" "create events.events.k8s.io -n $NS"; do
   # shellcheck disable=SC2086
   check "the webhook may $allowed" test "$(wk auth can-i $allowed 2>/dev/null)" = yes
 done
@@ -179,6 +179,28 @@ for denied in "list pods -n $NS" "create pods -n $NS" "get secrets -n $NS" "upda
   # shellcheck disable=SC2086
   check "the webhook may not $denied" test "$(wk auth can-i $denied 2>/dev/null)" = no
 done
+
+# --- the identity bootstrap: the webhook's own identity against the real API -----------------
+# A sidecar's token: pod-bound, audience rayshape.io (as the injected projected volume is).
+# The webhook reviews it (TokenReview), reads the pod and records an Event, as itself.
+bootstrap() { # bootstrap TOKEN: prints the HTTP status; the body goes to logs/bootstrap.json
+  curl -sS -o "$DIR/logs/bootstrap.json" -w '%{http_code}' --cacert "$DIR/pki/ca.crt" \
+    -X POST -H "Authorization: Bearer $1" "$RAYSHAPE_WEBHOOK_URL/v1/bootstrap"
+}
+pod_token() { kubectl create token default -n "$NS" --audience rayshape.io --duration 10m "$@"; }
+code=$(bootstrap "$(pod_token --bound-object-kind Pod --bound-object-name ray-typed)")
+check "the shaped Ray pod's token bootstraps (HTTP $code: $(head -c 160 "$DIR/logs/bootstrap.json"))" test "$code" = 200
+verified() {
+  kubectl get events.events.k8s.io -n "$NS" --field-selector regarding.name=ray-typed \
+    -o jsonpath='{.items[*].reason}' | grep -qw BootstrapVerified
+}
+check "the webhook recorded a BootstrapVerified Event on the pod (events.k8s.io)" eventually 10 verified
+code=$(bootstrap "$(pod_token --bound-object-kind Pod --bound-object-name plain)")
+check "the token of a pod the webhook did not shape is refused (HTTP $code)" test "$code" = 403
+code=$(bootstrap "$(pod_token)")
+check "a token bound to no pod is refused (HTTP $code)" test "$code" = 403
+code=$(bootstrap "$(kubectl create token default -n "$NS" --audience elsewhere --duration 10m --bound-object-kind Pod --bound-object-name ray-typed)")
+check "a token for another audience is not authenticated (HTTP $code)" test "$code" = 401
 
 echo "smoke: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

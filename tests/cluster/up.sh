@@ -276,15 +276,15 @@ items:
 - apiVersion: v1
   kind: ServiceAccount
   metadata: {name: rayshape-webhook, namespace: rayshape-system}
-# What the webhook may do, and nothing else: review the sidecar's tokens, read the pod a
-# token is bound to, and report Events.
+# What the webhook may do, and nothing else (its bootstrap's api.rs PERMISSIONS): review
+# the sidecars' tokens, read the pod a token is bound to, and report Events on it.
 - apiVersion: rbac.authorization.k8s.io/v1
   kind: ClusterRole
   metadata: {name: rayshape-webhook}
   rules:
   - {apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}
   - {apiGroups: [""], resources: [pods], verbs: [get]}
-  - {apiGroups: ["", events.k8s.io], resources: [events], verbs: [create]}
+  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}
 - apiVersion: rbac.authorization.k8s.io/v1
   kind: ClusterRoleBinding
   metadata: {name: rayshape-webhook}
@@ -305,7 +305,7 @@ cat >"$DIR/rayshape/config/webhook.yaml" <<EOF
 profile: $NODES
 EOF
 KUBECONFIG="$DIR/webhook.kubeconfig" start rayshape-webhook "$WEBHOOK_BIN" serve \
-  --config "$DIR/rayshape/config" \
+  --config "$DIR/rayshape/config" --bootstrap-ca "$PKI/ca.crt" \
   --tls-cert "$PKI/webhook.crt" --tls-key "$PKI/webhook.key" \
   --listen "127.0.0.1:$WEBHOOK_PORT" --metrics-listen "127.0.0.1:$WEBHOOK_METRICS_PORT"
 wait_for rayshape-webhook 20 curl -fsS --cacert "$PKI/ca.crt" "https://127.0.0.1:$WEBHOOK_PORT/readyz"
