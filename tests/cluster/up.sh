@@ -41,6 +41,12 @@ done
 
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+# Only a new, empty or earlier up.sh directory: what is below would delete files in it.
+if [ ! -f "$DIR/.rayshape-cluster" ] && [ -n "$(ls -A "$DIR")" ]; then
+  echo "error: $DIR is not empty and was not made by up.sh; give a new or empty directory" >&2
+  exit 2
+fi
+touch "$DIR/.rayshape-cluster"
 if compgen -G "$DIR/pids/*.pid" >/dev/null; then
   for f in "$DIR"/pids/*.pid; do
     if kill -0 "$(cat "$f")" 2>/dev/null; then
