@@ -28,9 +28,16 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v zstd >/dev/null || missing+=(zstd)
+command -v curl >/dev/null || missing+=(curl) # tests/cluster: readiness checks and metrics
 if [ ${#missing[@]} -gt 0 ]; then apt_install $(printf '%s\n' "${missing[@]}" | sort -u); fi
 if ! command -v cargo >/dev/null; then
   echo "error: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
+  exit 2
+fi
+# tests/cluster builds Kubernetes, etcd and KubeRay from Go modules (GOTOOLCHAIN=local:
+# no toolchain is downloaded; Debian's golang-go is too old).
+if ! command -v go >/dev/null; then
+  echo "error: go is not on PATH; install Go 1.26 or newer first (tests/cluster builds the control plane with it)" >&2
   exit 2
 fi
 
@@ -90,10 +97,31 @@ set -e
 py_passed=$(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $1}' "$WORK/python.log" | tail -1)
 py_failed=$(awk '/^[0-9]+ passed, [0-9]+ failed$/ {print $3}' "$WORK/python.log" | tail -1)
 
-total_passed=$((rust_passed + ${py_passed:-0}))
-total_failed=$((rust_failed + ${py_failed:-1}))
+# --- A real control plane: Kubernetes, KubeRay, rayshape in front (tests/cluster) -------
+# Built once from Go modules into tests/.cluster (kept; rebuilt only when they change).
+CLUSTER_DIR="$WORK/cluster"
+stop_cluster() { tests/cluster/down.sh "$CLUSTER_DIR" || true; }
+trap stop_cluster EXIT
+log "control plane: build, start, smoke test (tests/cluster)"
+rm -f "$WORK/cluster-smoke.log"
+set +e
+cluster_status=1
+if tests/cluster/build.sh &&
+  RAYSHAPE_WEBHOOK_BIN="$ROOT/target/debug/rayshape-webhook" tests/cluster/up.sh "$CLUSTER_DIR"; then
+  tests/cluster/smoke.sh "$CLUSTER_DIR" | tee "$WORK/cluster-smoke.log"
+  cluster_status=${PIPESTATUS[0]}
+fi
+set -e
+stop_cluster
+cluster_passed=$(awk '/^smoke: [0-9]+ passed, [0-9]+ failed$/ {print $2}' "$WORK/cluster-smoke.log" 2>/dev/null | tail -1)
+cluster_failed=$(awk '/^smoke: [0-9]+ passed, [0-9]+ failed$/ {print $4}' "$WORK/cluster-smoke.log" 2>/dev/null | tail -1)
+# The build or the start failed: count it, so the closing line cannot read as green.
+if [ "$cluster_status" -ne 0 ] && [ "${cluster_failed:-0}" -eq 0 ]; then cluster_failed=1; fi
+
+total_passed=$((rust_passed + ${py_passed:-0} + ${cluster_passed:-0}))
+total_failed=$((rust_failed + ${py_failed:-1} + ${cluster_failed:-0}))
 # A build failure runs no test at all: count it, so the closing line cannot read as green.
 if [ "$rust_status" -ne 0 ] && [ "$rust_failed" -eq 0 ]; then total_failed=$((total_failed + 1)); fi
 echo
 echo "total: ${total_passed} passed, ${total_failed} failed"
-[ "$total_failed" -eq 0 ] && [ "$rust_status" -eq 0 ] && [ "$py_status" -eq 0 ]
+[ "$total_failed" -eq 0 ] && [ "$rust_status" -eq 0 ] && [ "$py_status" -eq 0 ] && [ "$cluster_status" -eq 0 ]
