@@ -81,7 +81,8 @@ corpus="$WORK/corpus.jsonl"
 rm -f "$corpus"
 set +e
 # RAYSHAPE_REQUIRE_TOOLS: a test that needs promtool or prometheus fails instead of skipping.
-RAYSHAPE_REQUIRE_TOOLS=1 RAYSHAPE_CORPUS="$corpus" cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
+# The end-to-end tests (tests/e2e) need the control plane; they run in its stage below.
+RAYSHAPE_REQUIRE_TOOLS=1 RAYSHAPE_CORPUS="$corpus" cargo test --workspace --exclude rayshape-e2e --locked --no-fail-fast 2>&1 | tee "$WORK/cargo-test.log"
 rust_status=${PIPESTATUS[0]}
 set -e
 rust_passed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^passed;?$/) s+=$(i-1)} END {print s+0}' "$WORK/cargo-test.log")
@@ -103,13 +104,17 @@ CLUSTER_DIR="$WORK/cluster"
 stop_cluster() { tests/cluster/down.sh "$CLUSTER_DIR" || true; }
 trap stop_cluster EXIT
 log "control plane: build, start, smoke test (tests/cluster)"
-rm -f "$WORK/cluster-smoke.log"
+rm -f "$WORK/cluster-smoke.log" "$WORK/e2e-test.log"
 set +e
 cluster_status=1
+e2e_status=1
 if tests/cluster/build.sh &&
   RAYSHAPE_WEBHOOK_BIN="$ROOT/target/debug/rayshape-webhook" tests/cluster/up.sh "$CLUSTER_DIR"; then
   tests/cluster/smoke.sh "$CLUSTER_DIR" | tee "$WORK/cluster-smoke.log"
   cluster_status=${PIPESTATUS[0]}
+  log "end-to-end tests against the control plane (tests/e2e)"
+  RAYSHAPE_CLUSTER_DIR="$CLUSTER_DIR" cargo test -p rayshape-e2e --locked --no-fail-fast 2>&1 | tee "$WORK/e2e-test.log"
+  e2e_status=${PIPESTATUS[0]}
 fi
 set -e
 stop_cluster
@@ -117,6 +122,11 @@ cluster_passed=$(awk '/^smoke: [0-9]+ passed, [0-9]+ failed$/ {print $2}' "$WORK
 cluster_failed=$(awk '/^smoke: [0-9]+ passed, [0-9]+ failed$/ {print $4}' "$WORK/cluster-smoke.log" 2>/dev/null | tail -1)
 # The build or the start failed: count it, so the closing line cannot read as green.
 if [ "$cluster_status" -ne 0 ] && [ "${cluster_failed:-0}" -eq 0 ]; then cluster_failed=1; fi
+e2e_passed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^passed;?$/) s+=$(i-1)} END {print s+0}' "$WORK/e2e-test.log" 2>/dev/null)
+e2e_failed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^failed;?$/) s+=$(i-1)} END {print s+0}' "$WORK/e2e-test.log" 2>/dev/null)
+if [ "$e2e_status" -ne 0 ] && [ "${e2e_failed:-0}" -eq 0 ]; then e2e_failed=1; fi
+cluster_passed=$((${cluster_passed:-0} + ${e2e_passed:-0}))
+cluster_failed=$((${cluster_failed:-0} + ${e2e_failed:-0}))
 
 total_passed=$((rust_passed + ${py_passed:-0} + ${cluster_passed:-0}))
 total_failed=$((rust_failed + ${py_failed:-1} + ${cluster_failed:-0}))
@@ -124,4 +134,4 @@ total_failed=$((rust_failed + ${py_failed:-1} + ${cluster_failed:-0}))
 if [ "$rust_status" -ne 0 ] && [ "$rust_failed" -eq 0 ]; then total_failed=$((total_failed + 1)); fi
 echo
 echo "total: ${total_passed} passed, ${total_failed} failed"
-[ "$total_failed" -eq 0 ] && [ "$rust_status" -eq 0 ] && [ "$py_status" -eq 0 ] && [ "$cluster_status" -eq 0 ]
+[ "$total_failed" -eq 0 ] && [ "$rust_status" -eq 0 ] && [ "$py_status" -eq 0 ] && [ "$cluster_status" -eq 0 ] && [ "$e2e_status" -eq 0 ]
