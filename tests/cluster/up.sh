@@ -310,10 +310,21 @@ cat >"$DIR/rayshape/config/webhook.yaml" <<EOF
 # Written by tests/cluster/up.sh: the placement profile of the fake Nodes.
 profile: $NODES
 EOF
-KUBECONFIG="$DIR/webhook.kubeconfig" start rayshape-webhook "$WEBHOOK_BIN" serve \
-  --config "$DIR/rayshape/config" --bootstrap-ca "$PKI/ca.crt" \
-  --tls-cert "$PKI/webhook.crt" --tls-key "$PKI/webhook.key" \
-  --listen "127.0.0.1:$WEBHOOK_PORT" --metrics-listen "127.0.0.1:$WEBHOOK_METRICS_PORT"
+# The webhook's command, in a script of its own, so tests can stop the webhook and start it
+# again exactly as it was (DIR/rayshape/serve.sh starts it in the background, records its pid).
+cat >"$DIR/rayshape/serve.sh" <<SERVE
+#!/usr/bin/env bash
+# Written by tests/cluster/up.sh: starts rayshape-webhook as up.sh did, in the background.
+KUBECONFIG='$DIR/webhook.kubeconfig' '$WEBHOOK_BIN' serve \\
+  --config '$DIR/rayshape/config' --bootstrap-ca '$PKI/ca.crt' \\
+  --tls-cert '$PKI/webhook.crt' --tls-key '$PKI/webhook.key' \\
+  --listen '127.0.0.1:$WEBHOOK_PORT' --metrics-listen '127.0.0.1:$WEBHOOK_METRICS_PORT' \\
+  </dev/null >>'$DIR/logs/rayshape-webhook.log' 2>&1 &
+echo \$! >'$DIR/pids/rayshape-webhook.pid'
+echo '$WEBHOOK_BIN' >'$DIR/pids/rayshape-webhook.exe'
+SERVE
+chmod +x "$DIR/rayshape/serve.sh"
+"$DIR/rayshape/serve.sh"
 wait_for rayshape-webhook 20 curl -fsS --cacert "$PKI/ca.crt" "https://127.0.0.1:$WEBHOOK_PORT/readyz"
 say "rayshape-webhook ready on https://127.0.0.1:$WEBHOOK_PORT (metrics on :$WEBHOOK_METRICS_PORT)"
 

@@ -205,3 +205,45 @@ pub fn repo() -> PathBuf {
 pub fn repo_path(p: &str) -> PathBuf {
     repo().join(Path::new(p))
 }
+
+impl Cluster {
+    /// Stop the webhook (SIGTERM, then SIGKILL), as an outage.
+    pub fn stop_webhook(&self) {
+        let pid_file = self.dir.join("pids/rayshape-webhook.pid");
+        let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+        let pid = pid.trim();
+        if pid.is_empty() {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", pid]).status();
+        let gone = |p: &str| !Path::new(&format!("/proc/{p}")).exists();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !gone(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if !gone(pid) {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+
+    /// Start the webhook again exactly as `up.sh` did, and wait until it is ready.
+    pub fn start_webhook(&self) {
+        let status = Command::new(self.dir.join("rayshape/serve.sh"))
+            .status()
+            .expect("run DIR/rayshape/serve.sh");
+        assert!(status.success(), "serve.sh failed");
+        let ready = format!("{}/readyz", self.webhook_url);
+        wait_until(
+            Duration::from_secs(30),
+            "the webhook to be ready again",
+            || {
+                Command::new("curl")
+                    .args(["-sf", "--cacert"])
+                    .arg(&self.ca)
+                    .arg(&ready)
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+        );
+    }
+}
