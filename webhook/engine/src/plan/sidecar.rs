@@ -6,6 +6,13 @@
 //! container has at `/tmp/ray`. A container or volume of the pod that carries one of the
 //! sidecar's names but is not rayshape's is never overwritten: the pod is denied instead,
 //! with the name to change.
+//!
+//! The container is replaced whole each time a pod is shaped. With `reinvocationPolicy:
+//! IfNeeded` the API server re-runs its own admission plugins after the webhook changed the
+//! pod, and the ServiceAccount plugin mounts the pod's Kubernetes API token into every
+//! container, the sidecar included; the webhook's second call then removes that mount. On
+//! purpose: the sidecar proves itself with its own projected token (rayshape's audience) and
+//! never calls the Kubernetes API, so it should not hold the pod's API credentials.
 
 use super::Denial;
 use crate::config::Config;
