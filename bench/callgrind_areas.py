@@ -17,7 +17,8 @@ import sys
 
 # (area, test on "object|file|function"), first match wins.
 AREAS = [
-    ("kernel-facing libc (memcpy, memmove, syscalls)", r"^[^|]*libc\.so"),
+    ("glibc allocator (malloc, free)", r"\|(malloc|free|realloc|calloc|_int_malloc|_int_free|_int_realloc|malloc_consolidate|cfree|posix_memalign|_mid_memalign|_int_memalign|tcache\w*|unlink_chunk\w*|__libc_\w+)(\.\w+)*$"),
+    ("libc: memcpy, memmove, memset, memcmp, syscalls", r"^[^|]*libc\.so"),
     ("other shared objects", r"^[^|]*\.so[.\d]*\|"),
     ("TLS: aws-lc crypto (AES-GCM, SHA, ECDSA)", r"aws-lc|\|aws_lc_|\|(aes|gcm|sha\d*|ecp|bn|ec)_\w*$|\|(GFp|ChaCha|poly1305)"),
     ("TLS: rustls, tokio-rustls", r"/rustls-|/tokio-rustls-|/rustls-pki-types-"),
@@ -49,7 +50,6 @@ AREAS = [
     ("Rust std: alloc (Vec, String, Box)", r"library/alloc/"),
     ("Rust std: core (memcpy, fmt, iterators, ...)", r"library/core/"),
     ("Rust std: std", r"library/std/"),
-    ("glibc allocator (malloc, free)", r"\|(malloc|free|realloc|calloc|_int_malloc|_int_free|malloc_consolidate|cfree|tcache\w*|unlink_chunk\w*)$"),
 ]
 COMPILED = [(a, re.compile(r)) for a, r in AREAS]
 

@@ -106,9 +106,9 @@ for name in $SERVERS; do
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
   f=$out.1
   [ -s "$f" ] || die "callgrind wrote no profile for $name"
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$f" "$KEEP/callgrind.$name.$REVIEW"; }
   echo "## $name, $REVIEW-worker review, $N admissions (8 connections x 10 streams)"
   echo
   python3 bench/callgrind_areas.py "$f" "$N" 30
   echo
-  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$f" "$KEEP/callgrind.$name.$REVIEW"; }
 done
