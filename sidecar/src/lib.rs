@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod logs;
 pub mod metrics;
+pub mod random;
 pub mod segment;
 pub mod shipper;
 pub mod sink;

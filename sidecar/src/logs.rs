@@ -15,7 +15,17 @@ pub enum LogsError {
     #[error("cannot fetch {0}: {1}")]
     Get(String, object_store::Error),
     #[error("segment {0} is not a rayshape segment: {1}")]
-    Segment(String, std::io::Error),
+    Segment(String, segment::SegmentError),
+    #[error(
+        "segment {0} names session {1:?}, which cannot be a directory name under --out: refused"
+    )]
+    Session(String, String),
+    #[error("segment {key}: {stream} would end at {end}, past the largest file offset")]
+    TooFar {
+        key: String,
+        stream: String,
+        end: u64,
+    },
     #[error(
         "segment {key} holds bytes {start}..{end} of {stream}, which another segment also holds: the store has a duplicate"
     )]
@@ -29,11 +39,14 @@ pub enum LogsError {
     Write(String, std::io::Error),
 }
 
-/// One segment object: `<ns>/<cluster>/<pod>-<uid>/<session>/<sequence>.tar.zst`.
+/// One segment object: `<ns>/<cluster>/<pod>-<uid>/<session>/<epoch>-<sequence>.tar.zst`
+/// (or `<sequence>.tar.zst`, as written before checkpoints had epochs).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SegmentKey {
     pub pod: String,
     pub session: String,
+    /// The writing checkpoint's epoch; empty for keys written before epochs.
+    pub epoch: String,
     pub sequence: u64,
     pub key: String,
 }
@@ -43,11 +56,20 @@ fn parse_key(rel: &str, full: &str) -> Option<SegmentKey> {
     let [ns, cluster, pod, session, file] = parts.as_slice() else {
         return None;
     };
-    let seq = file.strip_suffix(".tar.zst")?.parse().ok()?;
+    let stem = file.strip_suffix(".tar.zst")?;
+    let (epoch, seq) = match stem.split_once('-') {
+        Some((e, n)) if crate::checkpoint::valid_epoch(e) => (e, n),
+        Some(_) => return None,
+        None => ("", stem),
+    };
+    if !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some(SegmentKey {
         pod: format!("{ns}/{cluster}/{pod}"),
         session: session.to_string(),
-        sequence: seq,
+        epoch: epoch.to_string(),
+        sequence: seq.parse().ok()?,
         key: full.to_string(),
     })
 }
@@ -87,12 +109,79 @@ pub async fn list(sink: &Sink, pod_prefix: Option<&str>) -> Result<String, LogsE
     Ok(out)
 }
 
-/// Files reassembled, by `<session>/<name>~<id>`, with their sizes.
+/// Files reassembled, by `<session>/<name>~<epoch>.<id>`, with their sizes.
 pub type Written = BTreeMap<String, u64>;
 
+/// Where the chunks of segments go, checked: no two chunks hold the same bytes of a stream,
+/// and every place is a relative path of plain names.
+#[derive(Default)]
+pub struct Reassembly {
+    ranges: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+/// A chunk's place: its path under the output directory and its byte range.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Place {
+    /// `<session>/<name>~<epoch>.<id>`.
+    pub rel: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Reassembly {
+    /// Check and place every chunk of segment `key` of `session` whose file is `file` (its
+    /// name as first seen, or its stream), if given.
+    pub fn place(
+        &mut self,
+        key: &str,
+        session: &str,
+        chunks: &[segment::ReadChunk],
+        file: Option<&str>,
+    ) -> Result<Vec<Option<Place>>, LogsError> {
+        if !crate::checkpoint::valid_session(session) {
+            return Err(LogsError::Session(key.to_string(), session.to_string()));
+        }
+        let mut out = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let name = chunk
+                .stream
+                .rsplit_once('~')
+                .map_or(chunk.stream.as_str(), |(n, _)| n);
+            if file.is_some_and(|f| f != name && f != chunk.stream) {
+                out.push(None);
+                continue;
+            }
+            let rel = format!("{session}/{}", chunk.stream);
+            let start = chunk.offset;
+            let end =
+                start
+                    .checked_add(chunk.data.len() as u64)
+                    .ok_or_else(|| LogsError::TooFar {
+                        key: key.to_string(),
+                        stream: rel.clone(),
+                        end: u64::MAX,
+                    })?;
+            let r = self.ranges.entry(rel.clone()).or_default();
+            if start < end && r.iter().any(|(s, e)| start < *e && *s < end) {
+                return Err(LogsError::Overlap {
+                    key: key.to_string(),
+                    stream: rel,
+                    start,
+                    end,
+                });
+            }
+            r.push((start, end));
+            out.push(Some(Place { rel, start, end }));
+        }
+        Ok(out)
+    }
+}
+
 /// Reassemble a pod's files (optionally one session, optionally only streams whose name is
-/// `file`) into `out/<session>/<name>~<id>`. Chunks must not overlap: an overlap would be a
-/// duplicate, and is an error.
+/// `file`) into `out/<session>/<name>~<epoch>.<id>`. Chunks must not overlap: an overlap
+/// would be a duplicate, and is an error. Nothing is written outside `out`: segments with
+/// entries that are links, absolute paths or `..`, or sessions that are not plain names, are
+/// refused (see [`segment::read`]).
 pub async fn get(
     sink: &Sink,
     pod: &str,
@@ -101,7 +190,7 @@ pub async fn get(
     out: &Path,
 ) -> Result<Written, LogsError> {
     let mut written: Written = BTreeMap::new();
-    let mut ranges: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut reassembly = Reassembly::default();
     for seg in segments(sink, Some(pod)).await? {
         if seg.pod != pod.trim_end_matches('/') || session.is_some_and(|s| s != seg.session) {
             continue;
@@ -115,26 +204,12 @@ pub async fn get(
             .bytes()
             .await
             .map_err(|e| LogsError::Get(seg.key.clone(), e))?;
-        for chunk in segment::read(&bytes).map_err(|e| LogsError::Segment(seg.key.clone(), e))? {
-            let name = chunk
-                .stream
-                .rsplit_once('~')
-                .map_or(chunk.stream.as_str(), |(n, _)| n);
-            if file.is_some_and(|f| f != name && f != chunk.stream) {
+        let chunks = segment::read(&bytes).map_err(|e| LogsError::Segment(seg.key.clone(), e))?;
+        let places = reassembly.place(&seg.key, &seg.session, &chunks, file)?;
+        for (chunk, place) in chunks.iter().zip(places) {
+            let Some(Place { rel, start, end }) = place else {
                 continue;
-            }
-            let rel = format!("{}/{}", seg.session, chunk.stream);
-            let (start, end) = (chunk.offset, chunk.offset + chunk.data.len() as u64);
-            let r = ranges.entry(rel.clone()).or_default();
-            if start < end && r.iter().any(|(s, e)| start < *e && *s < end) {
-                return Err(LogsError::Overlap {
-                    key: seg.key.clone(),
-                    stream: rel,
-                    start,
-                    end,
-                });
-            }
-            r.push((start, end));
+            };
             let target: PathBuf = out.join(&rel);
             if let Some(dir) = target.parent() {
                 std::fs::create_dir_all(dir)

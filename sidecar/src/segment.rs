@@ -1,23 +1,47 @@
 //! Segments: one object per flush, a zstd-compressed tar with one entry per file chunk,
-//! named `<file>~<id>/<offset>` (`raylet.out~3/00000000000000001024`). `tar --zstd -tf`
-//! lists them; `rayshape-sidecar logs get` puts the chunks back together.
+//! named `<file>~<epoch>.<id>/<offset>` (`raylet.out~9f3c2a1b7d4e5f60.3/00000000000000001024`:
+//! the checkpoint's epoch and the file's id name the stream). `tar --zstd -tf` lists them;
+//! `rayshape-sidecar logs get` puts the chunks back together.
 //!
 //! The bytes of a segment depend only on its chunks (no timestamps, owners or modes from the
 //! machine), so uploading the same plan again writes the same object.
+//!
+//! Segments are read back from a bucket that any pod allowed to write there could fill, so
+//! [`read`] trusts nothing: only regular-file entries with relative names of normal
+//! components, no more data than a segment can hold.
 
+use crate::checkpoint::{valid_epoch, valid_relative};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
+/// The most log bytes a segment holds (`flush.maxBytes` is at most this).
+pub const MAX_DATA: u64 = crate::config::MAX_FLUSH_BYTES;
+/// The most entries a segment holds: chunks of different files, each at least a header.
+const MAX_ENTRIES: usize = 1 << 20;
+
 /// The entry name of a chunk.
-pub fn entry_name(name: &str, id: u64, offset: u64) -> String {
-    format!("{name}~{id}/{offset:020}")
+pub fn entry_name(name: &str, epoch: &str, id: u64, offset: u64) -> String {
+    format!("{name}~{epoch}.{id}/{offset:020}")
 }
 
-/// Where a chunk belongs: its stream (`<file>~<id>`) and byte offset.
+/// Where a chunk belongs: its stream (`<file>~<epoch>.<id>`, or `<file>~<id>` as written
+/// before epochs) and byte offset. `None` if the name is not of that form, or if the file
+/// part could escape the directory it is written to (absolute, `..`, empty components).
 pub fn parse_entry_name(path: &str) -> Option<(&str, u64)> {
     let (stream, offset) = path.rsplit_once('/')?;
-    let (_, id) = stream.rsplit_once('~')?;
+    let (file, tag) = stream.rsplit_once('~')?;
+    let id = match tag.split_once('.') {
+        Some((epoch, id)) if valid_epoch(epoch) => id,
+        Some(_) => return None,
+        None => tag,
+    };
+    if !id.bytes().all(|b| b.is_ascii_digit()) || !offset.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     id.parse::<u64>().ok()?;
+    if !valid_relative(file) {
+        return None;
+    }
     Some((stream, offset.parse().ok()?))
 }
 
@@ -82,28 +106,82 @@ pub fn build(parts: &[Part<'_>], level: i32) -> io::Result<Vec<u8>> {
 /// One chunk read back from a segment.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReadChunk {
+    /// `<file>~<epoch>.<id>`: a relative path of normal components.
     pub stream: String,
     pub offset: u64,
     pub data: Vec<u8>,
 }
 
-/// Unpack a segment.
-pub fn read(bytes: &[u8]) -> io::Result<Vec<ReadChunk>> {
+/// Why bytes are not a segment.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("not a zstd-compressed tar: {0}")]
+    Format(#[from] io::Error),
+    #[error(
+        "entry {0:?} is a {1}, not a file chunk: refused (a rayshape segment holds only regular files)"
+    )]
+    NotAFile(String, &'static str),
+    #[error(
+        "entry {0:?} is not <file>~<epoch>.<id>/<offset> with a relative file name: refused (it could write outside the output directory)"
+    )]
+    Name(String),
+    #[error("entry {0:?} ends past the largest offset a file can have")]
+    Offset(String),
+    #[error(
+        "the segment holds more than {MAX_DATA} bytes of data or {MAX_ENTRIES} entries: not written by rayshape"
+    )]
+    TooLarge,
+}
+
+fn kind(t: tar::EntryType) -> &'static str {
+    match t {
+        tar::EntryType::Symlink => "symbolic link",
+        tar::EntryType::Link => "hard link",
+        tar::EntryType::Directory => "directory",
+        tar::EntryType::Char | tar::EntryType::Block => "device",
+        tar::EntryType::Fifo => "FIFO",
+        tar::EntryType::GNUSparse => "sparse file",
+        _ => "special entry",
+    }
+}
+
+/// Unpack a segment, refusing anything `build` would not have written.
+pub fn read(bytes: &[u8]) -> Result<Vec<ReadChunk>, SegmentError> {
     let decoder = zstd::stream::read::Decoder::new(bytes)?;
     let mut archive = tar::Archive::new(decoder);
     let mut out = Vec::new();
+    let mut total = 0u64;
     for entry in archive.entries()? {
         let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let (stream, offset) = parse_entry_name(&path).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("entry {path:?} is not <file>~<id>/<offset>"),
-            )
-        })?;
+        let raw = entry.path_bytes();
+        let path = String::from_utf8_lossy(&raw).into_owned();
+        let t = entry.header().entry_type();
+        if !t.is_file() {
+            return Err(SegmentError::NotAFile(path, kind(t)));
+        }
+        let (stream, offset) =
+            parse_entry_name(&path).ok_or_else(|| SegmentError::Name(path.clone()))?;
         let stream = stream.to_string();
-        let mut data = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut data)?;
+        let size = entry.size();
+        total = total.saturating_add(size);
+        if total > MAX_DATA || out.len() >= MAX_ENTRIES {
+            return Err(SegmentError::TooLarge);
+        }
+        if offset
+            .checked_add(size)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(SegmentError::Offset(path));
+        }
+        // The header's size is checked above; reading stops there whatever the stream holds.
+        let mut data = Vec::with_capacity(size as usize);
+        (&mut entry).take(size).read_to_end(&mut data)?;
+        if data.len() as u64 != size {
+            return Err(SegmentError::Format(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("entry {path:?} is cut short"),
+            )));
+        }
         out.push(ReadChunk {
             stream,
             offset,
@@ -118,6 +196,8 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    const EPOCH: &str = "9f3c2a1b7d4e5f60";
+
     #[test]
     fn deterministic_round_trip_with_long_names() {
         let dir = std::env::temp_dir().join(format!("rs-seg-{}", std::process::id()));
@@ -129,13 +209,13 @@ mod tests {
         let long = format!("events/{}.log", "x".repeat(150));
         let parts = [
             Part {
-                entry: entry_name("raylet.out", 3, 6),
+                entry: entry_name("raylet.out", EPOCH, 3, 6),
                 file: &f,
                 offset: 6,
                 len: 5,
             },
             Part {
-                entry: entry_name(&long, 4, 0),
+                entry: entry_name(&long, EPOCH, 4, 0),
                 file: &f,
                 offset: 0,
                 len: 0,
@@ -148,15 +228,15 @@ mod tests {
         assert_eq!(
             back[0],
             ReadChunk {
-                stream: "raylet.out~3".into(),
+                stream: format!("raylet.out~{EPOCH}.3"),
                 offset: 6,
                 data: b"world".to_vec()
             }
         );
-        assert_eq!(back[1].stream, format!("{long}~4"));
+        assert_eq!(back[1].stream, format!("{long}~{EPOCH}.4"));
         assert!(back[1].data.is_empty());
         let short = [Part {
-            entry: entry_name("f", 1, 0),
+            entry: entry_name("f", EPOCH, 1, 0),
             file: &f,
             offset: 30,
             len: 10,
@@ -174,7 +254,23 @@ mod tests {
             parse_entry_name("a/b~c.log~12/00000000000000000007"),
             Some(("a/b~c.log~12", 7))
         );
-        assert_eq!(parse_entry_name("nope"), None);
-        assert_eq!(parse_entry_name("x~y/1"), None);
+        let new = format!("raylet.out~{EPOCH}.3/00000000000000000009");
+        assert_eq!(
+            parse_entry_name(&new),
+            Some((format!("raylet.out~{EPOCH}.3").as_str(), 9))
+        );
+        for bad in [
+            "nope",
+            "x~y/1",
+            "../../etc/cron.d/x~1/0",
+            "/etc/passwd~1/0",
+            "a/../../b~1/0",
+            "a//b~1/0",
+            "a~1.2/0",
+            "a~+1/0",
+            "a~1/-0",
+        ] {
+            assert_eq!(parse_entry_name(bad), None, "{bad}");
+        }
     }
 }
