@@ -1,6 +1,6 @@
 //! `rayshape-sidecar logs`: what is in a store, and the log files put back together.
 
-use crate::segment;
+use crate::segment::{self, Place, Reassembly};
 use crate::sink::Sink;
 use futures_util::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -16,25 +16,8 @@ pub enum LogsError {
     Get(String, object_store::Error),
     #[error("segment {0} is not a rayshape segment: {1}")]
     Segment(String, segment::SegmentError),
-    #[error(
-        "segment {0} names session {1:?}, which cannot be a directory name under --out: refused"
-    )]
-    Session(String, String),
-    #[error("segment {key}: {stream} would end at {end}, past the largest file offset")]
-    TooFar {
-        key: String,
-        stream: String,
-        end: u64,
-    },
-    #[error(
-        "segment {key} holds bytes {start}..{end} of {stream}, which another segment also holds: the store has a duplicate"
-    )]
-    Overlap {
-        key: String,
-        stream: String,
-        start: u64,
-        end: u64,
-    },
+    #[error(transparent)]
+    Place(#[from] segment::PlaceError),
     #[error("cannot write {0}: {1}")]
     Write(String, std::io::Error),
 }
@@ -111,71 +94,6 @@ pub async fn list(sink: &Sink, pod_prefix: Option<&str>) -> Result<String, LogsE
 
 /// Files reassembled, by `<session>/<name>~<epoch>.<id>`, with their sizes.
 pub type Written = BTreeMap<String, u64>;
-
-/// Where the chunks of segments go, checked: no two chunks hold the same bytes of a stream,
-/// and every place is a relative path of plain names.
-#[derive(Default)]
-pub struct Reassembly {
-    ranges: BTreeMap<String, Vec<(u64, u64)>>,
-}
-
-/// A chunk's place: its path under the output directory and its byte range.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Place {
-    /// `<session>/<name>~<epoch>.<id>`.
-    pub rel: String,
-    pub start: u64,
-    pub end: u64,
-}
-
-impl Reassembly {
-    /// Check and place every chunk of segment `key` of `session` whose file is `file` (its
-    /// name as first seen, or its stream), if given.
-    pub fn place(
-        &mut self,
-        key: &str,
-        session: &str,
-        chunks: &[segment::ReadChunk],
-        file: Option<&str>,
-    ) -> Result<Vec<Option<Place>>, LogsError> {
-        if !crate::checkpoint::valid_session(session) {
-            return Err(LogsError::Session(key.to_string(), session.to_string()));
-        }
-        let mut out = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let name = chunk
-                .stream
-                .rsplit_once('~')
-                .map_or(chunk.stream.as_str(), |(n, _)| n);
-            if file.is_some_and(|f| f != name && f != chunk.stream) {
-                out.push(None);
-                continue;
-            }
-            let rel = format!("{session}/{}", chunk.stream);
-            let start = chunk.offset;
-            let end =
-                start
-                    .checked_add(chunk.data.len() as u64)
-                    .ok_or_else(|| LogsError::TooFar {
-                        key: key.to_string(),
-                        stream: rel.clone(),
-                        end: u64::MAX,
-                    })?;
-            let r = self.ranges.entry(rel.clone()).or_default();
-            if start < end && r.iter().any(|(s, e)| start < *e && *s < end) {
-                return Err(LogsError::Overlap {
-                    key: key.to_string(),
-                    stream: rel,
-                    start,
-                    end,
-                });
-            }
-            r.push((start, end));
-            out.push(Some(Place { rel, start, end }));
-        }
-        Ok(out)
-    }
-}
 
 /// Reassemble a pod's files (optionally one session, optionally only streams whose name is
 /// `file`) into `out/<session>/<name>~<epoch>.<id>`. Chunks must not overlap: an overlap

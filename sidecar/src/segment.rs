@@ -11,6 +11,7 @@
 //! components, no more data than a segment can hold.
 
 use crate::checkpoint::{valid_epoch, valid_relative};
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
@@ -18,6 +19,9 @@ use std::os::unix::fs::FileExt;
 pub const MAX_DATA: u64 = crate::config::MAX_FLUSH_BYTES;
 /// The most entries a segment holds: chunks of different files, each at least a header.
 const MAX_ENTRIES: usize = 1 << 20;
+/// The largest zstd window a segment needs (level 19 uses 2^23 bytes); a frame that asks for
+/// more is refused rather than given the memory.
+const WINDOW_LOG_MAX: u32 = 24;
 
 /// The entry name of a chunk.
 pub fn entry_name(name: &str, epoch: &str, id: u64, offset: u64) -> String {
@@ -147,7 +151,8 @@ fn kind(t: tar::EntryType) -> &'static str {
 
 /// Unpack a segment, refusing anything `build` would not have written.
 pub fn read(bytes: &[u8]) -> Result<Vec<ReadChunk>, SegmentError> {
-    let decoder = zstd::stream::read::Decoder::new(bytes)?;
+    let mut decoder = zstd::stream::read::Decoder::new(bytes)?;
+    decoder.window_log_max(WINDOW_LOG_MAX)?;
     let mut archive = tar::Archive::new(decoder);
     let mut out = Vec::new();
     let mut total = 0u64;
@@ -189,6 +194,95 @@ pub fn read(bytes: &[u8]) -> Result<Vec<ReadChunk>, SegmentError> {
         });
     }
     Ok(out)
+}
+
+/// Why a chunk has no place in the reassembled files.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error(
+        "segment {0} names session {1:?}, which cannot be a directory name under --out: refused"
+    )]
+    Session(String, String),
+    #[error("segment {key}: {stream} would end at {end}, past the largest file offset")]
+    TooFar {
+        key: String,
+        stream: String,
+        end: u64,
+    },
+    #[error(
+        "segment {key} holds bytes {start}..{end} of {stream}, which another segment also holds: the store has a duplicate"
+    )]
+    Overlap {
+        key: String,
+        stream: String,
+        start: u64,
+        end: u64,
+    },
+}
+
+/// Where the chunks of segments go, checked: no two chunks hold the same bytes of a stream,
+/// and every place is a relative path of plain names.
+#[derive(Default)]
+pub struct Reassembly {
+    ranges: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+/// A chunk's place: its path under the output directory and its byte range.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Place {
+    /// `<session>/<name>~<epoch>.<id>`.
+    pub rel: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Reassembly {
+    /// Check and place every chunk of segment `key` of `session` whose file is `file` (its
+    /// name as first seen, or its stream), if given.
+    pub fn place(
+        &mut self,
+        key: &str,
+        session: &str,
+        chunks: &[ReadChunk],
+        file: Option<&str>,
+    ) -> Result<Vec<Option<Place>>, PlaceError> {
+        if !crate::checkpoint::valid_session(session) {
+            return Err(PlaceError::Session(key.to_string(), session.to_string()));
+        }
+        let mut out = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let name = chunk
+                .stream
+                .rsplit_once('~')
+                .map_or(chunk.stream.as_str(), |(n, _)| n);
+            if file.is_some_and(|f| f != name && f != chunk.stream) {
+                out.push(None);
+                continue;
+            }
+            let rel = format!("{session}/{}", chunk.stream);
+            let start = chunk.offset;
+            let end =
+                start
+                    .checked_add(chunk.data.len() as u64)
+                    .ok_or_else(|| PlaceError::TooFar {
+                        key: key.to_string(),
+                        stream: rel.clone(),
+                        end: u64::MAX,
+                    })?;
+            let r = self.ranges.entry(rel.clone()).or_default();
+            if start < end && r.iter().any(|(s, e)| start < *e && *s < end) {
+                return Err(PlaceError::Overlap {
+                    key: key.to_string(),
+                    stream: rel,
+                    start,
+                    end,
+                });
+            }
+            r.push((start, end));
+            out.push(Some(Place { rel, start, end }));
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -272,5 +366,88 @@ mod tests {
         ] {
             assert_eq!(parse_entry_name(bad), None, "{bad}");
         }
+    }
+
+    /// A segment with one entry written as an attacker would: raw header bytes, unchecked.
+    fn planted(name: &str, kind: tar::EntryType, size: u64, data: &[u8]) -> Vec<u8> {
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_cksum();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend_from_slice(data);
+        raw.resize(raw.len().div_ceil(512) * 512 + 1024, 0);
+        zstd::encode_all(&raw[..], 1).unwrap()
+    }
+
+    #[test]
+    fn read_refuses_what_build_never_writes() {
+        let ok = planted(
+            "a~1/00000000000000000000",
+            tar::EntryType::Regular,
+            2,
+            b"hi",
+        );
+        assert_eq!(read(&ok).unwrap()[0].data, b"hi");
+        let cases = [
+            ("../../x~1/0", tar::EntryType::Regular, "not <file>"),
+            ("/etc/x~1/0", tar::EntryType::Regular, "not <file>"),
+            ("l~1/0", tar::EntryType::Symlink, "symbolic link"),
+            ("h~1/0", tar::EntryType::Link, "hard link"),
+            ("d~1/0", tar::EntryType::Directory, "directory"),
+        ];
+        for (name, kind, why) in cases {
+            let e = read(&planted(name, kind, 0, b"")).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("refused"), "{name}: {e}");
+        }
+        // A header claiming more than a segment holds is refused before anything is read.
+        let big = planted("a~1/0", tar::EntryType::Regular, MAX_DATA + 1, b"");
+        assert!(matches!(read(&big), Err(SegmentError::TooLarge)));
+        let far = planted(
+            "a~1/18446744073709551615",
+            tar::EntryType::Regular,
+            2,
+            b"hi",
+        );
+        assert!(matches!(read(&far), Err(SegmentError::Offset(_))));
+        assert!(read(b"not zstd").is_err());
+    }
+
+    #[test]
+    fn reassembly_finds_duplicates_and_bad_sessions() {
+        let chunk = |offset: u64, data: &[u8]| ReadChunk {
+            stream: format!("raylet.out~{EPOCH}.1"),
+            offset,
+            data: data.to_vec(),
+        };
+        let mut r = Reassembly::default();
+        let p = r
+            .place("k1", "session_1", &[chunk(0, b"hello")], None)
+            .unwrap();
+        assert_eq!(
+            p[0],
+            Some(Place {
+                rel: format!("session_1/raylet.out~{EPOCH}.1"),
+                start: 0,
+                end: 5
+            })
+        );
+        assert!(r.place("k2", "session_1", &[chunk(5, b"!")], None).is_ok());
+        let e = r
+            .place("k3", "session_1", &[chunk(3, b"lo")], None)
+            .unwrap_err();
+        assert!(matches!(e, PlaceError::Overlap { .. }), "{e}");
+        let e = r.place("k4", "..", &[chunk(9, b"x")], None).unwrap_err();
+        assert!(matches!(e, PlaceError::Session(..)), "{e}");
+        let filtered = r
+            .place(
+                "k5",
+                "session_1",
+                &[chunk(20, b"x")],
+                Some("gcs_server.out"),
+            )
+            .unwrap();
+        assert_eq!(filtered, vec![None]);
     }
 }

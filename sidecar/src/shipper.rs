@@ -140,6 +140,8 @@ pub struct Shipper {
     cfg: Config,
     sink: Option<Sink>,
     sink_source: Option<SinkSource>,
+    /// Why the last reading of the configuration gave no usable sink, if it failed.
+    reload_problem: Option<String>,
     inner: Option<Box<Inner>>,
     metrics: Arc<Metrics>,
     state: State,
@@ -170,6 +172,7 @@ impl Shipper {
             cfg,
             sink,
             sink_source,
+            reload_problem: None,
             inner: None,
             metrics,
             state: State::Starting,
@@ -282,17 +285,25 @@ impl Shipper {
         let Some(source) = &self.sink_source else {
             return;
         };
-        match source() {
+        let problem = match source() {
             Ok(Some(cfg)) => match Sink::open(&cfg) {
                 Ok(s) => {
                     tracing::info!(sink = %cfg.url, "a sink was configured");
                     self.cfg.sink = Some(cfg);
                     self.sink = Some(s);
+                    None
                 }
-                Err(e) => tracing::warn!(error = %e, "the configured sink cannot be used yet"),
+                Err(e) => Some(format!("the configured sink cannot be used yet: {e}")),
             },
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot read the configuration again"),
+            Ok(None) => None,
+            Err(e) => Some(format!("cannot read the configuration again: {e}")),
+        };
+        // Once per change, not every time the file is read.
+        if problem != self.reload_problem {
+            if let Some(p) = &problem {
+                tracing::warn!(problem = %p, "no usable sink yet");
+            }
+            self.reload_problem = problem;
         }
     }
 
