@@ -38,9 +38,11 @@ const MAX_COUNTER: u64 = 1 << 62;
 pub struct FileState {
     pub dev: u64,
     pub ino: u64,
-    pub session: String,
+    /// Shared by the files of a session (see [`Checkpoint::parse`]): one string, not ten
+    /// thousand.
+    pub session: std::sync::Arc<str>,
     /// Path under the session's `logs/` when first seen.
-    pub name: String,
+    pub name: Box<str>,
     /// How many first bytes `head_hash` covers (up to [`HEAD`]).
     pub head_len: u32,
     /// [`head_hash`] of the file's first bytes: tells a reused inode from the same file.
@@ -48,7 +50,7 @@ pub struct FileState {
     /// Birth time (statx), in nanoseconds since the epoch, where the filesystem keeps it:
     /// tells a reused inode from the same file even when the file was empty when seen.
     #[serde(default)]
-    pub born: Option<u128>,
+    pub born: Option<u64>,
     /// Bytes shipped: the store holds `[0, shipped)`.
     pub shipped: u64,
     /// Last size seen.
@@ -187,9 +189,18 @@ impl Checkpoint {
         if v.version != u64::from(VERSION) {
             return Err(Invalid::Version(v.version));
         }
-        let ck: Checkpoint =
+        let mut ck: Checkpoint =
             serde_json::from_slice(bytes).map_err(|e| Invalid::Corrupt(e.to_string()))?;
         ck.check().map_err(Invalid::Corrupt)?;
+        let mut sessions: HashSet<std::sync::Arc<str>> = HashSet::new();
+        for f in ck.files.values_mut() {
+            match sessions.get(&f.session) {
+                Some(s) => f.session = s.clone(),
+                None => {
+                    sessions.insert(f.session.clone());
+                }
+            }
+        }
         Ok(ck)
     }
 
@@ -256,7 +267,7 @@ impl Checkpoint {
                 let Some(f) = self.files.get(&c.id) else {
                     return Err(format!("the pending plan names unknown file {}", c.id));
                 };
-                if f.session != p.session
+                if *f.session != *p.session
                     || !ids.insert(c.id)
                     || c.start > c.end
                     || c.end - c.start > MAX_CHUNK

@@ -89,8 +89,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     rayshape_telemetry::init_logging(env::LOG);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One thread serves metrics and talks to the store; file work (scans, compression,
+    // checkpoint writes) goes to one blocking thread at a time, which it never needs more
+    // of: a thread per task would give each its own malloc arena, and with ten thousand
+    // files followed that doubles the resident memory.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(3600))
         .build()
     {
         Ok(r) => r,

@@ -152,6 +152,8 @@ pub struct Shipper {
     built: Option<Built>,
     /// Failed attempts in a row.
     failures: u32,
+    /// Files followed when freed memory was last given back.
+    trimmed_at: usize,
     backoff: Duration,
     next_attempt: Instant,
     /// Set when a stop is first seen: the final flush must end by then.
@@ -181,6 +183,7 @@ impl Shipper {
             create_only: None,
             built: None,
             failures: 0,
+            trimmed_at: 0,
             backoff,
             next_attempt: Instant::now(),
             deadline: None,
@@ -229,10 +232,13 @@ impl Shipper {
                     }
                 }
             }
-            let mut nap = self
-                .cfg
-                .scan_interval
-                .min(self.next_attempt.saturating_duration_since(Instant::now()));
+            // The next scan, or the next attempt if one is due sooner (after a failure).
+            let until_attempt = self.next_attempt.saturating_duration_since(Instant::now());
+            let mut nap = if until_attempt.is_zero() {
+                self.cfg.scan_interval
+            } else {
+                self.cfg.scan_interval.min(until_attempt)
+            };
             if let Some(d) = self.deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -509,9 +515,15 @@ impl Shipper {
         let now = Instant::now();
         // The final flush looks at every file: quiet ones may have had a last word.
         let thorough = self.deadline.is_some();
+        let trimmed_at = self.trimmed_at;
         let (report, saved) = self
             .blocking(move |inner| {
                 let r = inner.tracker.scan(&mut inner.ck, now, thorough);
+                if inner.ck.files.len() >= trimmed_at + 256 {
+                    // Files are added one by one in id order, which leaves the map's nodes
+                    // half full; built from a sorted iterator, they are packed.
+                    inner.ck.files = std::mem::take(&mut inner.ck.files).into_iter().collect();
+                }
                 inner.ck.lost_bytes += r.lost;
                 // Sizes and new files need not survive a power cut: no fsync.
                 let saved = (r.changed || r.lost > 0)
@@ -539,6 +551,7 @@ impl Shipper {
                 "log files closed while quiet were removed before they were looked at again; bytes written to them in between (if any) are unknown"
             );
         }
+        self.give_back_memory();
         match saved {
             Some(Ok(())) => self.checkpoint_saved(),
             Some(Err(e)) if self.checkpoint_problem.is_none() => {
@@ -549,6 +562,24 @@ impl Shipper {
         }
         self.update_gauges();
         Ok(())
+    }
+
+    /// After the set of followed files changed a lot (the first scan of a node with
+    /// thousands of files, a session ending), hand the memory its transient lists freed back
+    /// to the system: glibc keeps it, scattered between long-lived allocations, and the
+    /// sidecar runs within a small memory limit for days.
+    fn give_back_memory(&mut self) {
+        let files = self.inner.as_ref().map_or(0, |i| i.ck.files.len());
+        if files.abs_diff(self.trimmed_at) < 256 {
+            return;
+        }
+        self.trimmed_at = files;
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free memory to the system; it takes no pointers
+        // and is safe to call from any thread at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 
     /// A checkpoint write went through: whatever kept it from being written is over.
@@ -676,7 +707,7 @@ impl Shipper {
                 .files
                 .iter()
                 .filter(|(id, f)| waits(f) && open(id))
-                .map(|(_, f)| f.session.as_str())
+                .map(|(_, f)| &*f.session)
                 .min()
                 .map(str::to_string)
             else {
@@ -685,7 +716,7 @@ impl Shipper {
             let mut budget = budget;
             let mut chunks = Vec::new();
             for (id, f) in inner.ck.files.iter() {
-                if f.session != session || !open(id) {
+                if *f.session != *session || !open(id) {
                     continue;
                 }
                 if f.shipped < f.size && budget > 0 {

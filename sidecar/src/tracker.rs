@@ -44,7 +44,7 @@ const FULL_LIST: Duration = Duration::from_secs(60);
 const RECENT: Duration = Duration::from_secs(2);
 /// A closed file missing from this many listings in a row is gone. One miss is not enough:
 /// a listing that races a rename can skip a file.
-const GONE_AFTER: u32 = 3;
+const GONE_AFTER: u8 = 3;
 /// Sub-directories of `logs/` deeper than this are not followed.
 const MAX_DEPTH: usize = 8;
 
@@ -92,7 +92,7 @@ impl Stamp {
 /// A directory that holds (or may hold) log files.
 struct Dir {
     path: PathBuf,
-    session: String,
+    session: Arc<str>,
     /// Its path under the session's `logs/` ("" for `logs/` itself).
     rel: String,
     depth: usize,
@@ -100,48 +100,45 @@ struct Dir {
     /// When it was last listed, by the wall clock (compared with its change time).
     listed: Option<SystemTime>,
     /// The scan that last listed it (or found it gone).
-    visited: u64,
+    visited: u32,
     dirty: bool,
 }
 
-/// What the tracker knows of a followed file beyond the checkpoint.
+/// What the tracker knows of a followed file beyond the checkpoint. Kept small: there is
+/// one per file, and a node may have ten thousand (rare facts live in side tables).
 struct Entry {
     file: Option<Arc<File>>,
-    /// When bytes first waited unshipped, for the age bound.
-    waiting_since: Option<Instant>,
-    dir: Option<usize>,
-    /// Its name in `dir`, when that is not the one it was first seen with.
-    renamed: Option<Box<str>>,
+    /// When bytes first waited unshipped, for the age bound (a [`Tracker::tick`]; 0: none).
+    waiting_since: u32,
+    /// Times as ticks of 100 ms from the tracker's start: an `Instant` is four times the
+    /// size, times three fields, times ten thousand files.
+    next_check: u32,
+    last_change: u32,
+    /// Index in `Tracker::dirs`.
+    dir: Option<u32>,
     /// The scan whose listing of `dir` last found it.
-    seen: u64,
-    misses: u32,
+    seen: u32,
+    misses: u8,
+    quiet: u8,
     /// Identity confirmed in this run (files from a checkpoint start unconfirmed).
     verified: bool,
-    next_check: Instant,
-    quiet: u32,
-    last_change: Instant,
     /// Closed while its session was current (its writer might append again).
     closed_quiet: bool,
-    /// The listing's key (the directory's device, the entry's inode) where it differs from
-    /// the file's own (overlay filesystems).
-    alias: Option<(u64, u64)>,
 }
 
 impl Entry {
-    fn new(now: Instant, verified: bool) -> Entry {
+    fn new(now: u32, verified: bool) -> Entry {
         Entry {
             file: None,
-            waiting_since: None,
+            waiting_since: 0,
+            next_check: now,
+            last_change: now,
             dir: None,
-            renamed: None,
             seen: 0,
             misses: 0,
-            verified,
-            next_check: now,
             quiet: 0,
-            last_change: now,
+            verified,
             closed_quiet: false,
-            alias: None,
         }
     }
 }
@@ -158,6 +155,11 @@ pub struct Tracker {
     settings: Settings,
     entries: HashMap<u64, Entry>,
     by_inode: HashMap<(u64, u64), u64>,
+    /// A file's name in its directory, when that is not the one it was first seen with.
+    renamed: HashMap<u64, Box<str>>,
+    /// The listing's key (the directory's device, the entry's inode) of a file, where it
+    /// differs from the file's own (overlay filesystems).
+    aliases: HashMap<u64, (u64, u64)>,
     dirs: Vec<Dir>,
     dir_paths: HashSet<PathBuf>,
     root_stamp: Option<Stamp>,
@@ -165,18 +167,21 @@ pub struct Tracker {
     /// The newest session: its files may still be written.
     latest: Option<String>,
     failed: HashMap<PathBuf, Failed>,
-    scans: u64,
+    scans: u32,
+    /// The origin of ticks.
+    start: Instant,
     last_full: Option<Instant>,
     open: usize,
 }
 
 /// Birth time, where the filesystem records it.
-fn born(m: &std::fs::Metadata) -> Option<u128> {
-    m.created()
+fn born(m: &std::fs::Metadata) -> Option<u64> {
+    let d = m
+        .created()
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_nanos())
+        .ok()?;
+    u64::try_from(d.as_nanos()).ok()
 }
 
 fn read_head(f: &File, len: usize) -> std::io::Result<Vec<u8>> {
@@ -200,11 +205,17 @@ fn backoff(scan_interval: Duration, quiet: u32) -> Duration {
         .min(QUIET_MAX)
 }
 
+/// `t` plus `d`, in ticks of 100 ms, rounded up.
+fn tick_after(t: u32, d: Duration) -> u32 {
+    let n = u32::try_from(d.as_millis().div_ceil(100)).unwrap_or(u32::MAX);
+    t.saturating_add(n)
+}
+
 fn basename(name: &str) -> &str {
     name.rsplit_once('/').map_or(name, |(_, b)| b)
 }
 
-fn same_birth(a: Option<u128>, b: Option<u128>) -> bool {
+fn same_birth(a: Option<u64>, b: Option<u64>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) => a == b,
         _ => true,
@@ -229,6 +240,8 @@ impl Tracker {
             settings,
             entries: HashMap::with_capacity(ck.files.len()),
             by_inode: HashMap::with_capacity(ck.files.len()),
+            renamed: HashMap::new(),
+            aliases: HashMap::new(),
             dirs: Vec::new(),
             dir_paths: HashSet::new(),
             root_stamp: None,
@@ -236,14 +249,22 @@ impl Tracker {
             latest: None,
             failed: HashMap::new(),
             scans: 0,
+            start: now,
             last_full: None,
             open: 0,
         };
         for (id, f) in &ck.files {
-            t.entries.insert(*id, Entry::new(now, false));
+            t.entries.insert(*id, Entry::new(1, false));
             t.by_inode.insert((f.dev, f.ino), *id);
         }
         t
+    }
+
+    /// `t` in 100 ms ticks from the start, from 1 (0 means "never" where a tick is
+    /// optional); rounded up, so that nothing is due before its time.
+    fn tick(&self, t: Instant) -> u32 {
+        let ms = t.saturating_duration_since(self.start).as_millis();
+        u32::try_from(ms.div_ceil(100) + 1).unwrap_or(u32::MAX)
     }
 
     /// Files held open at most: one descriptor of the cap is kept for looking at files.
@@ -267,13 +288,19 @@ impl Tracker {
 
     /// When the oldest byte still waiting was first seen.
     pub fn oldest_waiting(&self) -> Option<Instant> {
-        self.entries.values().filter_map(|e| e.waiting_since).min()
+        let t = self
+            .entries
+            .values()
+            .map(|e| e.waiting_since)
+            .filter(|t| *t > 0)
+            .min()?;
+        Some(self.start + Duration::from_millis(u64::from(t - 1) * 100))
     }
 
     /// Everything of `id` seen so far is in the store.
     pub fn caught_up(&mut self, id: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
-            e.waiting_since = None;
+            e.waiting_since = 0;
         }
     }
 
@@ -283,7 +310,7 @@ impl Tracker {
     /// quiet (for the final flush).
     pub fn scan(&mut self, ck: &mut Checkpoint, now: Instant, thorough: bool) -> ScanReport {
         let mut r = ScanReport::default();
-        self.scans += 1;
+        self.scans = self.scans.wrapping_add(1);
         let wall = SystemTime::now();
         let full = thorough
             || self
@@ -293,8 +320,9 @@ impl Tracker {
             self.last_full = Some(now);
         }
         if thorough {
+            let t = self.tick(now);
             for e in self.entries.values_mut() {
-                e.next_check = e.next_check.min(now);
+                e.next_check = e.next_check.min(t);
             }
         }
         let pending: HashSet<u64> = ck
@@ -354,7 +382,7 @@ impl Tracker {
             if self.dir_paths.insert(logs.clone()) {
                 self.dirs.push(Dir {
                     path: logs,
-                    session: session.to_string(),
+                    session: Arc::from(session),
                     rel: String::new(),
                     depth: 0,
                     stamp: None,
@@ -464,16 +492,20 @@ impl Tracker {
     /// A listing found a known file: note where, and look at it at once if it was renamed.
     fn sighted(&mut self, ck: &Checkpoint, id: u64, dir: usize, name: &str, now: Instant) {
         let scan = self.scans;
+        let now = self.tick(now);
         let Some(st) = ck.files.get(&id) else { return };
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
-        e.dir = Some(dir);
+        e.dir = Some(dir as u32);
         e.seen = scan;
         e.misses = 0;
-        let renamed = (name != basename(&st.name)).then(|| Box::from(name));
-        if e.renamed != renamed {
-            e.renamed = renamed;
+        let renamed = (name != basename(&st.name)).then(|| Box::<str>::from(name));
+        if self.renamed.get(&id) != renamed.as_ref() {
+            match renamed {
+                Some(n) => self.renamed.insert(id, n),
+                None => self.renamed.remove(&id),
+            };
             // A rename is a rotation: the file stopped growing, have its last bytes read.
             e.next_check = now;
         }
@@ -481,8 +513,8 @@ impl Tracker {
 
     fn path_of(&self, ck: &Checkpoint, id: u64) -> Option<PathBuf> {
         let e = self.entries.get(&id)?;
-        let d = self.dirs.get(e.dir?)?;
-        let name = match &e.renamed {
+        let d = self.dirs.get(e.dir? as usize)?;
+        let name = match self.renamed.get(&id) {
             Some(n) => n,
             None => basename(&ck.files.get(&id)?.name),
         };
@@ -525,9 +557,7 @@ impl Tracker {
         if let Some(&id) = self.by_inode.get(&real) {
             if real != key && real.1 == key.1 && !self.by_inode.contains_key(&key) {
                 self.by_inode.insert(key, id);
-                if let Some(e) = self.entries.get_mut(&id) {
-                    e.alias = Some(key);
-                }
+                self.aliases.insert(id, key);
             }
             let verified = self.entries.get(&id).is_some_and(|e| e.verified);
             let Some(st) = ck.files.get(&id) else { return };
@@ -539,9 +569,10 @@ impl Tracker {
             }
             if is_same(st, &file, &m) {
                 self.sighted(ck, id, dir, name, now);
+                let t = self.tick(now);
                 if let Some(e) = self.entries.get_mut(&id) {
                     e.verified = true;
-                    e.next_check = now;
+                    e.next_check = t;
                 }
                 return;
             }
@@ -588,7 +619,7 @@ impl Tracker {
                 dev: real.0,
                 ino: real.1,
                 session: d.session.clone(),
-                name: rel,
+                name: rel.into_boxed_str(),
                 head_len: head.len() as u32,
                 head_hash: checkpoint::head_hash(&head),
                 born: born(m),
@@ -597,12 +628,12 @@ impl Tracker {
                 announced: false,
             },
         );
-        let mut e = Entry::new(now, true);
-        e.dir = Some(dir);
+        let mut e = Entry::new(self.tick(now), true);
+        e.dir = Some(dir as u32);
         e.seen = self.scans;
         // Even an empty file waits: its entry tells the store it exists.
-        e.waiting_since = Some(now);
-        e.next_check = now + self.settings.scan_interval;
+        e.waiting_since = e.last_change;
+        e.next_check = self.tick(now + self.settings.scan_interval);
         if self.open < self.held_max() {
             e.file = Some(Arc::new(file));
             self.open += 1;
@@ -610,7 +641,7 @@ impl Tracker {
         self.by_inode.insert(real, id);
         if real != key && real.1 == key.1 && !self.by_inode.contains_key(&key) {
             self.by_inode.insert(key, id);
-            e.alias = Some(key);
+            self.aliases.insert(id, key);
         }
         self.entries.insert(id, e);
     }
@@ -618,14 +649,15 @@ impl Tracker {
     /// Drop a file from the checkpoint and the tracker; its state, for loss accounting.
     fn forget(&mut self, ck: &mut Checkpoint, id: u64) -> Option<FileState> {
         let st = ck.files.remove(&id);
-        if let Some(e) = self.entries.remove(&id) {
-            if e.file.is_some() {
-                self.open -= 1;
-            }
-            if let Some(a) = e.alias {
-                self.by_inode.remove(&a);
-            }
+        if let Some(e) = self.entries.remove(&id)
+            && e.file.is_some()
+        {
+            self.open -= 1;
         }
+        if let Some(a) = self.aliases.remove(&id) {
+            self.by_inode.remove(&a);
+        }
+        self.renamed.remove(&id);
         if let Some(st) = &st
             && self.by_inode.get(&(st.dev, st.ino)) == Some(&id)
         {
@@ -698,11 +730,12 @@ impl Tracker {
         now: Instant,
         r: &mut ScanReport,
     ) {
+        let tnow = self.tick(now);
         let due: Vec<u64> = self
             .entries
             .iter()
             .filter(|(_, e)| {
-                e.next_check <= now && (e.file.is_some() || (e.verified && e.dir.is_some()))
+                e.next_check <= tnow && (e.file.is_some() || (e.verified && e.dir.is_some()))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -720,6 +753,8 @@ impl Tracker {
         r: &mut ScanReport,
     ) {
         let scan_interval = self.settings.scan_interval;
+        let tnow = self.tick(now);
+        let tnext = self.tick(now + scan_interval);
         let Some(e) = self.entries.get(&id) else {
             return;
         };
@@ -738,9 +773,9 @@ impl Tracker {
                 // A closed file not at its path: renamed or removed. The next listing of
                 // its directory tells.
                 if let Some(e) = self.entries.get_mut(&id) {
-                    e.next_check = now + scan_interval;
+                    e.next_check = tnext;
                     if let Some(d) = e.dir {
-                        self.dirs[d].dirty = true;
+                        self.dirs[d as usize].dirty = true;
                     }
                 }
                 return;
@@ -760,9 +795,9 @@ impl Tracker {
                         .is_some_and(|p| File::open(p).is_ok_and(|f| !is_same(st, &f, &m))));
             if other || replaced {
                 if let Some(e) = self.entries.get_mut(&id) {
-                    e.next_check = now + scan_interval;
+                    e.next_check = tnext;
                     if let Some(d) = e.dir {
-                        self.dirs[d].dirty = true;
+                        self.dirs[d as usize].dirty = true;
                     }
                 }
                 if replaced && !pending.contains(&id) {
@@ -783,13 +818,15 @@ impl Tracker {
             // The plan holds the file's id and offsets: growth is noted (the backlog shows
             // during an outage), anything else waits until the plan is done.
             if let Some(e) = self.entries.get_mut(&id) {
-                e.next_check = now + scan_interval;
+                e.next_check = tnext;
                 if let Some(st) = ck.files.get_mut(&id)
                     && size > st.size
                 {
                     st.size = size;
-                    e.last_change = now;
-                    e.waiting_since.get_or_insert(now);
+                    e.last_change = tnow;
+                    if e.waiting_since == 0 {
+                        e.waiting_since = tnow;
+                    }
                     r.changed = true;
                 }
             }
@@ -811,6 +848,12 @@ impl Tracker {
             if let Some(e) = self.entries.remove(&id) {
                 self.entries.insert(new_id, e);
             }
+            if let Some(n) = self.renamed.remove(&id) {
+                self.renamed.insert(new_id, n);
+            }
+            if let Some(a) = self.aliases.remove(&id) {
+                self.aliases.insert(new_id, a);
+            }
             for v in self.by_inode.values_mut() {
                 if *v == id {
                     *v = new_id;
@@ -829,14 +872,14 @@ impl Tracker {
             st.size = size;
             r.changed = true;
             e.quiet = 0;
-            e.last_change = now;
-            e.next_check = now + scan_interval;
+            e.last_change = tnow;
+            e.next_check = tnext;
         } else {
             e.quiet = e.quiet.saturating_add(1);
-            e.next_check = now + backoff(scan_interval, e.quiet);
+            e.next_check = tick_after(tnow, backoff(scan_interval, u32::from(e.quiet)));
         }
-        if size > st.shipped && e.waiting_since.is_none() {
-            e.waiting_since = Some(now);
+        if size > st.shipped && e.waiting_since == 0 {
+            e.waiting_since = tnow;
         }
         if let Some(f) = &e.file {
             if (st.head_len as usize) < HEAD
@@ -867,7 +910,7 @@ impl Tracker {
                 continue;
             }
             let unseen = match e.dir {
-                Some(d) => self.dirs[d].visited == scan && e.seen != scan,
+                Some(d) => self.dirs[d as usize].visited == scan && e.seen != scan,
                 None => !e.verified,
             };
             if !unseen {
@@ -875,7 +918,7 @@ impl Tracker {
             }
             e.misses += 1;
             match e.dir {
-                Some(d) => self.dirs[d].dirty = true,
+                Some(d) => self.dirs[d as usize].dirty = true,
                 None => unlocated = true,
             }
             if e.misses >= GONE_AFTER && !pending.contains(id) {
@@ -916,7 +959,7 @@ impl Tracker {
             if e.file.is_some()
                 && let Some(st) = ck.files.get(id)
                 && !pinned(id, st)
-                && latest.as_deref().is_some_and(|l| st.session.as_str() < l)
+                && latest.as_deref().is_some_and(|l| &*st.session < l)
             {
                 e.file = None;
                 e.closed_quiet = false;
@@ -938,7 +981,7 @@ impl Tracker {
             return;
         }
         want.sort_unstable();
-        let mut evictable: Vec<(Instant, u64)> = Vec::new();
+        let mut evictable: Vec<(u32, u64)> = Vec::new();
         if self.open + want.len() > self.held_max() {
             evictable = self
                 .entries
@@ -961,7 +1004,7 @@ impl Tracker {
                     e.closed_quiet = ck
                         .files
                         .get(&victim)
-                        .is_some_and(|st| latest.as_deref() == Some(st.session.as_str()));
+                        .is_some_and(|st| latest.as_deref() == Some(&*st.session));
                     self.open -= 1;
                 }
             }
@@ -987,25 +1030,26 @@ impl Tracker {
             {
                 e.file = Some(Arc::new(f));
                 e.closed_quiet = false;
-                e.next_check = now;
+                e.next_check = 0;
                 self.open += 1;
             }
             Ok(_) | Err(_) => {
                 // Renamed or removed since it was last listed, or no longer readable: the
                 // next listing tells which.
-                if let (Err(err), Some(d)) = (&opened, e.dir)
+                let dir = e.dir.map(|d| d as usize);
+                if let (Err(err), Some(d)) = (&opened, dir)
                     && err.kind() == std::io::ErrorKind::PermissionDenied
                 {
-                    let name = e
+                    let name = self
                         .renamed
-                        .as_deref()
-                        .unwrap_or(basename(&st.name))
+                        .get(&id)
+                        .map_or(basename(&st.name), |n| n)
                         .to_string();
                     let err = std::io::Error::new(err.kind(), err.to_string());
                     self.unreadable(path, d, &name, err, now, r);
                     return;
                 }
-                if let Some(d) = e.dir {
+                if let Some(d) = dir {
                     self.dirs[d].dirty = true;
                 }
             }
@@ -1075,7 +1119,7 @@ mod tests {
         let old = ck
             .files
             .values()
-            .find(|f| f.name == "raylet.out" && f.shipped > 0);
+            .find(|f| &*f.name == "raylet.out" && f.shipped > 0);
         assert_eq!(old.map(|f| f.size), Some(16), "{:?}", ck.files);
         // Truncation in place: a new stream, and the unread bytes are lost.
         std::fs::write(logs.join("events/e.log"), b"").unwrap();
@@ -1131,7 +1175,7 @@ mod tests {
         // A closed, quiet file that grows is opened again and its new bytes are seen.
         let id = *ck.files.iter().find(|(id, _)| !t.is_open(**id)).unwrap().0;
         let name = ck.files[&id].name.clone();
-        write(&logs.join(&name), b"again\n");
+        write(&logs.join(&*name), b"again\n");
         for _ in 0..400 {
             now += Duration::from_millis(100);
             t.scan(&mut ck, now, false);
