@@ -8,6 +8,29 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
+/// The environment variables the sidecar reads, all in one place: the webhook injects them.
+pub mod env {
+    /// The configuration file (`--config`).
+    pub const CONFIG: &str = "RAYSHAPE_CONFIG";
+    /// The log level (`info` by default).
+    pub const LOG: &str = "RAYSHAPE_LOG";
+    pub const SINK_URL: &str = "RAYSHAPE_SINK_URL";
+    /// `k=v,k=v`, on top of the file's `sink.options`.
+    pub const SINK_OPTIONS: &str = "RAYSHAPE_SINK_OPTIONS";
+    pub const POD_NAME: &str = "RAYSHAPE_POD_NAME";
+    pub const POD_UID: &str = "RAYSHAPE_POD_UID";
+    pub const POD_NAMESPACE: &str = "RAYSHAPE_POD_NAMESPACE";
+    pub const RAY_CLUSTER: &str = "RAYSHAPE_RAY_CLUSTER";
+    pub const LOG_ROOT: &str = "RAYSHAPE_LOG_ROOT";
+    pub const CHECKPOINT: &str = "RAYSHAPE_CHECKPOINT";
+    pub const FLUSH_BYTES: &str = "RAYSHAPE_FLUSH_BYTES";
+    pub const FLUSH_AGE: &str = "RAYSHAPE_FLUSH_AGE";
+    pub const SCAN_INTERVAL: &str = "RAYSHAPE_SCAN_INTERVAL";
+    pub const SHUTDOWN_DEADLINE: &str = "RAYSHAPE_SHUTDOWN_DEADLINE";
+    pub const METRICS_LISTEN: &str = "RAYSHAPE_METRICS_LISTEN";
+    pub const MAX_OPEN_FILES: &str = "RAYSHAPE_MAX_OPEN_FILES";
+}
+
 /// Everything the shipper needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -15,7 +38,9 @@ pub struct Config {
     pub root: PathBuf,
     /// Where the checkpoint lives; on the shared volume so it survives a sidecar restart.
     pub checkpoint: PathBuf,
-    pub sink: Sink,
+    /// Where segments go; `None` until one is configured (the sidecar then waits, see
+    /// `shipper`).
+    pub sink: Option<Sink>,
     pub pod: Pod,
     /// Flush when this many new bytes (uncompressed) are waiting...
     pub flush_bytes: u64,
@@ -31,6 +56,8 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// zstd level, 1 (fastest) to 19.
     pub zstd_level: i32,
+    /// At most this many log files are held open at once.
+    pub max_open_files: usize,
 }
 
 /// An object store location and its options.
@@ -80,6 +107,7 @@ struct File {
     shutdown_deadline: Option<String>,
     metrics_listen: Option<String>,
     zstd_level: Option<i32>,
+    max_open_files: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,6 +140,13 @@ struct FileRetry {
     initial: Option<String>,
     max: Option<String>,
 }
+
+/// The default bound on log files held open (`maxOpenFiles`).
+pub const DEFAULT_MAX_OPEN_FILES: usize = 256;
+/// The smallest `maxOpenFiles` accepted.
+pub const MIN_OPEN_FILES: usize = 16;
+/// The largest segment, uncompressed (`flush.maxBytes` may not be larger).
+pub const MAX_FLUSH_BYTES: u64 = 64 << 20;
 
 /// `250ms`, `30s`, `5m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -189,19 +224,19 @@ impl Config {
                 default
             }),
         };
-        let root = var("RAYSHAPE_LOG_ROOT")
+        let root = var(env::LOG_ROOT)
             .map(PathBuf::from)
             .or(file.root)
             .unwrap_or_else(|| PathBuf::from("/tmp/ray"));
-        let checkpoint = var("RAYSHAPE_CHECKPOINT")
+        let checkpoint = var(env::CHECKPOINT)
             .map(PathBuf::from)
             .or(file.checkpoint)
             .unwrap_or_else(|| root.join("rayshape").join("checkpoint.json"));
         let fsink = file.sink.unwrap_or_default();
-        let url = var("RAYSHAPE_SINK_URL").or(fsink.url);
+        let url = var(env::SINK_URL).or(fsink.url);
         let mut options = fsink.options;
         // RAYSHAPE_SINK_OPTIONS: comma-separated key=value pairs, on top of the file's.
-        if let Some(extra) = var("RAYSHAPE_SINK_OPTIONS") {
+        if let Some(extra) = var(env::SINK_OPTIONS) {
             for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
                 match pair.split_once('=') {
                     Some((k, v)) => {
@@ -213,21 +248,16 @@ impl Config {
                 }
             }
         }
-        let url = match url {
-            Some(u) => u,
-            None => {
-                problems.push("no sink: set sink.url in the config file or RAYSHAPE_SINK_URL (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///dir)".into());
-                String::new()
-            }
-        };
+        // No sink is not an error: the sidecar waits for one without hurting Ray.
+        let sink = url.map(|url| Sink { url, options });
         let fpod = file.pod.unwrap_or_default();
         let pod = Pod {
-            namespace: var("RAYSHAPE_POD_NAMESPACE")
+            namespace: var(env::POD_NAMESPACE)
                 .or(fpod.namespace)
                 .unwrap_or_else(|| "default".into()),
-            name: var("RAYSHAPE_POD_NAME").or(fpod.name).unwrap_or_default(),
-            uid: var("RAYSHAPE_POD_UID").or(fpod.uid).unwrap_or_default(),
-            cluster: var("RAYSHAPE_RAY_CLUSTER")
+            name: var(env::POD_NAME).or(fpod.name).unwrap_or_default(),
+            uid: var(env::POD_UID).or(fpod.uid).unwrap_or_default(),
+            cluster: var(env::RAY_CLUSTER)
                 .or(fpod.cluster)
                 .unwrap_or_else(|| "none".into()),
         };
@@ -247,7 +277,7 @@ impl Config {
             }
         }
         let flush = file.flush.unwrap_or_default();
-        let flush_bytes = match var("RAYSHAPE_FLUSH_BYTES").or(flush.max_bytes) {
+        let flush_bytes = match var(env::FLUSH_BYTES).or(flush.max_bytes) {
             None => 4 << 20,
             Some(s) => parse_bytes(&s).unwrap_or_else(|| {
                 problems.push(format!(
@@ -259,13 +289,13 @@ impl Config {
         let flush_age = duration(
             &mut problems,
             "flush.maxAge",
-            var("RAYSHAPE_FLUSH_AGE").or(flush.max_age),
+            var(env::FLUSH_AGE).or(flush.max_age),
             Duration::from_secs(30),
         );
         let scan_interval = duration(
             &mut problems,
             "scanInterval",
-            var("RAYSHAPE_SCAN_INTERVAL").or(file.scan_interval),
+            var(env::SCAN_INTERVAL).or(file.scan_interval),
             Duration::from_secs(1),
         );
         let retry = file.retry.unwrap_or_default();
@@ -284,23 +314,37 @@ impl Config {
         let shutdown_deadline = duration(
             &mut problems,
             "shutdownDeadline",
-            var("RAYSHAPE_SHUTDOWN_DEADLINE").or(file.shutdown_deadline),
+            var(env::SHUTDOWN_DEADLINE).or(file.shutdown_deadline),
             Duration::from_secs(20),
         );
-        let listen = var("RAYSHAPE_METRICS_LISTEN")
+        let listen = var(env::METRICS_LISTEN)
             .or(file.metrics_listen)
             .unwrap_or_else(|| "0.0.0.0:9108".into());
         let metrics_listen = listen.parse().unwrap_or_else(|_| {
             problems.push(format!(
                 "metricsListen: {listen:?} is not an address like 0.0.0.0:9108"
             ));
-            "0.0.0.0:9108".parse().expect("valid")
+            SocketAddr::from(([0, 0, 0, 0], 9108))
         });
         let zstd_level = file.zstd_level.unwrap_or(3);
         if !(1..=19).contains(&zstd_level) {
             problems.push(format!("zstdLevel: {zstd_level} is outside 1..=19"));
         }
-        if flush_bytes > 64 << 20 {
+        let max_open_files = match var(env::MAX_OPEN_FILES) {
+            Some(s) => s.trim().parse::<usize>().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "maxOpenFiles: {s:?} is not a whole number; expected e.g. 256"
+                ));
+                DEFAULT_MAX_OPEN_FILES
+            }),
+            None => file.max_open_files.unwrap_or(DEFAULT_MAX_OPEN_FILES),
+        };
+        if max_open_files < MIN_OPEN_FILES {
+            problems.push(format!(
+                "maxOpenFiles: {max_open_files} is below {MIN_OPEN_FILES}; the sidecar needs a few descriptors to make progress"
+            ));
+        }
+        if flush_bytes > MAX_FLUSH_BYTES {
             problems.push(format!("flush.maxBytes: {flush_bytes} is over 64Mi; a segment is held in memory while it uploads"));
         }
         if !problems.is_empty() {
@@ -309,7 +353,7 @@ impl Config {
         Ok(Config {
             root,
             checkpoint,
-            sink: Sink { url, options },
+            sink,
             pod,
             flush_bytes,
             flush_age,
@@ -319,6 +363,7 @@ impl Config {
             shutdown_deadline,
             metrics_listen,
             zstd_level,
+            max_open_files,
         })
     }
 
@@ -365,12 +410,13 @@ mod tests {
         assert_eq!(c.pod.cluster, "none");
         assert_eq!(c.flush_bytes, 1 << 20);
         assert_eq!(c.flush_age, Duration::from_secs(5));
-        assert_eq!(c.sink.options.len(), 3);
+        assert_eq!(c.sink.as_ref().map(|s| s.options.len()), Some(3));
         assert_eq!(
             c.checkpoint,
             PathBuf::from("/tmp/ray/rayshape/checkpoint.json")
         );
         assert_eq!(c.pod_prefix(), "default/none/w-1-u1");
+        assert_eq!(c.max_open_files, DEFAULT_MAX_OPEN_FILES);
     }
 
     #[test]
@@ -381,10 +427,36 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("no sink"), "{e}");
         assert!(e.contains("RAYSHAPE_POD_UID"), "{e}");
         assert!(e.contains("flush.maxAge: \"soon\""), "{e}");
         assert!(e.contains("pod.name: \"a/b\""), "{e}");
+    }
+
+    #[test]
+    fn no_sink_is_not_an_error() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("RAYSHAPE_POD_NAME", "w"),
+                ("RAYSHAPE_POD_UID", "u"),
+                ("RAYSHAPE_SINK_URL", ""),
+                ("RAYSHAPE_MAX_OPEN_FILES", "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sink, None);
+        assert_eq!(c.max_open_files, 1000);
+        let e = Config::load(
+            None,
+            &env(&[
+                ("RAYSHAPE_POD_NAME", "w"),
+                ("RAYSHAPE_POD_UID", "u"),
+                ("RAYSHAPE_MAX_OPEN_FILES", "3"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("maxOpenFiles: 3"), "{e}");
     }
 
     #[test]
