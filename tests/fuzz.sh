@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# Run one of the sidecar's coverage-guided fuzz targets (sidecar/fuzz, cargo fuzz and
-# libFuzzer) for a bounded time, from its committed seeds (sidecar/fuzz/seeds/TARGET).
+# Run one of the coverage-guided fuzz targets (cargo fuzz and libFuzzer) for a bounded time,
+# from its committed seeds: the sidecar's (sidecar/fuzz: checkpoint, segment) or the
+# webhook engine's (webhook/fuzz: review, object, config).
 # Fails if the target crashes: the input is left in tests/.work/fuzz/TARGET/artifacts/, to
 # be turned into a regression test. The last line reports runs, executions per second and
 # the coverage reached (libFuzzer's "cov" edges and "ft" features).
-# Usage: tests/fuzz.sh checkpoint|segment [SECONDS, default 60]
+# Usage: tests/fuzz.sh checkpoint|segment|review|object|config [SECONDS, default 60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-target=${1:?usage: tests/fuzz.sh checkpoint|segment [SECONDS]}
+target=${1:?usage: tests/fuzz.sh checkpoint|segment|review|object|config [SECONDS]}
+case "$target" in
+  checkpoint | segment) fuzz_dir=sidecar/fuzz ;;
+  review | object | config) fuzz_dir=webhook/fuzz ;;
+  *)
+    echo "error: no fuzz target $target; targets: checkpoint, segment (sidecar), review, object, config (webhook)" >&2
+    exit 2
+    ;;
+esac
 secs=${2:-60}
 TOOLS="$ROOT/tests/.tools"
 WORK="$ROOT/tests/.work/fuzz/$target"
@@ -29,11 +38,11 @@ else
 fi
 rm -rf "$WORK"
 mkdir -p "$WORK/corpus" "$WORK/artifacts"
-cd sidecar/fuzz
+cd "$fuzz_dir"
 echo "==> fuzzing $target for ${secs}s (sanitizer: $sanitizer)"
-cargo "${toolchain[@]}" fuzz build --sanitizer "$sanitizer" "$target" 2>&1 | tail -3
+cargo "${toolchain[@]}" fuzz build --fuzz-dir . --sanitizer "$sanitizer" "$target" 2>&1 | tail -3
 set +e
-cargo "${toolchain[@]}" fuzz run --sanitizer "$sanitizer" "$target" "$WORK/corpus" "seeds/$target" -- \
+cargo "${toolchain[@]}" fuzz run --fuzz-dir . --sanitizer "$sanitizer" "$target" "$WORK/corpus" "seeds/$target" -- \
   -max_total_time="$secs" -artifact_prefix="$WORK/artifacts/" -rss_limit_mb=2048 \
   -print_final_stats=1 >"$WORK/log" 2>&1
 status=$?

@@ -132,10 +132,11 @@ if [ "$e2e_status" -ne 0 ] && [ "${e2e_failed:-0}" -eq 0 ]; then e2e_failed=1; f
 cluster_passed=$((${cluster_passed:-0} + ${e2e_passed:-0}))
 cluster_failed=$((${cluster_failed:-0} + ${e2e_failed:-0}))
 
-# --- Fuzzing: the sidecar's checkpoint parser and segment reader, from committed seeds ------
-log "fuzzing the sidecar (${FUZZ_SECONDS:-60} s per target)"
+# --- Fuzzing, from committed seeds: the sidecar's checkpoint parser and segment reader; the
+# webhook's decisions on arbitrary bytes and generated objects, and its configuration loader.
+log "fuzzing (${FUZZ_SECONDS:-60} s per target)"
 fuzz_passed=0 fuzz_failed=0
-for target in checkpoint segment; do
+for target in checkpoint segment review object config; do
   if tests/fuzz.sh "$target" "${FUZZ_SECONDS:-60}"; then
     fuzz_passed=$((fuzz_passed + 1))
   else
