@@ -8,26 +8,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-/// The environment variables the sidecar reads, all in one place: the webhook injects them.
+/// The environment variables the sidecar reads, all in one place: those the webhook injects
+/// come from the contract both programs share; the rest are the sidecar's own.
 pub mod env {
+    pub use rayshape_contract::env::{
+        BOOTSTRAP_CA, BOOTSTRAP_URL, LOG_ROOT, METRICS_LISTEN, NODE_NAME, POD_NAME, POD_NAMESPACE,
+        POD_UID, RAY_CLUSTER, SINK_OPTIONS, SINK_URL, TOKEN_FILE,
+    };
     /// The configuration file (`--config`).
     pub const CONFIG: &str = "RAYSHAPE_CONFIG";
     /// The log level (`info` by default).
     pub const LOG: &str = "RAYSHAPE_LOG";
-    pub const SINK_URL: &str = "RAYSHAPE_SINK_URL";
-    /// `k=v,k=v`, on top of the file's `sink.options`.
-    pub const SINK_OPTIONS: &str = "RAYSHAPE_SINK_OPTIONS";
-    pub const POD_NAME: &str = "RAYSHAPE_POD_NAME";
-    pub const POD_UID: &str = "RAYSHAPE_POD_UID";
-    pub const POD_NAMESPACE: &str = "RAYSHAPE_POD_NAMESPACE";
-    pub const RAY_CLUSTER: &str = "RAYSHAPE_RAY_CLUSTER";
-    pub const LOG_ROOT: &str = "RAYSHAPE_LOG_ROOT";
     pub const CHECKPOINT: &str = "RAYSHAPE_CHECKPOINT";
     pub const FLUSH_BYTES: &str = "RAYSHAPE_FLUSH_BYTES";
     pub const FLUSH_AGE: &str = "RAYSHAPE_FLUSH_AGE";
     pub const SCAN_INTERVAL: &str = "RAYSHAPE_SCAN_INTERVAL";
     pub const SHUTDOWN_DEADLINE: &str = "RAYSHAPE_SHUTDOWN_DEADLINE";
-    pub const METRICS_LISTEN: &str = "RAYSHAPE_METRICS_LISTEN";
     pub const MAX_OPEN_FILES: &str = "RAYSHAPE_MAX_OPEN_FILES";
 }
 
@@ -58,6 +54,29 @@ pub struct Config {
     pub zstd_level: i32,
     /// At most this many log files are held open at once.
     pub max_open_files: usize,
+    /// Where to prove the pod's identity and get its configuration; `None`: not asked.
+    pub bootstrap: Option<Bootstrap>,
+    /// The key prefix the bootstrap handed out, which then replaces [`Self::pod_prefix`]'s own.
+    pub key_prefix: Option<String>,
+    /// Which settings were set here (file or environment), and so win over the bootstrap's.
+    pub explicit: Explicit,
+}
+
+/// The identity bootstrap's endpoint, the CA its certificate must chain to, and the token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bootstrap {
+    pub url: String,
+    /// PEM certificates.
+    pub ca: String,
+    pub token_file: PathBuf,
+}
+
+/// Settings given locally, which the bootstrap's answer does not override.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Explicit {
+    pub sink: bool,
+    pub flush_bytes: bool,
+    pub flush_age: bool,
 }
 
 /// An object store location and its options.
@@ -78,6 +97,8 @@ pub struct Pod {
     pub uid: String,
     /// The Ray cluster (`ray.io/cluster`), or `none` for pods outside KubeRay.
     pub cluster: String,
+    /// The node the pod runs on, for the log; empty when not known.
+    pub node: String,
 }
 
 #[derive(Debug, Error)]
@@ -108,6 +129,15 @@ struct File {
     metrics_listen: Option<String>,
     zstd_level: Option<i32>,
     max_open_files: Option<usize>,
+    bootstrap: Option<FileBootstrap>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileBootstrap {
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -227,7 +257,7 @@ impl Config {
         let root = var(env::LOG_ROOT)
             .map(PathBuf::from)
             .or(file.root)
-            .unwrap_or_else(|| PathBuf::from("/tmp/ray"));
+            .unwrap_or_else(|| PathBuf::from(rayshape_contract::RAY_ROOT));
         let checkpoint = var(env::CHECKPOINT)
             .map(PathBuf::from)
             .or(file.checkpoint)
@@ -237,15 +267,9 @@ impl Config {
         let mut options = fsink.options;
         // RAYSHAPE_SINK_OPTIONS: comma-separated key=value pairs, on top of the file's.
         if let Some(extra) = var(env::SINK_OPTIONS) {
-            for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
-                match pair.split_once('=') {
-                    Some((k, v)) => {
-                        options.insert(k.trim().to_string(), v.trim().to_string());
-                    }
-                    None => {
-                        problems.push(format!("RAYSHAPE_SINK_OPTIONS: {pair:?} is not key=value"))
-                    }
-                }
+            match rayshape_contract::options::decode(&extra) {
+                Ok(pairs) => options.extend(pairs),
+                Err(e) => problems.push(format!("{}: {e}", env::SINK_OPTIONS)),
             }
         }
         // No sink is not an error: the sidecar waits for one without hurting Ray.
@@ -260,6 +284,7 @@ impl Config {
             cluster: var(env::RAY_CLUSTER)
                 .or(fpod.cluster)
                 .unwrap_or_else(|| "none".into()),
+            node: var(env::NODE_NAME).unwrap_or_default(),
         };
         if pod.name.is_empty() || pod.uid.is_empty() {
             problems.push("the pod's name and UID are needed to name its objects: set RAYSHAPE_POD_NAME and RAYSHAPE_POD_UID (the webhook injects them from the downward API) or pod.name and pod.uid".into());
@@ -277,6 +302,40 @@ impl Config {
             }
         }
         let flush = file.flush.unwrap_or_default();
+        let explicit = Explicit {
+            sink: sink.is_some(),
+            flush_bytes: var(env::FLUSH_BYTES).is_some() || flush.max_bytes.is_some(),
+            flush_age: var(env::FLUSH_AGE).is_some() || flush.max_age.is_some(),
+        };
+        let fboot = file.bootstrap.unwrap_or_default();
+        let bootstrap = match var(env::BOOTSTRAP_URL).or(fboot.url) {
+            None => None,
+            Some(url) => {
+                let ca = match (var(env::BOOTSTRAP_CA), &fboot.ca_file) {
+                    (Some(pem), _) => pem,
+                    (None, Some(f)) => std::fs::read_to_string(f).unwrap_or_else(|e| {
+                        problems.push(format!(
+                            "bootstrap.caFile: cannot read {}: {e}",
+                            f.display()
+                        ));
+                        String::new()
+                    }),
+                    (None, None) => String::new(),
+                };
+                let token_file = var(env::TOKEN_FILE)
+                    .map(PathBuf::from)
+                    .or(fboot.token_file)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(rayshape_contract::TOKEN_DIR)
+                            .join(rayshape_contract::TOKEN_FILE_NAME)
+                    });
+                Some(Bootstrap {
+                    url,
+                    ca,
+                    token_file,
+                })
+            }
+        };
         let flush_bytes = match var(env::FLUSH_BYTES).or(flush.max_bytes) {
             None => 4 << 20,
             Some(s) => parse_bytes(&s).unwrap_or_else(|| {
@@ -317,14 +376,16 @@ impl Config {
             var(env::SHUTDOWN_DEADLINE).or(file.shutdown_deadline),
             Duration::from_secs(20),
         );
+        let default_listen =
+            SocketAddr::from(([0, 0, 0, 0], rayshape_contract::SIDECAR_METRICS_PORT));
         let listen = var(env::METRICS_LISTEN)
             .or(file.metrics_listen)
-            .unwrap_or_else(|| "0.0.0.0:9108".into());
+            .unwrap_or_else(|| default_listen.to_string());
         let metrics_listen = listen.parse().unwrap_or_else(|_| {
             problems.push(format!(
-                "metricsListen: {listen:?} is not an address like 0.0.0.0:9108"
+                "metricsListen: {listen:?} is not an address like {default_listen}"
             ));
-            SocketAddr::from(([0, 0, 0, 0], 9108))
+            default_listen
         });
         let zstd_level = file.zstd_level.unwrap_or(3);
         if !(1..=19).contains(&zstd_level) {
@@ -364,15 +425,63 @@ impl Config {
             metrics_listen,
             zstd_level,
             max_open_files,
+            bootstrap,
+            key_prefix: None,
+            explicit,
         })
     }
 
-    /// The key prefix of this pod's objects, below the sink's own prefix.
+    /// The key prefix of this pod's objects, below the sink's own prefix: the one the
+    /// bootstrap handed out, else `namespace/cluster/pod-uid`.
     pub fn pod_prefix(&self) -> String {
-        format!(
-            "{}/{}/{}-{}",
-            self.pod.namespace, self.pod.cluster, self.pod.name, self.pod.uid
-        )
+        match &self.key_prefix {
+            Some(p) => p.clone(),
+            None => format!(
+                "{}/{}/{}-{}",
+                self.pod.namespace, self.pod.cluster, self.pod.name, self.pod.uid
+            ),
+        }
+    }
+
+    /// Fill in what this configuration leaves open from the bootstrap's answer: the sink
+    /// and the batching, unless set here (an explicit local setting wins); the key prefix
+    /// and the pod's identity are the verified ones. Returns what was kept, for the log.
+    pub fn adopt(&mut self, node: &rayshape_contract::bootstrap::NodeConfig) -> Vec<&'static str> {
+        let mut kept = Vec::new();
+        if self.explicit.sink {
+            kept.push("sink");
+        } else if !node.sink.url.is_empty() {
+            self.sink = Some(Sink {
+                url: node.sink.url.clone(),
+                options: node.sink.options.clone(),
+            });
+        }
+        match node.flush.max_bytes {
+            Some(_) if self.explicit.flush_bytes => kept.push("flush.maxBytes"),
+            Some(b) if b > 0 && b <= MAX_FLUSH_BYTES => self.flush_bytes = b,
+            _ => {}
+        }
+        match node.flush.max_age_seconds {
+            Some(_) if self.explicit.flush_age => kept.push("flush.maxAge"),
+            Some(a) if a.is_finite() && a > 0.0 => self.flush_age = Duration::from_secs_f64(a),
+            _ => {}
+        }
+        if !node.key_prefix.is_empty() {
+            self.key_prefix = Some(node.key_prefix.clone());
+        }
+        let id = &node.identity;
+        if !id.pod.is_empty() {
+            self.pod.namespace = id.namespace.clone();
+            self.pod.name = id.pod.clone();
+            self.pod.uid = id.pod_uid.clone();
+            if !id.ray_cluster.is_empty() {
+                self.pod.cluster = id.ray_cluster.clone();
+            }
+            if !id.node.is_empty() {
+                self.pod.node = id.node.clone();
+            }
+        }
+        kept
     }
 }
 

@@ -159,6 +159,80 @@ async fn logs_command(cmd: LogsCommand) -> ExitCode {
     }
 }
 
+/// Ask for the pod's configuration until the webhook verifies it or a stop comes (`None`).
+/// Failures are retried with backoff and jitter; each new outcome is logged once.
+async fn bootstrap(
+    b: &rayshape_sidecar::config::Bootstrap,
+    metrics: &Metrics,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<rayshape_contract::bootstrap::NodeConfig> {
+    use rayshape_sidecar::bootstrap::{Client, Outcome};
+    use std::time::Duration;
+    metrics.set_bootstrap_state("pending");
+    let mut backoff = Duration::from_secs(1);
+    let mut last: Option<String> = None;
+    let client = Client::new(&b.url, &b.ca, b.token_file.clone());
+    loop {
+        let (state, reason, wait) = match &client {
+            // A setup problem is the configuration's: said, and looked at again later.
+            Err(e) => ("unavailable", e.to_string(), Duration::from_secs(60)),
+            Ok(c) => match c.attempt().await {
+                Outcome::Verified(node) => {
+                    metrics
+                        .bootstrap_attempts
+                        .with_label_values(&["verified"])
+                        .inc();
+                    metrics.set_bootstrap_state("verified");
+                    return Some(*node);
+                }
+                Outcome::Refused { status, reason } => {
+                    metrics
+                        .bootstrap_attempts
+                        .with_label_values(&["refused"])
+                        .inc();
+                    (
+                        "refused",
+                        format!("HTTP {status}: {reason}"),
+                        backoff.max(Duration::from_secs(10)),
+                    )
+                }
+                Outcome::Unavailable {
+                    reason,
+                    retry_after,
+                } => {
+                    metrics
+                        .bootstrap_attempts
+                        .with_label_values(&["unavailable"])
+                        .inc();
+                    (
+                        "unavailable",
+                        reason,
+                        retry_after.unwrap_or(backoff).max(backoff),
+                    )
+                }
+            },
+        };
+        metrics.set_bootstrap_state(state);
+        if last.as_deref() != Some(reason.as_str()) {
+            if state == "refused" {
+                tracing::error!(reason = %reason, url = %b.url, "bootstrap refused; retrying (Ray's logs stay on disk)");
+            } else {
+                tracing::warn!(reason = %reason, url = %b.url, "bootstrap not possible yet; retrying (Ray's logs stay on disk)");
+            }
+            last = Some(reason);
+        }
+        let wait = rayshape_sidecar::random::jitter(wait);
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return None;
+        }
+    }
+}
+
 async fn run(config: Option<PathBuf>) -> ExitCode {
     // First of all, so that a SIGTERM during start-up is a stop request, not a kill.
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -169,13 +243,57 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let getenv = |k: &str| std::env::var(k).ok();
-    let cfg = match Config::load(config.as_deref(), &getenv) {
+    let mut cfg = match Config::load(config.as_deref(), &getenv) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "configuration refused");
             return ExitCode::from(2);
         }
     };
+    let metrics = Arc::new(Metrics::new());
+    let listener = match tokio::net::TcpListener::bind(cfg.metrics_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %cfg.metrics_listen, error = %e, "cannot listen for metrics");
+            return ExitCode::from(2);
+        }
+    };
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    // The metrics stay up through the final flush: the process exits right after it.
+    let (_metrics_stop, metrics_stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(rayshape_telemetry::serve_metrics(
+        listener,
+        metrics.registry.clone(),
+        metrics_stop_rx,
+    ));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stop requested");
+        let _ = stop_tx.send(true);
+        // Keep the sender: a dropped one would read as a stop forever.
+        std::future::pending::<()>().await;
+    });
+    // Nothing is shipped before the pod's identity is verified: until then Ray's logs wait
+    // on disk, and the metrics say why.
+    match cfg.bootstrap.clone() {
+        None => metrics.set_bootstrap_state("not_configured"),
+        Some(b) => match bootstrap(&b, &metrics, &mut stop_rx).await {
+            Some(node) => {
+                let kept = cfg.adopt(&node);
+                tracing::info!(prefix = %cfg.pod_prefix(), node = %cfg.pod.node, sink = cfg.sink.as_ref().map_or("(none)", |s| s.url.as_str()), "identity verified; configuration received");
+                if !kept.is_empty() {
+                    tracing::info!(kept = %kept.join(", "), "settings given here win over the bootstrap's");
+                }
+            }
+            None => {
+                tracing::info!("stopped before the identity was verified: nothing was shipped");
+                return ExitCode::SUCCESS;
+            }
+        },
+    }
     // A sink that cannot be parsed is a configuration error; one that cannot be reached,
     // or has no sink at all, is waited out (the shipper says why in its state metric).
     let sink = match cfg.sink.as_ref().map(Sink::open) {
@@ -196,14 +314,6 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             .map(|c| c.sink)
             .map_err(|e| e.to_string())
     });
-    let metrics = Arc::new(Metrics::new());
-    let listener = match tokio::net::TcpListener::bind(cfg.metrics_listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(addr = %cfg.metrics_listen, error = %e, "cannot listen for metrics");
-            return ExitCode::from(2);
-        }
-    };
     tracing::info!(
         root = %cfg.root.display(),
         sink = cfg.sink.as_ref().map_or("(none)", |s| s.url.as_str()),
@@ -212,24 +322,6 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
         "starting"
     );
     let shipper = Shipper::new(cfg, sink, Some(source), metrics.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    // The metrics stay up through the final flush: the process exits right after it.
-    let (_metrics_stop, metrics_stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(rayshape_telemetry::serve_metrics(
-        listener,
-        metrics.registry.clone(),
-        metrics_stop_rx,
-    ));
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("stop requested");
-        let _ = stop_tx.send(true);
-        // Keep the sender: a dropped one would read as a stop forever.
-        std::future::pending::<()>().await;
-    });
     match shipper.run(stop_rx).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ ShipError::Deadline(_)) => {

@@ -31,7 +31,21 @@ pub struct Metrics {
     /// Files closed while their session was current and removed before they were looked
     /// at again (see [`crate::tracker`]).
     pub closed_files_removed: IntCounter,
+    /// 1 for the identity bootstrap's state, 0 for the others (see [`BOOTSTRAP_STATES`]).
+    pub bootstrap_state: IntGaugeVec,
+    /// Bootstrap attempts, by outcome (verified, refused, unavailable).
+    pub bootstrap_attempts: IntCounterVec,
 }
+
+/// The states of the identity bootstrap: not asked (no bootstrap URL), waiting for the
+/// first answer, verified, refused by the webhook, the webhook unreachable or in trouble.
+pub const BOOTSTRAP_STATES: [&str; 5] = [
+    "not_configured",
+    "pending",
+    "verified",
+    "refused",
+    "unavailable",
+];
 
 const PREFIX: &str = "rayshape_sidecar_";
 
@@ -88,7 +102,32 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(checkpoints_set_aside.clone()))
             .expect("unique metric");
+        let bootstrap_state = IntGaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}bootstrap_state"),
+                "1 for the identity bootstrap's state, 0 for the others: not_configured, pending, verified, refused, unavailable.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(bootstrap_state.clone()))
+            .expect("unique metric");
+        for s in BOOTSTRAP_STATES {
+            bootstrap_state.with_label_values(&[s]).set(0);
+        }
+        let bootstrap_attempts = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}bootstrap_attempts_total"),
+                "Identity bootstrap attempts, by outcome: verified, refused, unavailable.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(bootstrap_attempts.clone()))
+            .expect("unique metric");
         Metrics {
+            bootstrap_state,
+            bootstrap_attempts,
             state,
             checkpoints_set_aside,
             open_files: int_gauge("open_files", "Log files held open."),
@@ -136,5 +175,16 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Show the bootstrap's state (one of [`BOOTSTRAP_STATES`]).
+    pub fn set_bootstrap_state(&self, now: &str) {
+        for s in BOOTSTRAP_STATES {
+            self.bootstrap_state
+                .with_label_values(&[s])
+                .set(i64::from(s == now));
+        }
     }
 }
