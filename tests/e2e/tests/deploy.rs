@@ -297,7 +297,10 @@ fn every_overlay_renders_a_complete_safe_install() {
         let ct = &spec["containers"][0];
         assert_eq!(ct["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(ct["securityContext"]["allowPrivilegeEscalation"], false);
-        assert_eq!(ct["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(
+            ct["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
         assert_eq!(ct["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(ct["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert!(ct["resources"]["requests"]["memory"].is_string());
@@ -341,15 +344,13 @@ fn every_overlay_renders_a_complete_safe_install() {
         assert_eq!(mounts["config"], "/etc/rayshape/config");
         assert_eq!(mounts["tls"], "/etc/rayshape/tls");
         let vols = spec["volumes"].as_array().unwrap();
-        let config: BTreeSet<&str> = vols
-            .iter()
-            .find(|v| v["name"] == "config")
-            .unwrap()["projected"]["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["configMap"]["name"].as_str().unwrap())
-            .collect();
+        let config: BTreeSet<&str> =
+            vols.iter().find(|v| v["name"] == "config").unwrap()["projected"]["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["configMap"]["name"].as_str().unwrap())
+                .collect();
         assert_eq!(
             config,
             BTreeSet::from([
@@ -372,7 +373,10 @@ fn every_overlay_renders_a_complete_safe_install() {
         let pdb = find(&objs, "PodDisruptionBudget", "rayshape-webhook");
         assert_eq!(pdb["spec"]["minAvailable"], 1);
 
-        check_registration(overlay, find(&objs, "MutatingWebhookConfiguration", "rayshape"));
+        check_registration(
+            overlay,
+            find(&objs, "MutatingWebhookConfiguration", "rayshape"),
+        );
     }
 }
 
@@ -397,7 +401,9 @@ fn check_registration(overlay: &str, mwc: &Value) {
         let t = w["timeoutSeconds"].as_u64().unwrap();
         assert!((1..=5).contains(&t), "{overlay} {name}: timeout {t}");
         // Never the control plane's namespaces nor rayshape's own.
-        let exprs = w["namespaceSelector"]["matchExpressions"].as_array().unwrap();
+        let exprs = w["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap();
         let excluded = exprs
             .iter()
             .find(|e| e["key"] == "kubernetes.io/metadata.name")
@@ -409,10 +415,17 @@ fn check_registration(overlay: &str, mwc: &Value) {
                 "{overlay} {name}: {ns} not excluded"
             );
         }
-        assert!(exprs.contains(&json!({"key": "rayshape.io/webhook", "operator": "NotIn", "values": ["disabled"]})));
+        assert!(exprs.contains(
+            &json!({"key": "rayshape.io/webhook", "operator": "NotIn", "values": ["disabled"]})
+        ));
         let cc = &w["clientConfig"];
         match overlay {
-            "e2e" => assert!(cc["url"].as_str().unwrap().starts_with("https://127.0.0.1:")),
+            "e2e" => assert!(
+                cc["url"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("https://127.0.0.1:")
+            ),
             _ => {
                 assert_eq!(
                     cc["service"],
@@ -480,11 +493,20 @@ fn images_and_versions_are_one_version_everywhere() {
     }
     // The chart's versions.
     let chart = std::fs::read_to_string(repo_path("charts/rayshape/Chart.yaml")).unwrap();
-    assert!(chart.contains(&format!("\nversion: {v}\n")), "Chart.yaml version");
-    assert!(chart.contains(&format!("\nappVersion: \"{v}\"\n")), "Chart.yaml appVersion");
+    assert!(
+        chart.contains(&format!("\nversion: {v}\n")),
+        "Chart.yaml version"
+    );
+    assert!(
+        chart.contains(&format!("\nappVersion: \"{v}\"\n")),
+        "Chart.yaml appVersion"
+    );
     // The names the image workflow publishes (tagged with the workspace version).
     let wf = std::fs::read_to_string(repo_path(".github/workflows/images.yml")).unwrap();
-    for name in ["ghcr.io/rayshape/rayshape-webhook", "ghcr.io/rayshape/rayshape-sidecar"] {
+    for name in [
+        "ghcr.io/rayshape/rayshape-webhook",
+        "ghcr.io/rayshape/rayshape-sidecar",
+    ] {
         assert!(
             wf.contains(&format!("tags: {name}:${{{{ github.ref_name }}}}")),
             "images.yml does not publish {name}"
@@ -582,7 +604,9 @@ fn rbac_is_exactly_what_the_code_uses() {
         assert_eq!(role_permissions(roles[0]), want, "{what}");
         let bindings: Vec<&Value> = objs
             .iter()
-            .filter(|o| ["RoleBinding", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap()))
+            .filter(|o| {
+                ["RoleBinding", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap())
+            })
             .collect();
         assert_eq!(bindings.len(), 1, "{what}: one binding");
         assert_eq!(
@@ -693,7 +717,13 @@ fn the_chart_lints_and_renders_the_overlays_objects() {
     let chart = chart.to_string_lossy();
     // Every choice, linted.
     for p in PROVIDERS {
-        helm(&["lint", "--strict", &chart, "--set", &format!("provider={p}")]);
+        helm(&[
+            "lint",
+            "--strict",
+            &chart,
+            "--set",
+            &format!("provider={p}"),
+        ]);
     }
     helm(&[
         "lint",
@@ -781,7 +811,11 @@ fn the_chart_lints_and_renders_the_overlays_objects() {
         for (key, kv) in &k {
             let mut diffs = Vec::new();
             differences(kv, &h[key], String::new(), &mut diffs);
-            assert!(diffs.is_empty(), "{name}: {key} differs:\n{}", diffs.join("\n"));
+            assert!(
+                diffs.is_empty(),
+                "{name}: {key} differs:\n{}",
+                diffs.join("\n")
+            );
         }
     }
 }
@@ -789,7 +823,11 @@ fn the_chart_lints_and_renders_the_overlays_objects() {
 #[test]
 fn the_anyscale_prefix_selects_anyscale_labels_both_ways() {
     let c = Cluster::get();
-    let k = compose(&c, "anyscale", &["cert-manager", "monitoring", "anyscale-prefix"]);
+    let k = compose(
+        &c,
+        "anyscale",
+        &["cert-manager", "monitoring", "anyscale-prefix"],
+    );
     let h = objects(&helm(&[
         "template",
         "rayshape",
@@ -896,7 +934,10 @@ fn the_webhook_identity_may_do_what_the_code_needs_and_nothing_more() {
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
-    assert_eq!(baseline, defaults, "the defaults of an authenticated identity");
+    assert_eq!(
+        baseline, defaults,
+        "the defaults of an authenticated identity"
+    );
     let expected: BTreeSet<_> = defaults.union(&want_code).cloned().collect();
     // Impersonated by the admin, and as the webhook itself (its own token), in a user
     // namespace, in rayshape's and cluster-wide.
@@ -909,7 +950,11 @@ fn the_webhook_identity_may_do_what_the_code_needs_and_nothing_more() {
     }
     let own = c.dir.join("webhook.kubeconfig");
     for extra in [vec!["-n", ns.as_str()], vec!["-n", NS]] {
-        assert_eq!(can_i_list(&c, &own, &extra), expected, "own token {extra:?}");
+        assert_eq!(
+            can_i_list(&c, &own, &extra),
+            expected,
+            "own token {extra:?}"
+        );
     }
     // And the live ClusterRole is the rendered one.
     let live = c.json(&["get", "clusterrole", "rayshape-webhook"]);
@@ -945,7 +990,12 @@ fn up_sh_installed_what_the_e2e_overlay_renders() {
             for w in mine["webhooks"].as_array_mut().unwrap() {
                 let cc = w["clientConfig"].as_object_mut().unwrap();
                 assert!(cc.remove("caBundle").is_some());
-                assert!(cc["url"].as_str().unwrap().starts_with("https://127.0.0.1:"));
+                assert!(
+                    cc["url"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("https://127.0.0.1:")
+                );
                 cc.remove("url");
             }
             for w in theirs["webhooks"].as_array_mut().unwrap() {
@@ -966,7 +1016,8 @@ fn up_sh_installed_what_the_e2e_overlay_renders() {
 }
 
 fn pod_json(ns: &str, name: &str, labels: Value, restricted: bool) -> String {
-    let mut container = json!({"name": "ray", "image": "rayproject/ray:2.52.0", "args": ["ray start --block"]});
+    let mut container =
+        json!({"name": "ray", "image": "rayproject/ray:2.52.0", "args": ["ray start --block"]});
     if restricted {
         container["securityContext"] = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
     }
@@ -986,7 +1037,14 @@ fn admissions(c: &Cluster) -> f64 {
 fn force_delete_pods(c: &Cluster, ns: &str, selector: &str) {
     let _ = c.kubectl(
         &[
-            "delete", "pods", "-n", ns, "-l", selector, "--grace-period=0", "--force",
+            "delete",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            selector,
+            "--grace-period=0",
+            "--force",
             "--wait=false",
         ],
         None,
@@ -996,9 +1054,7 @@ fn force_delete_pods(c: &Cluster, ns: &str, selector: &str) {
 /// The Deployment of up.sh's install with `replicas`, applied as up.sh applied it (same
 /// field manager, so putting it back leaves nothing behind).
 fn set_replicas(c: &Cluster, replicas: u32) {
-    let installed = objects(
-        &std::fs::read_to_string(c.dir.join("rayshape/install.yaml")).unwrap(),
-    );
+    let installed = objects(&std::fs::read_to_string(c.dir.join("rayshape/install.yaml")).unwrap());
     let mut d = find(&installed, "Deployment", "rayshape-webhook").clone();
     d["spec"]["replicas"] = json!(replicas);
     c.ok(&["apply", "--server-side", "-f", "-"], Some(&d.to_string()));
@@ -1010,7 +1066,15 @@ fn only_ray_pods_reach_the_webhook_never_rayshape_s_own_pods() {
     let _x = exclusive();
     let ns = c.namespace("deploy-select");
     let optout = c.namespace("deploy-optout");
-    c.ok(&["label", "namespace", &optout, "rayshape.io/webhook=disabled"], None);
+    c.ok(
+        &[
+            "label",
+            "namespace",
+            &optout,
+            "rayshape.io/webhook=disabled",
+        ],
+        None,
+    );
     let before = admissions(&c);
 
     // The webhook's own pods, created by the real Deployment and ReplicaSet controllers in
@@ -1021,11 +1085,25 @@ fn only_ray_pods_reach_the_webhook_never_rayshape_s_own_pods() {
         Duration::from_secs(30),
         "the ReplicaSet controller to create the webhook's 2 pods",
         || {
-            let pods = c.json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=rayshape-webhook"]);
+            let pods = c.json(&[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/name=rayshape-webhook",
+            ]);
             pods["items"].as_array().is_some_and(|a| a.len() == 2)
         },
     );
-    let pods = c.json(&["get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=rayshape-webhook"]);
+    let pods = c.json(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/name=rayshape-webhook",
+    ]);
     for p in pods["items"].as_array().unwrap() {
         assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
         assert_eq!(p["spec"]["priorityClassName"], "system-cluster-critical");
@@ -1034,31 +1112,73 @@ fn only_ray_pods_reach_the_webhook_never_rayshape_s_own_pods() {
         assert!(p["metadata"]["annotations"]["rayshape.io/shaped"].is_null());
     }
     let ns_labels = c.json(&["get", "namespace", NS])["metadata"]["labels"].clone();
-    assert_eq!(ns_labels["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(
+        ns_labels["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
     // restricted is enforced there: a pod that is not restricted is refused.
     let out = c.kubectl(
         &["create", "-f", "-"],
         Some(&pod_json(NS, "not-restricted", json!({}), false)),
     );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("violates PodSecurity \"restricted"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("violates PodSecurity \"restricted"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // Pods that are not Ray pods, and Ray pods where the webhook must never look.
     let quiet = [
         (ns.as_str(), "plain", json!({"app": "plain"})),
-        (ns.as_str(), "ray-cluster-label-only", json!({"ray.io/cluster": "rc"})),
-        (ns.as_str(), "other-prefix", json!({"example.com/instance-type": "2CPU-8GB"})),
-        (NS, "ray-in-rayshape-system", json!({"ray.io/node-type": "worker"})),
-        (NS, "typed-in-rayshape-system", json!({"rayshape.io/instance-type": "2CPU-8GB"})),
-        ("kube-system", "ray-in-kube-system", json!({"ray.io/node-type": "worker"})),
-        (optout.as_str(), "ray-opted-out", json!({"ray.io/node-type": "worker", "rayshape.io/instance-type": "2CPU-8GB"})),
+        (
+            ns.as_str(),
+            "ray-cluster-label-only",
+            json!({"ray.io/cluster": "rc"}),
+        ),
+        (
+            ns.as_str(),
+            "other-prefix",
+            json!({"example.com/instance-type": "2CPU-8GB"}),
+        ),
+        (
+            NS,
+            "ray-in-rayshape-system",
+            json!({"ray.io/node-type": "worker"}),
+        ),
+        (
+            NS,
+            "typed-in-rayshape-system",
+            json!({"rayshape.io/instance-type": "2CPU-8GB"}),
+        ),
+        (
+            "kube-system",
+            "ray-in-kube-system",
+            json!({"ray.io/node-type": "worker"}),
+        ),
+        (
+            optout.as_str(),
+            "ray-opted-out",
+            json!({"ray.io/node-type": "worker", "rayshape.io/instance-type": "2CPU-8GB"}),
+        ),
     ];
     for (n, name, labels) in &quiet {
-        c.ok(&["create", "-f", "-"], Some(&pod_json(n, name, labels.clone(), true)));
+        c.ok(
+            &["create", "-f", "-"],
+            Some(&pod_json(n, name, labels.clone(), true)),
+        );
     }
     // And a Deployment's pods (the controllers' path).
     c.ok(
-        &["create", "deployment", "web", "-n", &ns, "--image=nginx:1.29", "--replicas=2"],
+        &[
+            "create",
+            "deployment",
+            "web",
+            "-n",
+            &ns,
+            "--image=nginx:1.29",
+            "--replicas=2",
+        ],
         None,
     );
     wait_until(Duration::from_secs(30), "the web Deployment's pods", || {
@@ -1067,23 +1187,50 @@ fn only_ray_pods_reach_the_webhook_never_rayshape_s_own_pods() {
             .is_some_and(|a| a.len() == 2)
     });
     // None of them reached the webhook, and each is stored untouched.
-    assert_eq!(admissions(&c), before, "a pod that is not a Ray pod reached the webhook");
+    assert_eq!(
+        admissions(&c),
+        before,
+        "a pod that is not a Ray pod reached the webhook"
+    );
     for (n, name, _) in &quiet {
         let p = c.json(&["get", "pod", name, "-n", n]);
-        assert!(p["metadata"]["annotations"]["rayshape.io/shaped"].is_null(), "{n}/{name}");
+        assert!(
+            p["metadata"]["annotations"]["rayshape.io/shaped"].is_null(),
+            "{n}/{name}"
+        );
         assert!(p["spec"]["initContainers"].is_null(), "{n}/{name}");
     }
 
     // The control: a Ray pod in an ordinary namespace is sent and shaped.
     c.ok(
         &["create", "-f", "-"],
-        Some(&pod_json(&ns, "ray", json!({"ray.io/node-type": "worker"}), true)),
+        Some(&pod_json(
+            &ns,
+            "ray",
+            json!({"ray.io/node-type": "worker"}),
+            true,
+        )),
     );
-    assert!(admissions(&c) > before, "the Ray pod did not reach the webhook");
+    assert!(
+        admissions(&c) > before,
+        "the Ray pod did not reach the webhook"
+    );
     let p = c.json(&["get", "pod", "ray", "-n", &ns]);
     assert!(p["metadata"]["annotations"]["rayshape.io/shaped"].is_string());
     for (n, name, _) in &quiet {
-        let _ = c.kubectl(&["delete", "pod", name, "-n", n, "--grace-period=0", "--force", "--wait=false"], None);
+        let _ = c.kubectl(
+            &[
+                "delete",
+                "pod",
+                name,
+                "-n",
+                n,
+                "--grace-period=0",
+                "--force",
+                "--wait=false",
+            ],
+            None,
+        );
     }
     drop(guard);
 }
@@ -1120,7 +1267,10 @@ impl Own {
             kubeconfig: dir.join("kubeconfig"),
             dir,
         };
-        ok_out("tests/cluster/up.sh (the deploy test's own control plane)", out);
+        ok_out(
+            "tests/cluster/up.sh (the deploy test's own control plane)",
+            out,
+        );
         own
     }
 }
@@ -1141,7 +1291,10 @@ fn guide_block(name: &str) -> String {
         .find(&marker)
         .unwrap_or_else(|| panic!("docs/install.md has no {marker}"));
     let rest = &guide[at + marker.len()..];
-    let start = rest.find("```sh\n").expect("a ```sh block after the marker") + 6;
+    let start = rest
+        .find("```sh\n")
+        .expect("a ```sh block after the marker")
+        + 6;
     assert!(
         rest[..start].trim_start().starts_with("```sh"),
         "the block must follow {marker} directly"
@@ -1177,10 +1330,7 @@ fn run_guide(c: &Cluster, own: &Own, work: &Path, name: &str) -> String {
         .env("HELM_DATA_HOME", scratch_home().join("data"))
         .output()
         .expect("bash");
-    ok_out(
-        &format!("docs/install.md block {name}:\n{script}"),
-        out,
-    )
+    ok_out(&format!("docs/install.md block {name}:\n{script}"), out)
 }
 
 fn own_ok(c: &Cluster, own: &Own, args: &[&str], stdin: Option<&str>) -> String {
@@ -1221,7 +1371,18 @@ fn assert_installed(c: &Cluster, own: &Own, what: &str, rendered: &str) {
         Duration::from_secs(30),
         &format!("{what}: {replicas} webhook pods"),
         || {
-            let pods = own_json(c, own, &["get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=rayshape-webhook"]);
+            let pods = own_json(
+                c,
+                own,
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    NS,
+                    "-l",
+                    "app.kubernetes.io/name=rayshape-webhook",
+                ],
+            );
             pods["items"].as_array().is_some_and(|a| {
                 a.len() as u64 == replicas
                     && a.iter().all(|p| {
@@ -1239,11 +1400,31 @@ fn remove_deployment(c: &Cluster, own: &Own) {
     let _ = kubectl(
         c,
         Some(&own.kubeconfig),
-        &["delete", "deployment", "rayshape-webhook", "-n", NS, "--cascade=foreground", "--ignore-not-found", "--timeout=60s"],
+        &[
+            "delete",
+            "deployment",
+            "rayshape-webhook",
+            "-n",
+            NS,
+            "--cascade=foreground",
+            "--ignore-not-found",
+            "--timeout=60s",
+        ],
         None,
     );
     wait_until(Duration::from_secs(60), "the webhook's pods to go", || {
-        own_json(c, own, &["get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=rayshape-webhook"])["items"]
+        own_json(
+            c,
+            own,
+            &[
+                "get",
+                "pods",
+                "-n",
+                NS,
+                "-l",
+                "app.kubernetes.io/name=rayshape-webhook",
+            ],
+        )["items"]
             .as_array()
             .is_some_and(|a| a.is_empty())
     });
@@ -1294,7 +1475,12 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
             "example/prometheus-operator-crd",
         ),
     ] {
-        own_ok(&c, &own, &["apply", "--server-side", "-f", &dir.to_string_lossy()], None);
+        own_ok(
+            &c,
+            &own,
+            &["apply", "--server-side", "-f", &dir.to_string_lossy()],
+            None,
+        );
     }
     own_ok(
         &c,
@@ -1320,14 +1506,27 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
     let work = workdir("guide-kustomize");
     run_guide(&c, &own, &work, "generic-kustomize");
     let rendered = kustomize(&c, &work.join("manifests/overlays/self-managed"));
-    assert_installed(&c, &own, "guide: generic, kustomize, self-managed", &rendered);
+    assert_installed(
+        &c,
+        &own,
+        "guide: generic, kustomize, self-managed",
+        &rendered,
+    );
     // The caBundle is the generated CA, and the Secret holds what the Deployment mounts.
     let bundle = ca_bundle(&work.join("certs"));
-    let mwc = own_json(&c, &own, &["get", "mutatingwebhookconfiguration", "rayshape"]);
+    let mwc = own_json(
+        &c,
+        &own,
+        &["get", "mutatingwebhookconfiguration", "rayshape"],
+    );
     for w in mwc["webhooks"].as_array().unwrap() {
         assert_eq!(w["clientConfig"]["caBundle"], bundle.as_str());
     }
-    let secret = own_json(&c, &own, &["get", "secret", "rayshape-webhook-tls", "-n", NS]);
+    let secret = own_json(
+        &c,
+        &own,
+        &["get", "secret", "rayshape-webhook-tls", "-n", NS],
+    );
     assert_eq!(secret["type"], "kubernetes.io/tls");
     assert_eq!(secret["data"]["ca.crt"], bundle.as_str());
     assert!(secret["data"]["tls.key"].is_string() && secret["data"]["tls.crt"].is_string());
@@ -1355,8 +1554,18 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
     let work = workdir("guide-cert-manager");
     run_guide(&c, &own, &work, "generic-kustomize-cert-manager");
     let rendered = kustomize(&c, &work.join("manifests/overlays/generic"));
-    assert_installed(&c, &own, "guide: generic, kustomize, cert-manager", &rendered);
-    own_ok(&c, &own, &["get", "certificate", "rayshape-webhook", "-n", NS], None);
+    assert_installed(
+        &c,
+        &own,
+        "guide: generic, kustomize, cert-manager",
+        &rendered,
+    );
+    own_ok(
+        &c,
+        &own,
+        &["get", "certificate", "rayshape-webhook", "-n", NS],
+        None,
+    );
     run_guide(&c, &own, &work, "uninstall-kustomize");
     assert_uninstalled(&c, &own);
 
@@ -1366,7 +1575,11 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
     let status = helm_status(&own);
     assert!(status.contains("STATUS: deployed"), "{status}");
     let bundle = ca_bundle(&work.join("certs"));
-    let mwc = own_json(&c, &own, &["get", "mutatingwebhookconfiguration", "rayshape"]);
+    let mwc = own_json(
+        &c,
+        &own,
+        &["get", "mutatingwebhookconfiguration", "rayshape"],
+    );
     for w in mwc["webhooks"].as_array().unwrap() {
         assert_eq!(w["clientConfig"]["caBundle"], bundle.as_str());
     }
@@ -1400,9 +1613,18 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
     generate_certs(&certs);
     let secret = ok_out(
         "rayshape-certs secret",
-        Command::new(certs_bin()).args(["secret", "--dir"]).arg(&certs).output().unwrap(),
+        Command::new(certs_bin())
+            .args(["secret", "--dir"])
+            .arg(&certs)
+            .output()
+            .unwrap(),
     );
-    own_ok(&c, &own, &["apply", "--server-side", "-f", "-"], Some(&secret));
+    own_ok(
+        &c,
+        &own,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&secret),
+    );
     let work = workdir("every-overlay");
     write_ca_bundle(&work, &certs);
     let mut renders: Vec<(String, String)> = OVERLAYS
@@ -1416,7 +1638,10 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
         .collect();
     for (name, comps) in [
         ("monitoring", vec!["cert-manager", "monitoring"]),
-        ("anyscale", vec!["eks", "self-managed", "monitoring", "anyscale-prefix"]),
+        (
+            "anyscale",
+            vec!["eks", "self-managed", "monitoring", "anyscale-prefix"],
+        ),
     ] {
         let dir = work.join(format!("mine-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1466,7 +1691,11 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
         );
         assert_installed(&c, &own, what, rendered);
         if what.contains("gke") {
-            let d = own_json(&c, &own, &["get", "deployment", "rayshape-webhook", "-n", NS]);
+            let d = own_json(
+                &c,
+                &own,
+                &["get", "deployment", "rayshape-webhook", "-n", NS],
+            );
             assert_eq!(
                 d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
                 10250
@@ -1474,8 +1703,18 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
         }
     }
     // The monitors were validated by the Prometheus Operator's schemas.
-    own_ok(&c, &own, &["get", "podmonitor", "rayshape-sidecars", "-n", NS], None);
-    own_ok(&c, &own, &["get", "servicemonitor", "rayshape-webhook", "-n", NS], None);
+    own_ok(
+        &c,
+        &own,
+        &["get", "podmonitor", "rayshape-sidecars", "-n", NS],
+        None,
+    );
+    own_ok(
+        &c,
+        &own,
+        &["get", "servicemonitor", "rayshape-webhook", "-n", NS],
+        None,
+    );
 }
 
 fn helm_status(own: &Own) -> String {
@@ -1493,7 +1732,10 @@ fn helm_status(own: &Own) -> String {
 #[test]
 fn the_readme_links_the_install_guide() {
     let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
-    assert!(readme.contains("(docs/install.md)"), "README.md links docs/install.md");
+    assert!(
+        readme.contains("(docs/install.md)"),
+        "README.md links docs/install.md"
+    );
     for block in [
         "generic-kustomize",
         "generic-kustomize-cert-manager",
