@@ -1283,6 +1283,12 @@ impl Drop for Own {
     }
 }
 
+/// The rayshape-webhook binary the control plane of tests/run.sh runs.
+fn webhook_bin(c: &Cluster) -> PathBuf {
+    let exe = std::fs::read_to_string(c.dir.join("pids/rayshape-webhook.exe")).unwrap();
+    PathBuf::from(exe.trim())
+}
+
 /// The fenced `sh` block after `<!-- test: NAME -->` in docs/install.md.
 fn guide_block(name: &str) -> String {
     let guide = std::fs::read_to_string(repo_path("docs/install.md")).unwrap();
@@ -1312,6 +1318,7 @@ fn run_guide(c: &Cluster, own: &Own, work: &Path, name: &str) -> String {
         ("kubectl", kubectl_bin(c)),
         ("helm", helm_bin()),
         ("rayshape-certs", certs_bin()),
+        ("rayshape-webhook", webhook_bin(c)),
     ] {
         std::os::unix::fs::symlink(target, bin.join(link)).unwrap();
     }
@@ -1606,6 +1613,91 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
     run_guide(&c, &own, &work, "uninstall-helm");
     assert_uninstalled(&c, &own);
 
+    // Migrating from the Anyscale operator, as the guide says: its ConfigMaps exported,
+    // checked and installed with the label prefix anyscale.com.
+    own_ok(
+        &c,
+        &own,
+        &["apply", "--server-side", "-f", "-"],
+        Some(ANYSCALE_CONFIGMAPS),
+    );
+    own_ok(&c, &own, &["create", "namespace", NS], None);
+    own_ok(
+        &c,
+        &own,
+        &[
+            "label",
+            "namespace",
+            NS,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "rayshape.io/webhook=disabled",
+        ],
+        None,
+    );
+    let work = workdir("guide-migrate");
+    run_guide(&c, &own, &work, "migrate-export");
+    let out = run_guide(&c, &own, &work, "migrate-check");
+    assert!(out.contains("label prefix anyscale.com"), "{out}");
+    run_guide(&c, &own, &work, "migrate-helm");
+    for (cm, key, file) in [
+        (
+            "rayshape-instance-types",
+            "instance_types.yaml",
+            "instance_types.yaml",
+        ),
+        ("rayshape-patches", "patches.yaml", "patches.yaml"),
+    ] {
+        let live = own_json(&c, &own, &["get", "configmap", cm, "-n", NS]);
+        let exported = std::fs::read_to_string(work.join(file)).unwrap();
+        assert!(exported.contains("2CPU-8GB"), "{file}: {exported}");
+        assert_eq!(
+            live["data"][key].as_str().unwrap().trim(),
+            exported.trim(),
+            "{cm}"
+        );
+    }
+    let mwc = own_json(
+        &c,
+        &own,
+        &["get", "mutatingwebhookconfiguration", "rayshape"],
+    );
+    assert_eq!(
+        mwc["webhooks"][1]["objectSelector"]["matchExpressions"][0]["key"],
+        "anyscale.com/instance-type"
+    );
+    // The Anyscale rules work unchanged on a pod that asks with Anyscale's labels.
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default","labels":{"anyscale.com/instance-type":"2CPU-8GB","anyscale.com/zone":"us-west-2a"}},"spec":{"containers":[{"name":"ray","image":"rayproject/ray:2.52.0","args":["ray start --block"]}]}}"#;
+    let out = rayshape_e2e::run(
+        {
+            let mut cmd = Command::new(webhook_bin(&c));
+            cmd.args(["mutate", "-f", "-", "--format", "json", "--config"])
+                .arg(&work)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            cmd
+        },
+        Some(pod),
+    );
+    let shaped: Value = serde_json::from_str(&ok_out("rayshape-webhook mutate", out)).unwrap();
+    assert_eq!(
+        shaped["metadata"]["labels"]["migrated-from"], "anyscale",
+        "{shaped}"
+    );
+    assert_eq!(
+        shaped["spec"]["nodeSelector"]["topology.kubernetes.io/zone"], "us-west-2a",
+        "{shaped}"
+    );
+    assert_eq!(
+        shaped["spec"]["nodeSelector"]["eks.amazonaws.com/capacityType"], "ON_DEMAND",
+        "{shaped}"
+    );
+    assert_eq!(
+        shaped["spec"]["containers"][0]["resources"]["limits"]["cpu"], "1900m",
+        "{shaped}"
+    );
+    run_guide(&c, &own, &work, "uninstall-helm");
+    assert_uninstalled(&c, &own);
+
     // Every overlay, then every chart variant, applied server-side for real; each one over
     // the previous, as an upgrade or a change of provider would be.
     own_ok(&c, &own, &["create", "namespace", NS], None);
@@ -1717,6 +1809,69 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
     );
 }
 
+/// An Anyscale operator's ConfigMaps, in the format its Helm chart writes them.
+const ANYSCALE_CONFIGMAPS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: anyscale-operator}
+- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: instance-types
+    namespace: anyscale-operator
+    labels: {anyscale.com/name: instance-types}
+  data:
+    version: v1
+    instance_types.yaml: |
+      2CPU-8GB:
+        resources:
+          CPU: 2
+          memory: 8Gi
+      8CPU-32GB-1xT4:
+        resources:
+          CPU: 8
+          GPU: 1
+          memory: 32Gi
+          accelerators:
+          - T4
+        nodeSelector:
+          node.kubernetes.io/instance-type: g4dn.2xlarge
+- apiVersion: v1
+  kind: ConfigMap
+  metadata:
+    name: patches
+    namespace: anyscale-operator
+  data:
+    patches.yaml: |
+      patches:
+      - kind: Pod
+        selector: "anyscale.com/market-type in (ON_DEMAND)"
+        patch:
+        - op: add
+          path: /spec/nodeSelector/eks.amazonaws.com~1capacityType
+          value: ON_DEMAND
+        - op: add
+          path: /metadata/annotations/cluster-autoscaler.kubernetes.io~1safe-to-evict
+          value: "false"
+      - kind: Pod
+        selector: anyscale.com/zone
+        patch:
+          - op: add
+            path: /spec/nodeSelector/topology.kubernetes.io~1zone
+          - op: copy
+            from: /metadata/annotations/anyscale.com~1zone
+            path: /spec/nodeSelector/topology.kubernetes.io~1zone
+      - kind: Pod
+        selector: "anyscale.com/instance-type in (2CPU-8GB)"
+        patch:
+        - op: add
+          path: /metadata/labels/migrated-from
+          value: anyscale
+"#;
+
 fn helm_status(own: &Own) -> String {
     let mut cmd = Command::new(helm_bin());
     cmd.args(["status", "rayshape", "-n", NS])
@@ -1743,6 +1898,9 @@ fn the_readme_links_the_install_guide() {
         "upgrade-kustomize",
         "uninstall-kustomize",
         "uninstall-helm",
+        "migrate-export",
+        "migrate-check",
+        "migrate-helm",
     ] {
         assert!(!guide_block(block).trim().is_empty());
     }
