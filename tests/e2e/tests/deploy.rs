@@ -1235,6 +1235,40 @@ fn only_ray_pods_reach_the_webhook_never_rayshape_s_own_pods() {
     drop(guard);
 }
 
+#[test]
+fn the_guide_s_check_shows_a_shaped_pod() {
+    let c = Cluster::get();
+    let _s = shared();
+    let script = guide_block("check-shaping");
+    let bin = rayshape_testkit::scratch("deploy", "path-check");
+    std::os::unix::fs::symlink(kubectl_bin(&c), bin.join("kubectl")).unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .expect("bash");
+    let out = ok_out(
+        &format!("docs/install.md block check-shaping:\n{script}"),
+        out,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let shaped = lines
+        .iter()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no shaped annotation printed:\n{out}"));
+    let shaped: Value = serde_json::from_str(shaped).unwrap();
+    assert_eq!(shaped["instanceType"], "2CPU-8GB", "{out}");
+    assert!(lines.contains(&"rayshape-sidecar"), "{out}");
+}
+
 /// Puts the webhook's Deployment back as up.sh left it (no replicas), even on failure.
 struct Restore<'a>(&'a Cluster);
 impl Drop for Restore<'_> {
@@ -1901,6 +1935,7 @@ fn the_readme_links_the_install_guide() {
         "migrate-export",
         "migrate-check",
         "migrate-helm",
+        "check-shaping",
     ] {
         assert!(!guide_block(block).trim().is_empty());
     }
