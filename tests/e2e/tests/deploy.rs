@@ -1255,6 +1255,18 @@ fn the_guide_s_check_shows_a_shaped_pod() {
         .env("KUBECONFIG", &c.kubeconfig)
         .output()
         .expect("bash");
+    // No kubelet confirms the deletion here: force it, so the pod holds no node.
+    let _ = c.kubectl(
+        &[
+            "delete",
+            "pod",
+            "ray-check",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ],
+        None,
+    );
     let out = ok_out(
         &format!("docs/install.md block check-shaping:\n{script}"),
         out,
