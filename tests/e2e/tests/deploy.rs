@@ -1240,6 +1240,18 @@ fn the_guide_s_check_shows_a_shaped_pod() {
     let c = Cluster::get();
     let _s = shared();
     let script = guide_block("check-shaping");
+    // A pod of an earlier run of this test on the same control plane goes first.
+    let _ = c.kubectl(
+        &[
+            "delete",
+            "pod",
+            "ray-check",
+            "--grace-period=0",
+            "--force",
+            "--ignore-not-found",
+        ],
+        None,
+    );
     let bin = rayshape_testkit::scratch("deploy", "path-check");
     std::os::unix::fs::symlink(kubectl_bin(&c), bin.join("kubectl")).unwrap();
     let out = Command::new("bash")
