@@ -1349,18 +1349,24 @@ fn webhook_bin(c: &Cluster) -> PathBuf {
 
 /// The fenced `sh` block after `<!-- test: NAME -->` in docs/install.md.
 fn guide_block(name: &str) -> String {
+    guide_block_in(name, "sh")
+}
+
+/// The fenced block of `lang` after `<!-- test: NAME -->` in docs/install.md.
+fn guide_block_in(name: &str, lang: &str) -> String {
     let guide = std::fs::read_to_string(repo_path("docs/install.md")).unwrap();
     let marker = format!("<!-- test: {name} -->");
     let at = guide
         .find(&marker)
         .unwrap_or_else(|| panic!("docs/install.md has no {marker}"));
     let rest = &guide[at + marker.len()..];
+    let fence = format!("```{lang}\n");
     let start = rest
-        .find("```sh\n")
-        .expect("a ```sh block after the marker")
-        + 6;
+        .find(&fence)
+        .unwrap_or_else(|| panic!("a ```{lang} block after {marker}"))
+        + fence.len();
     assert!(
-        rest[..start].trim_start().starts_with("```sh"),
+        rest[..start].trim_start().starts_with(&fence),
         "the block must follow {marker} directly"
     );
     let end = rest[start..].find("```").unwrap();
@@ -1940,6 +1946,72 @@ fn helm_status(own: &Own) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     ok_out("helm status", run_in(&mut cmd, None))
+}
+
+#[test]
+fn the_guide_s_own_overlay_puts_your_files_in_force() {
+    let c = Cluster::get();
+    let work = workdir("own-overlay");
+    let certs = work.join("certs");
+    generate_certs(&certs);
+    write_ca_bundle(&work, &certs);
+    let mine = work.join("my-rayshape");
+    std::fs::create_dir_all(mine.join("pieces")).unwrap();
+    std::fs::write(
+        mine.join("pieces/kustomization.yaml"),
+        guide_block_in("own-overlay-pieces", "yaml"),
+    )
+    .unwrap();
+    std::fs::write(
+        mine.join("kustomization.yaml"),
+        guide_block_in("own-overlay", "yaml"),
+    )
+    .unwrap();
+    let v = workspace_version();
+    let files = [
+        (
+            "webhook.yaml",
+            format!(
+                "profile: eks\nsidecar:\n  image: ghcr.io/rayshape/rayshape-sidecar:v{v}\n  logSink: {{url: \"s3://mine/ray-logs\"}}\n"
+            ),
+        ),
+        (
+            "instance_types.yaml",
+            "4CPU-16GB:\n  resources: {CPU: 4, memory: 16Gi}\n".to_string(),
+        ),
+        ("patches.yaml", "patches: []\n".to_string()),
+    ];
+    for (f, t) in &files {
+        std::fs::write(mine.join(f), t).unwrap();
+    }
+    // They are a valid configuration...
+    let out = Command::new(webhook_bin(&c))
+        .args(["check-config", "--config"])
+        .arg(&mine)
+        .output()
+        .unwrap();
+    ok_out("rayshape-webhook check-config", out);
+    // ... and they are what the overlay installs, over the provider's.
+    let objs = objects(&kustomize(&c, &mine));
+    for (cm, (f, t)) in [
+        "rayshape-settings",
+        "rayshape-instance-types",
+        "rayshape-patches",
+    ]
+    .iter()
+    .zip(&files)
+    {
+        assert_eq!(find(&objs, "ConfigMap", cm)["data"][*f], t.as_str(), "{cm}");
+    }
+    // With the pieces chosen: EKS, rayshape-certs' caBundle, the monitors.
+    let mwc = find(&objs, "MutatingWebhookConfiguration", "rayshape");
+    assert_eq!(
+        mwc["webhooks"][0]["clientConfig"]["caBundle"],
+        ca_bundle(&certs).as_str()
+    );
+    find(&objs, "PodMonitor", "rayshape-sidecars");
+    find(&objs, "ServiceMonitor", "rayshape-webhook");
+    assert_eq!(kinds(&objs).len(), 13);
 }
 
 #[test]
