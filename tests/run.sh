@@ -112,7 +112,8 @@ rm -f "$WORK/cluster-smoke.log" "$WORK/e2e-test.log"
 set +e
 cluster_status=1
 e2e_status=1
-if tests/cluster/build.sh &&
+# tests/deploy/build.sh: helm, for the deployment tests (tests/e2e/tests/deploy.rs).
+if tests/cluster/build.sh && tests/deploy/build.sh &&
   RAYSHAPE_WEBHOOK_BIN="$ROOT/target/debug/rayshape-webhook" tests/cluster/up.sh "$CLUSTER_DIR"; then
   tests/cluster/smoke.sh "$CLUSTER_DIR" | tee "$WORK/cluster-smoke.log"
   cluster_status=${PIPESTATUS[0]}
