@@ -94,7 +94,7 @@ rust_failed=$(awk '/^test result:/ {for (i=1;i<=NF;i++) if ($i ~ /^failed;?$/) s
 
 # --- Independent checks ----------------------------------------------------------------
 log "strict RFC 6902 and Kubernetes schema checks (Python)"
-cargo build --locked -q -p rayshape-webhook
+cargo build --locked -q -p rayshape-webhook -p rayshape-sidecar
 set +e
 "$VENV/bin/python" tests/check_patches.py target/debug/rayshape-webhook "$corpus" | tee "$WORK/python.log"
 py_status=${PIPESTATUS[0]}
@@ -118,7 +118,7 @@ if tests/cluster/build.sh && tests/deploy/build.sh &&
   tests/cluster/smoke.sh "$CLUSTER_DIR" | tee "$WORK/cluster-smoke.log"
   cluster_status=${PIPESTATUS[0]}
   log "end-to-end tests against the control plane (tests/e2e)"
-  RAYSHAPE_CLUSTER_DIR="$CLUSTER_DIR" cargo test -p rayshape-e2e --locked --no-fail-fast 2>&1 | tee "$WORK/e2e-test.log"
+  RAYSHAPE_CLUSTER_DIR="$CLUSTER_DIR" RAYSHAPE_SIDECAR_BIN="$ROOT/target/debug/rayshape-sidecar" RAYSHAPE_REQUIRE_TOOLS=1 cargo test -p rayshape-e2e --locked --no-fail-fast 2>&1 | tee "$WORK/e2e-test.log"
   e2e_status=${PIPESTATUS[0]}
 fi
 set -e

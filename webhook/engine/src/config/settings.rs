@@ -254,12 +254,16 @@ impl Settings {
                 ),
             );
         }
-        if !(sc.bootstrap_url.starts_with("https://") || sc.bootstrap_url.starts_with("http://")) {
+        // The sidecar sends its pod's token there: it only ever speaks TLS to it.
+        if !sc.bootstrap_url.starts_with("https://") || sc.bootstrap_url.len() == "https://".len() {
             r.error(
                 FILE,
                 None,
                 "sidecar.bootstrapUrl",
-                format!("{:?} is not an http(s) URL", sc.bootstrap_url),
+                format!(
+                    "{:?} is not an https URL (the sidecar sends its pod's token there, so only over TLS), like https://rayshape-webhook.rayshape-system.svc:443/v1/bootstrap",
+                    sc.bootstrap_url
+                ),
             );
         }
         if rayshape_contract::options::encode(&sc.log_sink.options).is_none() {
@@ -444,6 +448,23 @@ mod tests {
             all[1].contains("accepted: generic, eks, karpenter, gke, aks"),
             "{all:#?}"
         );
+    }
+
+    #[test]
+    fn the_bootstrap_is_only_reached_over_tls() {
+        for url in [
+            "http://rayshape-webhook.rayshape-system.svc/v1/bootstrap",
+            "https://",
+        ] {
+            let mut r = Report::default();
+            let yaml = format!("sidecar:\n  bootstrapUrl: {url:?}\n");
+            assert!(Settings::load(&yaml, &mut r).is_none(), "{url}");
+            assert!(
+                r.errors[0].to_string().contains("is not an https URL"),
+                "{:?}",
+                r.errors
+            );
+        }
     }
 
     #[test]
