@@ -247,3 +247,213 @@ impl Cluster {
         );
     }
 }
+
+impl Cluster {
+    /// The `rayshape-webhook` binary the cluster's webhook runs (up.sh records it), for
+    /// previews with exactly the same code.
+    pub fn webhook_bin(&self) -> PathBuf {
+        let recorded = std::fs::read_to_string(self.dir.join("pids/rayshape-webhook.exe"))
+            .ok()
+            .map(|s| PathBuf::from(s.trim()))
+            .filter(|p| p.is_file());
+        recorded.unwrap_or_else(|| repo_path("target/debug/rayshape-webhook"))
+    }
+
+    /// `rayshape-webhook mutate` of `obj` with the webhook's own configuration directory.
+    pub fn preview(&self, obj: &Value) -> Preview {
+        let mut cmd = Command::new(self.webhook_bin());
+        // The same configuration directory and bootstrap CA as `serve` (DIR/rayshape/serve.sh).
+        cmd.args([
+            "mutate", "-f", "-", "-o", "object", "--format", "json", "--config",
+        ])
+        .arg(&self.webhook_config)
+        .arg("--bootstrap-ca")
+        .arg(&self.ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let out = run(cmd, Some(&obj.to_string()));
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            matches!(code, 0 | 1),
+            "rayshape-webhook mutate failed ({code}): {}",
+            text(&out.stderr)
+        );
+        Preview {
+            object: (code == 0).then(|| {
+                serde_json::from_slice(&out.stdout)
+                    .unwrap_or_else(|e| panic!("mutate printed no JSON object: {e}"))
+            }),
+            stderr: text(&out.stderr),
+        }
+    }
+
+    /// Replace (`Some`) or remove (`None`) one file of the webhook's configuration directory
+    /// and wait until the webhook has loaded the result; the file's previous content.
+    pub fn set_webhook_file(&self, name: &str, content: Option<&str>) -> Option<String> {
+        let path = self.webhook_config.join(name);
+        let old = std::fs::read_to_string(&path).ok();
+        if old.as_deref() == content {
+            return old;
+        }
+        let before = self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}");
+        match content {
+            Some(c) => {
+                let tmp = self.webhook_config.join(format!(".{name}.tmp"));
+                std::fs::write(&tmp, c).unwrap_or_else(|e| panic!("write {name}: {e}"));
+                std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("swap {name}: {e}"));
+            }
+            None => std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {name}: {e}")),
+        }
+        wait_until(
+            Duration::from_secs(15),
+            &format!("the webhook to load its new {name}"),
+            || self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}") > before,
+        );
+        old
+    }
+
+    /// The webhook's admission requests counted so far for `kind`, `operation` and `result`
+    /// (`None`: any).
+    pub fn admissions(
+        &self,
+        kind: Option<&str>,
+        operation: Option<&str>,
+        result: Option<&str>,
+    ) -> f64 {
+        let page = self.webhook_metrics();
+        page.lines()
+            .filter(|l| l.starts_with("rayshape_webhook_admission_requests_total{"))
+            .filter(|l| {
+                [("kind", kind), ("operation", operation), ("result", result)]
+                    .iter()
+                    .all(|(k, v)| v.is_none_or(|v| l.contains(&format!("{k}=\"{v}\""))))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Objects of a YAML or JSON file (a stream or a List), as kubectl reads them, without
+    /// asking the API server for anything but discovery.
+    pub fn read_objects(&self, file: &Path) -> Vec<Value> {
+        let out = self.ok(
+            &[
+                "create",
+                "--dry-run=client",
+                "-o",
+                "json",
+                "-f",
+                &file.to_string_lossy(),
+            ],
+            None,
+        );
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("kubectl read {}: {e}", file.display()));
+        match v["kind"].as_str() {
+            Some("List") => v["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![v],
+        }
+    }
+}
+
+/// What `rayshape-webhook mutate` said about an object.
+pub struct Preview {
+    /// The shaped object; `None` when denied.
+    pub object: Option<Value>,
+    /// Warnings, or the reason for a denial.
+    pub stderr: String,
+}
+
+/// A Kubernetes quantity in thousandths of its unit (`"1500m"` → 1500, `"1Gi"` →
+/// 1073741824000), rounded up; `None` if it is not a quantity.
+pub fn millis(q: &Value) -> Option<i128> {
+    let s = match q {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (mut num, mut den): (i128, i128) = {
+        let neg = number.starts_with('-');
+        let digits = number.trim_start_matches(['+', '-']);
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let all: i128 = format!("{int}{frac}").parse().ok()?;
+        (if neg { -all } else { all }, 10i128.pow(frac.len() as u32))
+    };
+    let pow = |b: i128, e: u32| b.pow(e);
+    match suffix {
+        "" => {}
+        "m" => den *= 1000,
+        "k" => num *= 1000,
+        "M" => num *= pow(10, 6),
+        "G" => num *= pow(10, 9),
+        "T" => num *= pow(10, 12),
+        "P" => num *= pow(10, 15),
+        "E" => num *= pow(10, 18),
+        "Ki" => num *= 1 << 10,
+        "Mi" => num *= 1 << 20,
+        "Gi" => num *= 1 << 30,
+        "Ti" => num *= 1 << 40,
+        "Pi" => num *= 1 << 50,
+        "Ei" => num *= 1 << 60,
+        e if e.starts_with(['e', 'E']) => {
+            let exp: i32 = e[1..].parse().ok()?;
+            if exp >= 0 {
+                num *= pow(10, exp as u32);
+            } else {
+                den *= pow(10, (-exp) as u32);
+            }
+        }
+        _ => return None,
+    }
+    let scaled = num * 1000;
+    Some(scaled.div_euclid(den) + i128::from(scaled.rem_euclid(den) != 0))
+}
+
+/// A quantity rounded up to whole units, as KubeRay's `Quantity.Value()` and the Ray
+/// autoscaler round (`"1500m"` → 2).
+pub fn whole(q: &Value) -> Option<i128> {
+    millis(q).map(|m| m.div_euclid(1000) + i128::from(m.rem_euclid(1000) != 0))
+}
+
+/// Everything under `v` that differs from `w`, as `path: left != right` lines (at most
+/// `limit`), for failure messages.
+pub fn differences(v: &Value, w: &Value, limit: usize) -> Vec<String> {
+    fn walk(path: &str, v: &Value, w: &Value, out: &mut Vec<String>) {
+        match (v, w) {
+            (Value::Object(a), Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let p = format!("{path}/{k}");
+                    match (a.get(k), b.get(k)) {
+                        (Some(x), Some(y)) => walk(&p, x, y, out),
+                        (x, y) => out.push(format!("{p}: {} != {}", show(x), show(y))),
+                    }
+                }
+            }
+            (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    walk(&format!("{path}/{i}"), x, y, out);
+                }
+            }
+            _ if v != w => out.push(format!("{path}: {} != {}", show(Some(v)), show(Some(w)))),
+            _ => {}
+        }
+    }
+    fn show(v: Option<&Value>) -> String {
+        let s = v.map_or_else(|| "(absent)".to_string(), Value::to_string);
+        match s.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s,
+        }
+    }
+    let mut out = Vec::new();
+    walk("", v, w, &mut out);
+    out.truncate(limit);
+    out
+}
