@@ -134,17 +134,9 @@ impl Cluster {
     }
 
     /// Replace `webhook.yaml` the way the kubelet updates a mounted ConfigMap, and wait
-    /// until the webhook has loaded it.
+    /// until the webhook has loaded it (nothing to wait for when it is unchanged).
     pub fn set_webhook_settings(&self, yaml: &str) {
-        let before = self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}");
-        let tmp = self.webhook_config.join(".webhook.yaml.tmp");
-        std::fs::write(&tmp, yaml).expect("write webhook.yaml");
-        std::fs::rename(&tmp, self.webhook_config.join("webhook.yaml")).expect("swap webhook.yaml");
-        wait_until(
-            Duration::from_secs(15),
-            "the webhook to load its new settings",
-            || self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}") > before,
-        );
+        self.set_webhook_file("webhook.yaml", Some(yaml));
     }
 
     /// The profile's own settings, as up.sh wrote them.
@@ -346,12 +338,16 @@ impl Cluster {
             ],
             None,
         );
-        let v: Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("kubectl read {}: {e}", file.display()));
-        match v["kind"].as_str() {
-            Some("List") => v["items"].as_array().cloned().unwrap_or_default(),
-            _ => vec![v],
+        // One JSON document per object read (a List's items are printed one by one).
+        let mut all = Vec::new();
+        for v in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+            let v = v.unwrap_or_else(|e| panic!("kubectl read {}: {e}", file.display()));
+            match v["kind"].as_str() {
+                Some("List") => all.extend(v["items"].as_array().cloned().unwrap_or_default()),
+                _ => all.push(v),
+            }
         }
+        all
     }
 }
 
@@ -456,4 +452,70 @@ pub fn differences(v: &Value, w: &Value, limit: usize) -> Vec<String> {
     walk("", v, w, &mut out);
     out.truncate(limit);
     out
+}
+
+impl Cluster {
+    /// Replace the fake Nodes by `tests/cluster/nodes.sh PROFILE`'s, ready as up.sh leaves
+    /// them; the new Nodes' names. With a `run`, each Node's name gets `-RUN`, a label
+    /// `rayshape.test/run: RUN` and a taint `rayshape.test/run=RUN:NoSchedule`: only pods
+    /// that tolerate it (a test's own) land there, never pods other tests left Pending, and
+    /// pods bound to earlier Nodes of the same name never count.
+    pub fn use_nodes(&self, profile: &str, run: Option<&str>) -> Vec<String> {
+        self.ok(
+            &[
+                "delete",
+                "nodes",
+                "-l",
+                "rayshape.test/fake-node=true",
+                "--wait=true",
+            ],
+            None,
+        );
+        let out = std::process::Command::new(repo_path("tests/cluster/nodes.sh"))
+            .arg(profile)
+            .output()
+            .expect("run tests/cluster/nodes.sh");
+        assert!(
+            out.status.success(),
+            "nodes.sh {profile}: {}",
+            text(&out.stderr)
+        );
+        let yaml = text(&out.stdout);
+        let path = self.dir.join(format!("nodes-{profile}.yaml"));
+        std::fs::write(&path, &yaml).expect("write nodes");
+        let mut list = self.read_objects(&path);
+        if let Some(run) = run {
+            for n in &mut list {
+                let name = format!("{}-{run}", n["metadata"]["name"].as_str().expect("name"));
+                n["metadata"]["name"] = Value::String(name.clone());
+                let labels = &mut n["metadata"]["labels"];
+                labels["kubernetes.io/hostname"] = Value::String(name);
+                labels["rayshape.test/run"] = Value::String(run.to_string());
+                let taint = serde_json::json!({"key": "rayshape.test/run", "value": run, "effect": "NoSchedule"});
+                match n["spec"]["taints"].as_array_mut() {
+                    Some(t) => t.push(taint),
+                    None => n["spec"]["taints"] = serde_json::json!([taint]),
+                }
+            }
+        }
+        let names: Vec<String> = list
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": list});
+        self.ok(&["create", "-f", "-"], Some(&list.to_string()));
+        // As up.sh: TaintNodesByCondition put the not-ready taint on each; no kubelet will
+        // ever report ready, and the node lifecycle controller is off.
+        self.ok(
+            &[
+                "taint",
+                "nodes",
+                "-l",
+                "rayshape.test/fake-node=true",
+                "node.kubernetes.io/not-ready:NoSchedule-",
+            ],
+            None,
+        );
+        names
+    }
 }
