@@ -327,7 +327,15 @@ impl Cluster {
     /// Objects of a YAML or JSON file (a stream or a List), as kubectl reads them, without
     /// asking the API server for anything but discovery.
     pub fn read_objects(&self, file: &Path) -> Vec<Value> {
-        let out = self.ok(
+        let (objects, unknown) = self.read_known_objects(file);
+        assert!(unknown.is_empty(), "{}: {unknown:?}", file.display());
+        objects
+    }
+
+    /// Like `read_objects`, but objects of kinds this cluster does not serve (another
+    /// project's CRDs) are left out, as `kubectl create -f` leaves them out; their names.
+    pub fn read_known_objects(&self, file: &Path) -> (Vec<Value>, Vec<String>) {
+        let out = self.kubectl(
             &[
                 "create",
                 "--dry-run=client",
@@ -338,6 +346,17 @@ impl Cluster {
             ],
             None,
         );
+        let mut unknown = Vec::new();
+        for line in text(&out.stderr).lines() {
+            // kubectl says "error: " before its only error, not before each of several.
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            if let Some(rest) = line.strip_prefix("resource mapping not found for name: ") {
+                unknown.push(rest.to_string());
+            } else if line != "ensure CRDs are installed first" && !line.trim().is_empty() {
+                panic!("kubectl could not read {}: {line}", file.display());
+            }
+        }
+        let out = text(&out.stdout);
         // One JSON document per object read (a List's items are printed one by one).
         let mut all = Vec::new();
         for v in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
@@ -347,7 +366,46 @@ impl Cluster {
                 _ => all.push(v),
             }
         }
-        all
+        (all, unknown)
+    }
+
+    /// Fresh namespaces, as `namespace` makes them, all at once (the controller manager
+    /// makes their ServiceAccounts side by side).
+    pub fn namespaces(&self, prefixes: &[String]) -> Vec<String> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let names: Vec<String> = prefixes
+            .iter()
+            .map(|p| format!("{p}-{:x}", stamp & 0xff_ffff))
+            .collect();
+        let items: Vec<Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        self.ok(&["create", "-f", "-"], Some(&list.to_string()));
+        wait_until(
+            Duration::from_secs(60),
+            "the default ServiceAccount of every new namespace",
+            || {
+                let all = self.json(&[
+                    "get",
+                    "serviceaccounts",
+                    "-A",
+                    "--field-selector",
+                    "metadata.name=default",
+                ]);
+                let have: std::collections::HashSet<&str> = all["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["metadata"]["namespace"].as_str())
+                    .collect();
+                names.iter().all(|n| have.contains(n.as_str()))
+            },
+        );
+        names
     }
 }
 
