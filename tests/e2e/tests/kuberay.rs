@@ -594,11 +594,31 @@ fn cluster_key(p: &Value) -> String {
 
 /// Wait until KubeRay runs the pods each RayCluster wants; the clusters still short of
 /// them at the deadline, with what they have.
-fn wait_for_pods(c: &Cluster, namespaces: &BTreeSet<String>, timeout: Duration) -> Vec<String> {
+/// `parents` are the RayJobs and RayServices ("namespace/name") whose RayCluster must exist.
+fn wait_for_pods(
+    c: &Cluster,
+    namespaces: &BTreeSet<String>,
+    parents: &BTreeSet<String>,
+    timeout: Duration,
+) -> Vec<String> {
     let deadline = Instant::now() + timeout;
     loop {
         let rcs = ray_clusters(c, namespaces);
         let pods = ray_pods(c, namespaces);
+        let made: BTreeSet<String> = rcs
+            .values()
+            .filter_map(|rc| {
+                Some(format!(
+                    "{}/{}",
+                    rc["metadata"]["namespace"].as_str()?,
+                    rc["metadata"]["labels"]["ray.io/originated-from-cr-name"].as_str()?
+                ))
+            })
+            .collect();
+        let mut short: Vec<String> = parents
+            .difference(&made)
+            .map(|p| format!("{p}: no RayCluster of its own yet"))
+            .collect();
         let mut have: BTreeMap<(String, String), usize> = BTreeMap::new();
         for p in &pods {
             let g = p["metadata"]["labels"]["ray.io/group"]
@@ -607,21 +627,18 @@ fn wait_for_pods(c: &Cluster, namespaces: &BTreeSet<String>, timeout: Duration) 
                 .to_string();
             *have.entry((cluster_key(p), g)).or_default() += 1;
         }
-        let short: Vec<String> = rcs
-            .iter()
-            .flat_map(|(k, rc)| {
-                desired(rc)
-                    .into_iter()
-                    .filter(|(g, n)| have.get(&(k.clone(), g.clone())).copied().unwrap_or(0) != *n)
-                    .map(|(g, n)| {
-                        format!(
-                            "{k} group {g}: {} pods, not {n}",
-                            have.get(&(k.clone(), g.clone())).copied().unwrap_or(0)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        short.extend(rcs.iter().flat_map(|(k, rc)| {
+            desired(rc)
+                .into_iter()
+                .filter(|(g, n)| have.get(&(k.clone(), g.clone())).copied().unwrap_or(0) != *n)
+                .map(|(g, n)| {
+                    format!(
+                        "{k} group {g}: {} pods, not {n}",
+                        have.get(&(k.clone(), g.clone())).copied().unwrap_or(0)
+                    )
+                })
+                .collect::<Vec<_>>()
+        }));
         if short.is_empty() || Instant::now() > deadline {
             return short;
         }
@@ -1062,14 +1079,28 @@ fn every_kuberay_sample_agrees_with_kuberay_and_its_autoscaler() {
     }
 
     // KubeRay makes the pods (RayJob and RayService through a RayCluster of their own).
-    let short = wait_for_pods(&c, &ns_set, Duration::from_secs(240));
+    let parents: BTreeSet<String> = samples
+        .iter()
+        .flat_map(|s| s.stored.iter())
+        .filter(|o| {
+            !o["spec"]["rayClusterSpec"].is_null() || !o["spec"]["rayClusterConfig"].is_null()
+        })
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    let short = wait_for_pods(&c, &ns_set, &parents, Duration::from_secs(240));
     problems.extend(
         short
             .into_iter()
             .map(|s| format!("KubeRay did not make the pods: {s}")),
     );
-    let rcs = ray_clusters(&c, &ns_set);
     let pods = ray_pods(&c, &ns_set);
+    let rcs = ray_clusters(&c, &ns_set);
     eprintln!(
         "{} RayClusters, {} pods after {:?}",
         rcs.len(),
@@ -1265,7 +1296,7 @@ fn every_kuberay_sample_agrees_with_kuberay_and_its_autoscaler() {
             notes.push(format!("{key}: first worker group not scaled (replicas {r}, min {min}, max {max}, hosts {hosts})"));
         }
     }
-    let short = wait_for_pods(&c, &ns_set, Duration::from_secs(180));
+    let short = wait_for_pods(&c, &ns_set, &parents, Duration::from_secs(180));
     problems.extend(
         short
             .into_iter()
@@ -1393,6 +1424,34 @@ fn every_kuberay_sample_agrees_with_kuberay_and_its_autoscaler() {
         problems.len(),
         problems.join("\n")
     );
+    // Passed: quiet the operator for the tests after this one (on a failure everything
+    // stays for a look). Bound pods would wait for a kubelet forever: forced.
+    for ns in &namespaces {
+        c.ok(
+            &[
+                "delete",
+                "rayjobs,rayservices,rayclusters",
+                "--all",
+                "-n",
+                ns,
+                "--wait=false",
+            ],
+            None,
+        );
+        c.ok(
+            &[
+                "delete",
+                "pods",
+                "--all",
+                "-n",
+                ns,
+                "--force",
+                "--grace-period=0",
+                "--wait=false",
+            ],
+            None,
+        );
+    }
 }
 
 #[test]
