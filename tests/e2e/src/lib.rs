@@ -577,3 +577,27 @@ impl Cluster {
         names
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn quantities() {
+        let m = |q: Value| millis(&q);
+        assert_eq!(m(json!("1500m")), Some(1500));
+        assert_eq!(m(json!("2")), Some(2000));
+        assert_eq!(m(json!(2)), Some(2000));
+        assert_eq!(m(json!("0.5")), Some(500));
+        assert_eq!(m(json!("1Gi")), Some((1 << 30) * 1000));
+        assert_eq!(m(json!("8G")), Some(8_000_000_000_000));
+        assert_eq!(m(json!("7812500Ki")), Some(7_812_500 * 1024 * 1000));
+        assert_eq!(m(json!("1e3")), Some(1_000_000));
+        assert_eq!(m(json!("1x")), None);
+        assert_eq!(m(json!(null)), None);
+        assert_eq!(whole(&json!("1500m")), Some(2));
+        assert_eq!(whole(&json!("7900m")), Some(8));
+        assert_eq!(whole(&json!("1")), Some(1));
+    }
+}

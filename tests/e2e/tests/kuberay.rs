@@ -172,17 +172,7 @@ fn pick(obj: &Value, cluster: &Value, group: &Value, head: bool) -> &'static Typ
         .map_or(0, |g| g.ceil() as i128);
     let asked_gpus = ["limits", "requests"]
         .iter()
-        .filter_map(|k| {
-            ray["resources"][k]["nvidia.com/gpu"]
-                .as_str()
-                .map(str::to_string)
-                .or_else(|| {
-                    ray["resources"][k]["nvidia.com/gpu"]
-                        .as_i64()
-                        .map(|n| n.to_string())
-                })
-        })
-        .filter_map(|s| s.parse::<i128>().ok())
+        .filter_map(|k| whole(&ray["resources"][k]["nvidia.com/gpu"]))
         .max()
         .unwrap_or(0);
     let gpus = rsp_gpus.max(asked_gpus);
