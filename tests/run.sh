@@ -29,6 +29,9 @@ command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v curl >/dev/null || missing+=(curl) # tests/cluster: readiness checks and metrics
+# The sidecar's tests trace fsync calls and create a user to run as.
+command -v strace >/dev/null || missing+=(strace)
+command -v useradd >/dev/null || missing+=(passwd)
 if [ ${#missing[@]} -gt 0 ]; then apt_install $(printf '%s\n' "${missing[@]}" | sort -u); fi
 if ! command -v cargo >/dev/null; then
   echo "error: cargo is not on PATH; install the Rust toolchain (rustup) first" >&2
@@ -69,6 +72,7 @@ export AZURITE_BIN="$ROOT/tests/.azurite/node_modules/.bin/azurite-blob"
 export TEST_PYTHON="$VENV/bin/python"
 export ZSTD_BIN="$(command -v zstd)"
 export PROMTOOL_BIN="$(command -v promtool)"
+export STRACE_BIN="$(command -v strace)"
 
 # --- Rust ------------------------------------------------------------------------------
 log "cargo fmt --check"
@@ -108,7 +112,8 @@ rm -f "$WORK/cluster-smoke.log" "$WORK/e2e-test.log"
 set +e
 cluster_status=1
 e2e_status=1
-if tests/cluster/build.sh &&
+# tests/deploy/build.sh: helm, for the deployment tests (tests/e2e/tests/deploy.rs).
+if tests/cluster/build.sh && tests/deploy/build.sh &&
   RAYSHAPE_WEBHOOK_BIN="$ROOT/target/debug/rayshape-webhook" tests/cluster/up.sh "$CLUSTER_DIR"; then
   tests/cluster/smoke.sh "$CLUSTER_DIR" | tee "$WORK/cluster-smoke.log"
   cluster_status=${PIPESTATUS[0]}
@@ -128,8 +133,20 @@ if [ "$e2e_status" -ne 0 ] && [ "${e2e_failed:-0}" -eq 0 ]; then e2e_failed=1; f
 cluster_passed=$((${cluster_passed:-0} + ${e2e_passed:-0}))
 cluster_failed=$((${cluster_failed:-0} + ${e2e_failed:-0}))
 
-total_passed=$((rust_passed + ${py_passed:-0} + ${cluster_passed:-0}))
-total_failed=$((rust_failed + ${py_failed:-1} + ${cluster_failed:-0}))
+# --- Fuzzing, from committed seeds: the sidecar's checkpoint parser and segment reader; the
+# webhook's decisions on arbitrary bytes and generated objects, and its configuration loader.
+log "fuzzing (${FUZZ_SECONDS:-60} s per target)"
+fuzz_passed=0 fuzz_failed=0
+for target in checkpoint segment review object config; do
+  if tests/fuzz.sh "$target" "${FUZZ_SECONDS:-60}"; then
+    fuzz_passed=$((fuzz_passed + 1))
+  else
+    fuzz_failed=$((fuzz_failed + 1))
+  fi
+done
+
+total_passed=$((rust_passed + ${py_passed:-0} + ${cluster_passed:-0} + fuzz_passed))
+total_failed=$((rust_failed + ${py_failed:-1} + ${cluster_failed:-0} + fuzz_failed))
 # A build failure runs no test at all: count it, so the closing line cannot read as green.
 if [ "$rust_status" -ne 0 ] && [ "$rust_failed" -eq 0 ]; then total_failed=$((total_failed + 1)); fi
 echo

@@ -8,6 +8,25 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
+/// The environment variables the sidecar reads, all in one place: those the webhook injects
+/// come from the contract both programs share; the rest are the sidecar's own.
+pub mod env {
+    pub use rayshape_contract::env::{
+        BOOTSTRAP_CA, BOOTSTRAP_URL, LOG_ROOT, METRICS_LISTEN, NODE_NAME, POD_NAME, POD_NAMESPACE,
+        POD_UID, RAY_CLUSTER, SINK_OPTIONS, SINK_URL, TOKEN_FILE,
+    };
+    /// The configuration file (`--config`).
+    pub const CONFIG: &str = "RAYSHAPE_CONFIG";
+    /// The log level (`info` by default).
+    pub const LOG: &str = "RAYSHAPE_LOG";
+    pub const CHECKPOINT: &str = "RAYSHAPE_CHECKPOINT";
+    pub const FLUSH_BYTES: &str = "RAYSHAPE_FLUSH_BYTES";
+    pub const FLUSH_AGE: &str = "RAYSHAPE_FLUSH_AGE";
+    pub const SCAN_INTERVAL: &str = "RAYSHAPE_SCAN_INTERVAL";
+    pub const SHUTDOWN_DEADLINE: &str = "RAYSHAPE_SHUTDOWN_DEADLINE";
+    pub const MAX_OPEN_FILES: &str = "RAYSHAPE_MAX_OPEN_FILES";
+}
+
 /// Everything the shipper needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -15,7 +34,9 @@ pub struct Config {
     pub root: PathBuf,
     /// Where the checkpoint lives; on the shared volume so it survives a sidecar restart.
     pub checkpoint: PathBuf,
-    pub sink: Sink,
+    /// Where segments go; `None` until one is configured (the sidecar then waits, see
+    /// `shipper`).
+    pub sink: Option<Sink>,
     pub pod: Pod,
     /// Flush when this many new bytes (uncompressed) are waiting...
     pub flush_bytes: u64,
@@ -31,6 +52,31 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// zstd level, 1 (fastest) to 19.
     pub zstd_level: i32,
+    /// At most this many log files are held open at once.
+    pub max_open_files: usize,
+    /// Where to prove the pod's identity and get its configuration; `None`: not asked.
+    pub bootstrap: Option<Bootstrap>,
+    /// The key prefix the bootstrap handed out, which then replaces [`Self::pod_prefix`]'s own.
+    pub key_prefix: Option<String>,
+    /// Which settings were set here (file or environment), and so win over the bootstrap's.
+    pub explicit: Explicit,
+}
+
+/// The identity bootstrap's endpoint, the CA its certificate must chain to, and the token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bootstrap {
+    pub url: String,
+    /// PEM certificates.
+    pub ca: String,
+    pub token_file: PathBuf,
+}
+
+/// Settings given locally, which the bootstrap's answer does not override.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Explicit {
+    pub sink: bool,
+    pub flush_bytes: bool,
+    pub flush_age: bool,
 }
 
 /// An object store location and its options.
@@ -51,6 +97,8 @@ pub struct Pod {
     pub uid: String,
     /// The Ray cluster (`ray.io/cluster`), or `none` for pods outside KubeRay.
     pub cluster: String,
+    /// The node the pod runs on, for the log; empty when not known.
+    pub node: String,
 }
 
 #[derive(Debug, Error)]
@@ -80,6 +128,16 @@ struct File {
     shutdown_deadline: Option<String>,
     metrics_listen: Option<String>,
     zstd_level: Option<i32>,
+    max_open_files: Option<usize>,
+    bootstrap: Option<FileBootstrap>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileBootstrap {
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,6 +170,13 @@ struct FileRetry {
     initial: Option<String>,
     max: Option<String>,
 }
+
+/// The default bound on log files held open (`maxOpenFiles`).
+pub const DEFAULT_MAX_OPEN_FILES: usize = 256;
+/// The smallest `maxOpenFiles` accepted.
+pub const MIN_OPEN_FILES: usize = 16;
+/// The largest segment, uncompressed (`flush.maxBytes` may not be larger).
+pub const MAX_FLUSH_BYTES: u64 = 64 << 20;
 
 /// `250ms`, `30s`, `5m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -189,47 +254,37 @@ impl Config {
                 default
             }),
         };
-        let root = var("RAYSHAPE_LOG_ROOT")
+        let root = var(env::LOG_ROOT)
             .map(PathBuf::from)
             .or(file.root)
-            .unwrap_or_else(|| PathBuf::from("/tmp/ray"));
-        let checkpoint = var("RAYSHAPE_CHECKPOINT")
+            .unwrap_or_else(|| PathBuf::from(rayshape_contract::RAY_ROOT));
+        let checkpoint = var(env::CHECKPOINT)
             .map(PathBuf::from)
             .or(file.checkpoint)
             .unwrap_or_else(|| root.join("rayshape").join("checkpoint.json"));
         let fsink = file.sink.unwrap_or_default();
-        let url = var("RAYSHAPE_SINK_URL").or(fsink.url);
+        let url = var(env::SINK_URL).or(fsink.url);
         let mut options = fsink.options;
         // RAYSHAPE_SINK_OPTIONS: comma-separated key=value pairs, on top of the file's.
-        if let Some(extra) = var("RAYSHAPE_SINK_OPTIONS") {
-            for pair in extra.split(',').filter(|p| !p.trim().is_empty()) {
-                match pair.split_once('=') {
-                    Some((k, v)) => {
-                        options.insert(k.trim().to_string(), v.trim().to_string());
-                    }
-                    None => {
-                        problems.push(format!("RAYSHAPE_SINK_OPTIONS: {pair:?} is not key=value"))
-                    }
-                }
+        if let Some(extra) = var(env::SINK_OPTIONS) {
+            match rayshape_contract::options::decode(&extra) {
+                Ok(pairs) => options.extend(pairs),
+                Err(e) => problems.push(format!("{}: {e}", env::SINK_OPTIONS)),
             }
         }
-        let url = match url {
-            Some(u) => u,
-            None => {
-                problems.push("no sink: set sink.url in the config file or RAYSHAPE_SINK_URL (s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///dir)".into());
-                String::new()
-            }
-        };
+        // No sink is not an error: the sidecar waits for one without hurting Ray.
+        let sink = url.map(|url| Sink { url, options });
         let fpod = file.pod.unwrap_or_default();
         let pod = Pod {
-            namespace: var("RAYSHAPE_POD_NAMESPACE")
+            namespace: var(env::POD_NAMESPACE)
                 .or(fpod.namespace)
                 .unwrap_or_else(|| "default".into()),
-            name: var("RAYSHAPE_POD_NAME").or(fpod.name).unwrap_or_default(),
-            uid: var("RAYSHAPE_POD_UID").or(fpod.uid).unwrap_or_default(),
-            cluster: var("RAYSHAPE_RAY_CLUSTER")
+            name: var(env::POD_NAME).or(fpod.name).unwrap_or_default(),
+            uid: var(env::POD_UID).or(fpod.uid).unwrap_or_default(),
+            cluster: var(env::RAY_CLUSTER)
                 .or(fpod.cluster)
                 .unwrap_or_else(|| "none".into()),
+            node: var(env::NODE_NAME).unwrap_or_default(),
         };
         if pod.name.is_empty() || pod.uid.is_empty() {
             problems.push("the pod's name and UID are needed to name its objects: set RAYSHAPE_POD_NAME and RAYSHAPE_POD_UID (the webhook injects them from the downward API) or pod.name and pod.uid".into());
@@ -247,7 +302,41 @@ impl Config {
             }
         }
         let flush = file.flush.unwrap_or_default();
-        let flush_bytes = match var("RAYSHAPE_FLUSH_BYTES").or(flush.max_bytes) {
+        let explicit = Explicit {
+            sink: sink.is_some(),
+            flush_bytes: var(env::FLUSH_BYTES).is_some() || flush.max_bytes.is_some(),
+            flush_age: var(env::FLUSH_AGE).is_some() || flush.max_age.is_some(),
+        };
+        let fboot = file.bootstrap.unwrap_or_default();
+        let bootstrap = match var(env::BOOTSTRAP_URL).or(fboot.url) {
+            None => None,
+            Some(url) => {
+                let ca = match (var(env::BOOTSTRAP_CA), &fboot.ca_file) {
+                    (Some(pem), _) => pem,
+                    (None, Some(f)) => std::fs::read_to_string(f).unwrap_or_else(|e| {
+                        problems.push(format!(
+                            "bootstrap.caFile: cannot read {}: {e}",
+                            f.display()
+                        ));
+                        String::new()
+                    }),
+                    (None, None) => String::new(),
+                };
+                let token_file = var(env::TOKEN_FILE)
+                    .map(PathBuf::from)
+                    .or(fboot.token_file)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(rayshape_contract::TOKEN_DIR)
+                            .join(rayshape_contract::TOKEN_FILE_NAME)
+                    });
+                Some(Bootstrap {
+                    url,
+                    ca,
+                    token_file,
+                })
+            }
+        };
+        let flush_bytes = match var(env::FLUSH_BYTES).or(flush.max_bytes) {
             None => 4 << 20,
             Some(s) => parse_bytes(&s).unwrap_or_else(|| {
                 problems.push(format!(
@@ -259,13 +348,13 @@ impl Config {
         let flush_age = duration(
             &mut problems,
             "flush.maxAge",
-            var("RAYSHAPE_FLUSH_AGE").or(flush.max_age),
+            var(env::FLUSH_AGE).or(flush.max_age),
             Duration::from_secs(30),
         );
         let scan_interval = duration(
             &mut problems,
             "scanInterval",
-            var("RAYSHAPE_SCAN_INTERVAL").or(file.scan_interval),
+            var(env::SCAN_INTERVAL).or(file.scan_interval),
             Duration::from_secs(1),
         );
         let retry = file.retry.unwrap_or_default();
@@ -284,23 +373,39 @@ impl Config {
         let shutdown_deadline = duration(
             &mut problems,
             "shutdownDeadline",
-            var("RAYSHAPE_SHUTDOWN_DEADLINE").or(file.shutdown_deadline),
+            var(env::SHUTDOWN_DEADLINE).or(file.shutdown_deadline),
             Duration::from_secs(20),
         );
-        let listen = var("RAYSHAPE_METRICS_LISTEN")
+        let default_listen =
+            SocketAddr::from(([0, 0, 0, 0], rayshape_contract::SIDECAR_METRICS_PORT));
+        let listen = var(env::METRICS_LISTEN)
             .or(file.metrics_listen)
-            .unwrap_or_else(|| "0.0.0.0:9108".into());
+            .unwrap_or_else(|| default_listen.to_string());
         let metrics_listen = listen.parse().unwrap_or_else(|_| {
             problems.push(format!(
-                "metricsListen: {listen:?} is not an address like 0.0.0.0:9108"
+                "metricsListen: {listen:?} is not an address like {default_listen}"
             ));
-            "0.0.0.0:9108".parse().expect("valid")
+            default_listen
         });
         let zstd_level = file.zstd_level.unwrap_or(3);
         if !(1..=19).contains(&zstd_level) {
             problems.push(format!("zstdLevel: {zstd_level} is outside 1..=19"));
         }
-        if flush_bytes > 64 << 20 {
+        let max_open_files = match var(env::MAX_OPEN_FILES) {
+            Some(s) => s.trim().parse::<usize>().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "maxOpenFiles: {s:?} is not a whole number; expected e.g. 256"
+                ));
+                DEFAULT_MAX_OPEN_FILES
+            }),
+            None => file.max_open_files.unwrap_or(DEFAULT_MAX_OPEN_FILES),
+        };
+        if max_open_files < MIN_OPEN_FILES {
+            problems.push(format!(
+                "maxOpenFiles: {max_open_files} is below {MIN_OPEN_FILES}; the sidecar needs a few descriptors to make progress"
+            ));
+        }
+        if flush_bytes > MAX_FLUSH_BYTES {
             problems.push(format!("flush.maxBytes: {flush_bytes} is over 64Mi; a segment is held in memory while it uploads"));
         }
         if !problems.is_empty() {
@@ -309,7 +414,7 @@ impl Config {
         Ok(Config {
             root,
             checkpoint,
-            sink: Sink { url, options },
+            sink,
             pod,
             flush_bytes,
             flush_age,
@@ -319,15 +424,64 @@ impl Config {
             shutdown_deadline,
             metrics_listen,
             zstd_level,
+            max_open_files,
+            bootstrap,
+            key_prefix: None,
+            explicit,
         })
     }
 
-    /// The key prefix of this pod's objects, below the sink's own prefix.
+    /// The key prefix of this pod's objects, below the sink's own prefix: the one the
+    /// bootstrap handed out, else `namespace/cluster/pod-uid`.
     pub fn pod_prefix(&self) -> String {
-        format!(
-            "{}/{}/{}-{}",
-            self.pod.namespace, self.pod.cluster, self.pod.name, self.pod.uid
-        )
+        match &self.key_prefix {
+            Some(p) => p.clone(),
+            None => format!(
+                "{}/{}/{}-{}",
+                self.pod.namespace, self.pod.cluster, self.pod.name, self.pod.uid
+            ),
+        }
+    }
+
+    /// Fill in what this configuration leaves open from the bootstrap's answer: the sink
+    /// and the batching, unless set here (an explicit local setting wins); the key prefix
+    /// and the pod's identity are the verified ones. Returns what was kept, for the log.
+    pub fn adopt(&mut self, node: &rayshape_contract::bootstrap::NodeConfig) -> Vec<&'static str> {
+        let mut kept = Vec::new();
+        if self.explicit.sink {
+            kept.push("sink");
+        } else if !node.sink.url.is_empty() {
+            self.sink = Some(Sink {
+                url: node.sink.url.clone(),
+                options: node.sink.options.clone(),
+            });
+        }
+        match node.flush.max_bytes {
+            Some(_) if self.explicit.flush_bytes => kept.push("flush.maxBytes"),
+            Some(b) if b > 0 && b <= MAX_FLUSH_BYTES => self.flush_bytes = b,
+            _ => {}
+        }
+        match node.flush.max_age_seconds {
+            Some(_) if self.explicit.flush_age => kept.push("flush.maxAge"),
+            Some(a) if a.is_finite() && a > 0.0 => self.flush_age = Duration::from_secs_f64(a),
+            _ => {}
+        }
+        if !node.key_prefix.is_empty() {
+            self.key_prefix = Some(node.key_prefix.clone());
+        }
+        let id = &node.identity;
+        if !id.pod.is_empty() {
+            self.pod.namespace = id.namespace.clone();
+            self.pod.name = id.pod.clone();
+            self.pod.uid = id.pod_uid.clone();
+            if !id.ray_cluster.is_empty() {
+                self.pod.cluster = id.ray_cluster.clone();
+            }
+            if !id.node.is_empty() {
+                self.pod.node = id.node.clone();
+            }
+        }
+        kept
     }
 }
 
@@ -365,12 +519,13 @@ mod tests {
         assert_eq!(c.pod.cluster, "none");
         assert_eq!(c.flush_bytes, 1 << 20);
         assert_eq!(c.flush_age, Duration::from_secs(5));
-        assert_eq!(c.sink.options.len(), 3);
+        assert_eq!(c.sink.as_ref().map(|s| s.options.len()), Some(3));
         assert_eq!(
             c.checkpoint,
             PathBuf::from("/tmp/ray/rayshape/checkpoint.json")
         );
         assert_eq!(c.pod_prefix(), "default/none/w-1-u1");
+        assert_eq!(c.max_open_files, DEFAULT_MAX_OPEN_FILES);
     }
 
     #[test]
@@ -381,10 +536,36 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("no sink"), "{e}");
         assert!(e.contains("RAYSHAPE_POD_UID"), "{e}");
         assert!(e.contains("flush.maxAge: \"soon\""), "{e}");
         assert!(e.contains("pod.name: \"a/b\""), "{e}");
+    }
+
+    #[test]
+    fn no_sink_is_not_an_error() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("RAYSHAPE_POD_NAME", "w"),
+                ("RAYSHAPE_POD_UID", "u"),
+                ("RAYSHAPE_SINK_URL", ""),
+                ("RAYSHAPE_MAX_OPEN_FILES", "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sink, None);
+        assert_eq!(c.max_open_files, 1000);
+        let e = Config::load(
+            None,
+            &env(&[
+                ("RAYSHAPE_POD_NAME", "w"),
+                ("RAYSHAPE_POD_UID", "u"),
+                ("RAYSHAPE_MAX_OPEN_FILES", "3"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("maxOpenFiles: 3"), "{e}");
     }
 
     #[test]

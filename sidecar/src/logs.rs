@@ -1,6 +1,6 @@
 //! `rayshape-sidecar logs`: what is in a store, and the log files put back together.
 
-use crate::segment;
+use crate::segment::{self, Place, Reassembly};
 use crate::sink::Sink;
 use futures_util::TryStreamExt;
 use object_store::ObjectStoreExt;
@@ -15,25 +15,21 @@ pub enum LogsError {
     #[error("cannot fetch {0}: {1}")]
     Get(String, object_store::Error),
     #[error("segment {0} is not a rayshape segment: {1}")]
-    Segment(String, std::io::Error),
-    #[error(
-        "segment {key} holds bytes {start}..{end} of {stream}, which another segment also holds: the store has a duplicate"
-    )]
-    Overlap {
-        key: String,
-        stream: String,
-        start: u64,
-        end: u64,
-    },
+    Segment(String, segment::SegmentError),
+    #[error(transparent)]
+    Place(#[from] segment::PlaceError),
     #[error("cannot write {0}: {1}")]
     Write(String, std::io::Error),
 }
 
-/// One segment object: `<ns>/<cluster>/<pod>-<uid>/<session>/<sequence>.tar.zst`.
+/// One segment object: `<ns>/<cluster>/<pod>-<uid>/<session>/<epoch>-<sequence>.tar.zst`
+/// (or `<sequence>.tar.zst`, as written before checkpoints had epochs).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SegmentKey {
     pub pod: String,
     pub session: String,
+    /// The writing checkpoint's epoch; empty for keys written before epochs.
+    pub epoch: String,
     pub sequence: u64,
     pub key: String,
 }
@@ -43,11 +39,20 @@ fn parse_key(rel: &str, full: &str) -> Option<SegmentKey> {
     let [ns, cluster, pod, session, file] = parts.as_slice() else {
         return None;
     };
-    let seq = file.strip_suffix(".tar.zst")?.parse().ok()?;
+    let stem = file.strip_suffix(".tar.zst")?;
+    let (epoch, seq) = match stem.split_once('-') {
+        Some((e, n)) if crate::checkpoint::valid_epoch(e) => (e, n),
+        Some(_) => return None,
+        None => ("", stem),
+    };
+    if !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     Some(SegmentKey {
         pod: format!("{ns}/{cluster}/{pod}"),
         session: session.to_string(),
-        sequence: seq,
+        epoch: epoch.to_string(),
+        sequence: seq.parse().ok()?,
         key: full.to_string(),
     })
 }
@@ -87,12 +92,14 @@ pub async fn list(sink: &Sink, pod_prefix: Option<&str>) -> Result<String, LogsE
     Ok(out)
 }
 
-/// Files reassembled, by `<session>/<name>~<id>`, with their sizes.
+/// Files reassembled, by `<session>/<name>~<epoch>.<id>`, with their sizes.
 pub type Written = BTreeMap<String, u64>;
 
 /// Reassemble a pod's files (optionally one session, optionally only streams whose name is
-/// `file`) into `out/<session>/<name>~<id>`. Chunks must not overlap: an overlap would be a
-/// duplicate, and is an error.
+/// `file`) into `out/<session>/<name>~<epoch>.<id>`. Chunks must not overlap: an overlap
+/// would be a duplicate, and is an error. Nothing is written outside `out`: segments with
+/// entries that are links, absolute paths or `..`, or sessions that are not plain names, are
+/// refused (see [`segment::read`]).
 pub async fn get(
     sink: &Sink,
     pod: &str,
@@ -101,7 +108,7 @@ pub async fn get(
     out: &Path,
 ) -> Result<Written, LogsError> {
     let mut written: Written = BTreeMap::new();
-    let mut ranges: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut reassembly = Reassembly::default();
     for seg in segments(sink, Some(pod)).await? {
         if seg.pod != pod.trim_end_matches('/') || session.is_some_and(|s| s != seg.session) {
             continue;
@@ -115,26 +122,12 @@ pub async fn get(
             .bytes()
             .await
             .map_err(|e| LogsError::Get(seg.key.clone(), e))?;
-        for chunk in segment::read(&bytes).map_err(|e| LogsError::Segment(seg.key.clone(), e))? {
-            let name = chunk
-                .stream
-                .rsplit_once('~')
-                .map_or(chunk.stream.as_str(), |(n, _)| n);
-            if file.is_some_and(|f| f != name && f != chunk.stream) {
+        let chunks = segment::read(&bytes).map_err(|e| LogsError::Segment(seg.key.clone(), e))?;
+        let places = reassembly.place(&seg.key, &seg.session, &chunks, file)?;
+        for (chunk, place) in chunks.iter().zip(places) {
+            let Some(Place { rel, start, end }) = place else {
                 continue;
-            }
-            let rel = format!("{}/{}", seg.session, chunk.stream);
-            let (start, end) = (chunk.offset, chunk.offset + chunk.data.len() as u64);
-            let r = ranges.entry(rel.clone()).or_default();
-            if start < end && r.iter().any(|(s, e)| start < *e && *s < end) {
-                return Err(LogsError::Overlap {
-                    key: seg.key.clone(),
-                    stream: rel,
-                    start,
-                    end,
-                });
-            }
-            r.push((start, end));
+            };
             let target: PathBuf = out.join(&rel);
             if let Some(dir) = target.parent() {
                 std::fs::create_dir_all(dir)

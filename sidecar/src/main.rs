@@ -1,12 +1,11 @@
 //! `rayshape-sidecar`: `run` ships Ray's logs; `logs` reads them back from the store.
 
 use clap::{Parser, Subcommand};
-use object_store::{ObjectStoreExt, PutPayload};
-use rayshape_sidecar::config::{Config, Sink as SinkConfig};
+use rayshape_sidecar::config::{Config, Sink as SinkConfig, env};
 use rayshape_sidecar::logs;
 use rayshape_sidecar::metrics::Metrics;
-use rayshape_sidecar::shipper::Shipper;
-use rayshape_sidecar::sink::{self, Sink};
+use rayshape_sidecar::shipper::{ShipError, Shipper};
+use rayshape_sidecar::sink::{Sink, SinkError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -26,11 +25,14 @@ struct Cli {
 enum Command {
     /// Ship the Ray node's logs until SIGTERM, then flush and exit.
     ///
-    /// Configuration: the file (--config), then RAYSHAPE_* environment variables. Exit
-    /// status: 0 after a complete final flush, 1 if the shutdown deadline left data unshipped,
-    /// 2 if the configuration or the sink is wrong.
+    /// Configuration: the file (--config), then RAYSHAPE_* environment variables. A sink
+    /// that is missing, unreachable or refuses our credentials does not stop it: it stays
+    /// up, says why in the rayshape_sidecar_state metric, and retries. Exit status: 0 after
+    /// a complete final flush (or a stop without a sink), 1 if the shutdown deadline left
+    /// data unshipped, 2 if the configuration cannot be parsed or the metrics address
+    /// cannot be listened on, 3 on an internal error (a bug).
     Run {
-        #[arg(long, env = "RAYSHAPE_CONFIG")]
+        #[arg(long, env = env::CONFIG)]
         config: Option<PathBuf>,
     },
     /// Read shipped logs back from a store, also for pods that no longer exist.
@@ -43,7 +45,7 @@ enum Command {
 #[derive(clap::Args)]
 struct SinkArgs {
     /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///dir.
-    #[arg(long, env = "RAYSHAPE_SINK_URL")]
+    #[arg(long, env = env::SINK_URL)]
     sink: String,
     /// A backend option, KEY=VALUE (aws_endpoint, aws_region, aws_allow_http, ...); repeatable.
     #[arg(short = 'o', long = "option", value_parser = parse_kv)]
@@ -85,10 +87,16 @@ enum LogsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    rayshape_telemetry::init_logging("RAYSHAPE_LOG");
+    rayshape_telemetry::init_logging(env::LOG);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One thread serves metrics and talks to the store; file work (scans, compression,
+    // checkpoint writes) goes to one blocking thread at a time, which it never needs more
+    // of: a thread per task would give each its own malloc arena, and with ten thousand
+    // files followed that doubles the resident memory.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(3600))
         .build()
     {
         Ok(r) => r,
@@ -151,26 +159,94 @@ async fn logs_command(cmd: LogsCommand) -> ExitCode {
     }
 }
 
+/// Ask for the pod's configuration until the webhook verifies it or a stop comes (`None`).
+/// Failures are retried with backoff and jitter; each new outcome is logged once.
+async fn bootstrap(
+    b: &rayshape_sidecar::config::Bootstrap,
+    metrics: &Metrics,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<rayshape_contract::bootstrap::NodeConfig> {
+    use rayshape_sidecar::bootstrap::{Client, Outcome};
+    use std::time::Duration;
+    metrics.set_bootstrap_state("pending");
+    let mut backoff = Duration::from_secs(1);
+    let mut last: Option<String> = None;
+    let client = Client::new(&b.url, &b.ca, b.token_file.clone());
+    loop {
+        let (state, reason, wait) = match &client {
+            // A setup problem is the configuration's: said, and looked at again later.
+            Err(e) => ("unavailable", e.to_string(), Duration::from_secs(60)),
+            Ok(c) => match c.attempt().await {
+                Outcome::Verified(node) => {
+                    metrics
+                        .bootstrap_attempts
+                        .with_label_values(&["verified"])
+                        .inc();
+                    metrics.set_bootstrap_state("verified");
+                    return Some(*node);
+                }
+                Outcome::Refused { status, reason } => {
+                    metrics
+                        .bootstrap_attempts
+                        .with_label_values(&["refused"])
+                        .inc();
+                    (
+                        "refused",
+                        format!("HTTP {status}: {reason}"),
+                        backoff.max(Duration::from_secs(10)),
+                    )
+                }
+                Outcome::Unavailable {
+                    reason,
+                    retry_after,
+                } => {
+                    metrics
+                        .bootstrap_attempts
+                        .with_label_values(&["unavailable"])
+                        .inc();
+                    (
+                        "unavailable",
+                        reason,
+                        retry_after.unwrap_or(backoff).max(backoff),
+                    )
+                }
+            },
+        };
+        metrics.set_bootstrap_state(state);
+        if last.as_deref() != Some(reason.as_str()) {
+            if state == "refused" {
+                tracing::error!(reason = %reason, url = %b.url, "bootstrap refused; retrying (Ray's logs stay on disk)");
+            } else {
+                tracing::warn!(reason = %reason, url = %b.url, "bootstrap not possible yet; retrying (Ray's logs stay on disk)");
+            }
+            last = Some(reason);
+        }
+        let wait = rayshape_sidecar::random::jitter(wait);
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return None;
+        }
+    }
+}
+
 async fn run(config: Option<PathBuf>) -> ExitCode {
     // First of all, so that a SIGTERM during start-up is a stop request, not a kill.
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(error = %e, "cannot handle SIGTERM");
-            return ExitCode::from(2);
+            return ExitCode::from(3);
         }
     };
-    let cfg = match Config::load(config.as_deref(), &|k| std::env::var(k).ok()) {
+    let getenv = |k: &str| std::env::var(k).ok();
+    let mut cfg = match Config::load(config.as_deref(), &getenv) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "configuration refused");
-            return ExitCode::from(2);
-        }
-    };
-    let sink = match Sink::open(&cfg.sink) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "sink refused");
             return ExitCode::from(2);
         }
     };
@@ -182,34 +258,7 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shipper = match Shipper::new(cfg.clone(), sink, metrics.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(2);
-        }
-    };
-    // Prove we may write: wrong credentials or a missing bucket are a configuration error,
-    // not an outage to wait out. The probe runs beside the shipper, which starts following
-    // files at once: a store that is down must not leave rotations unwatched.
-    let probe_sink = shipper.sink();
-    let probe_path = probe_sink.path(&format!("{}/.rayshape-probe", cfg.pod_prefix()));
-    let probe = async move {
-        match probe_sink
-            .store
-            .put(&probe_path, PutPayload::from_static(b""))
-            .await
-        {
-            Ok(_) => std::future::pending::<String>().await,
-            Err(e) if sink::is_config_error(&e) => format!("{} ({e})", probe_sink.url),
-            Err(e) => {
-                tracing::warn!(sink = %probe_sink.url, error = %e, "the store is not reachable yet; shipping will retry");
-                std::future::pending::<String>().await
-            }
-        }
-    };
-    tracing::info!(root = %cfg.root.display(), sink = %cfg.sink.url, prefix = %cfg.pod_prefix(), "shipping");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // The metrics stay up through the final flush: the process exits right after it.
     let (_metrics_stop, metrics_stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(rayshape_telemetry::serve_metrics(
@@ -224,23 +273,64 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
         }
         tracing::info!("stop requested");
         let _ = stop_tx.send(true);
+        // Keep the sender: a dropped one would read as a stop forever.
+        std::future::pending::<()>().await;
     });
-    let result = tokio::select! {
-        r = shipper.run(stop_rx) => r,
-        refused = probe => {
-            tracing::error!(sink = %refused, "the store refuses writes: check the sink URL, bucket and credentials");
+    // Nothing is shipped before the pod's identity is verified: until then Ray's logs wait
+    // on disk, and the metrics say why.
+    match cfg.bootstrap.clone() {
+        None => metrics.set_bootstrap_state("not_configured"),
+        Some(b) => match bootstrap(&b, &metrics, &mut stop_rx).await {
+            Some(node) => {
+                let kept = cfg.adopt(&node);
+                tracing::info!(prefix = %cfg.pod_prefix(), node = %cfg.pod.node, sink = cfg.sink.as_ref().map_or("(none)", |s| s.url.as_str()), "identity verified; configuration received");
+                if !kept.is_empty() {
+                    tracing::info!(kept = %kept.join(", "), "settings given here win over the bootstrap's");
+                }
+            }
+            None => {
+                tracing::info!("stopped before the identity was verified: nothing was shipped");
+                return ExitCode::SUCCESS;
+            }
+        },
+    }
+    // A sink that cannot be parsed is a configuration error; one that cannot be reached,
+    // or has no sink at all, is waited out (the shipper says why in its state metric).
+    let sink = match cfg.sink.as_ref().map(Sink::open) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e @ SinkError::Dir { .. })) => {
+            tracing::warn!(error = %e, "the sink cannot be used yet; trying again");
+            None
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "sink refused");
             return ExitCode::from(2);
         }
     };
-    match result {
+    // Without a sink, the configuration file is read again now and then: one may come.
+    let source: rayshape_sidecar::shipper::SinkSource = Box::new(move || {
+        Config::load(config.as_deref(), &|k| std::env::var(k).ok())
+            .map(|c| c.sink)
+            .map_err(|e| e.to_string())
+    });
+    tracing::info!(
+        root = %cfg.root.display(),
+        sink = cfg.sink.as_ref().map_or("(none)", |s| s.url.as_str()),
+        prefix = %cfg.pod_prefix(),
+        max_open_files = cfg.max_open_files,
+        "starting"
+    );
+    let shipper = Shipper::new(cfg, sink, Some(source), metrics.clone());
+    match shipper.run(stop_rx).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ rayshape_sidecar::shipper::ShipError::Deadline(_)) => {
+        Err(e @ ShipError::Deadline(_)) => {
             tracing::error!(error = %e, "stopped before everything was shipped");
             ExitCode::from(1)
         }
         Err(e) => {
             tracing::error!(error = %e, "stopped");
-            ExitCode::from(2)
+            ExitCode::from(3)
         }
     }
 }

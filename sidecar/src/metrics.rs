@@ -1,6 +1,9 @@
 //! The sidecar's Prometheus metrics.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use std::sync::Arc;
 
 pub struct Metrics {
@@ -19,7 +22,30 @@ pub struct Metrics {
     /// All-time, carried across restarts in the checkpoint.
     pub lost_bytes: IntCounter,
     pub unreadable_files: IntCounter,
+    /// 1 for the sidecar's current state, 0 for the others (see [`crate::shipper::State`]).
+    pub state: IntGaugeVec,
+    /// Checkpoints moved aside instead of adopted, by reason.
+    pub checkpoints_set_aside: IntCounterVec,
+    /// Log files held open.
+    pub open_files: IntGauge,
+    /// Files closed while their session was current and removed before they were looked
+    /// at again (see [`crate::tracker`]).
+    pub closed_files_removed: IntCounter,
+    /// 1 for the identity bootstrap's state, 0 for the others (see [`BOOTSTRAP_STATES`]).
+    pub bootstrap_state: IntGaugeVec,
+    /// Bootstrap attempts, by outcome (verified, refused, unavailable).
+    pub bootstrap_attempts: IntCounterVec,
 }
+
+/// The states of the identity bootstrap: not asked (no bootstrap URL), waiting for the
+/// first answer, verified, refused by the webhook, the webhook unreachable or in trouble.
+pub const BOOTSTRAP_STATES: [&str; 5] = [
+    "not_configured",
+    "pending",
+    "verified",
+    "refused",
+    "unavailable",
+];
 
 const PREFIX: &str = "rayshape_sidecar_";
 
@@ -54,7 +80,61 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(oldest.clone())).expect("unique metric");
+        let state = IntGaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}state"),
+                "1 for what the sidecar is doing now, 0 for the other states: shipping, starting, no_sink, checkpoint_error, unauthorized, sink_not_found, store_unreachable.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(state.clone())).expect("unique metric");
+        for s in crate::shipper::State::ALL {
+            state.with_label_values(&[s.label()]).set(0);
+        }
+        let checkpoints_set_aside = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}checkpoints_set_aside_total"),
+                "Checkpoints moved aside instead of adopted: corrupt, old_version, other_pod, other_sink.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(checkpoints_set_aside.clone()))
+            .expect("unique metric");
+        let bootstrap_state = IntGaugeVec::new(
+            Opts::new(
+                format!("{PREFIX}bootstrap_state"),
+                "1 for the identity bootstrap's state, 0 for the others: not_configured, pending, verified, refused, unavailable.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(bootstrap_state.clone()))
+            .expect("unique metric");
+        for s in BOOTSTRAP_STATES {
+            bootstrap_state.with_label_values(&[s]).set(0);
+        }
+        let bootstrap_attempts = IntCounterVec::new(
+            Opts::new(
+                format!("{PREFIX}bootstrap_attempts_total"),
+                "Identity bootstrap attempts, by outcome: verified, refused, unavailable.",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(bootstrap_attempts.clone()))
+            .expect("unique metric");
         Metrics {
+            bootstrap_state,
+            bootstrap_attempts,
+            state,
+            checkpoints_set_aside,
+            open_files: int_gauge("open_files", "Log files held open."),
+            closed_files_removed: counter(
+                "closed_files_removed_total",
+                "Log files closed while quiet (to stay under maxOpenFiles) and removed before they were looked at again: bytes written to them in between could be neither shipped nor counted.",
+            ),
             bytes_read: counter(
                 "bytes_read_total",
                 "Log bytes read from files into segments.",
@@ -95,5 +175,16 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Show the bootstrap's state (one of [`BOOTSTRAP_STATES`]).
+    pub fn set_bootstrap_state(&self, now: &str) {
+        for s in BOOTSTRAP_STATES {
+            self.bootstrap_state
+                .with_label_values(&[s])
+                .set(i64::from(s == now));
+        }
     }
 }

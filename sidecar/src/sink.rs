@@ -164,20 +164,46 @@ impl Sink {
     }
 }
 
-/// `<pod prefix>/<session>/<sequence>.tar.zst`: deterministic, so an upload that is
-/// retried overwrites itself instead of adding a duplicate.
-pub fn segment_key(pod_prefix: &str, session: &str, sequence: u64) -> String {
-    format!("{pod_prefix}/{session}/{sequence:012}.tar.zst")
+/// `<pod prefix>/<session>/<epoch>-<sequence>.tar.zst`. The epoch is the checkpoint's
+/// (random, 16 hex digits) and a sequence number is used by one plan only, so a key never
+/// names two different byte strings: a retried upload writes the same bytes to it, and a
+/// lost or replaced checkpoint writes under another epoch.
+pub fn segment_key(pod_prefix: &str, session: &str, epoch: &str, sequence: u64) -> String {
+    format!("{pod_prefix}/{session}/{epoch}-{sequence:012}.tar.zst")
 }
 
-/// Whether an error means the sink is misconfigured (no retry will help), rather than down.
-pub fn is_config_error(e: &object_store::Error) -> bool {
-    matches!(
-        e,
+/// What a checkpoint records of its sink: the URL and the options that say where it is
+/// (endpoints, account names), never credentials. Another sink's checkpoint is not adopted.
+pub fn identity(cfg: &SinkConfig) -> String {
+    let mut id = cfg.url.trim_end_matches('/').to_string();
+    for (k, v) in &cfg.options {
+        let k = k.to_ascii_lowercase();
+        if k.contains("endpoint") || k.ends_with("account_name") || k.ends_with("_url") {
+            id.push_str(&format!(" {k}={v}"));
+        }
+    }
+    id
+}
+
+/// Why the store did not take a request, as the sidecar's state says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 401/403: credentials or permissions. Retried: they may be fixed (or rotated) later.
+    Unauthorized,
+    /// The bucket or container does not exist.
+    NotFound,
+    /// Anything else: network, timeouts, 5xx, ...
+    Unreachable,
+}
+
+/// Sort a store error by what would fix it.
+pub fn classify(e: &object_store::Error) -> Refusal {
+    match e {
         object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. }
-            | object_store::Error::NotFound { .. }
-    )
+        | object_store::Error::Unauthenticated { .. } => Refusal::Unauthorized,
+        object_store::Error::NotFound { .. } => Refusal::NotFound,
+        _ => Refusal::Unreachable,
+    }
 }
 
 #[cfg(test)]
@@ -221,8 +247,18 @@ mod tests {
             Err(SinkError::Url(_))
         ));
         assert_eq!(
-            segment_key("ns/c/p-u", "session_1", 7),
-            "ns/c/p-u/session_1/000000000007.tar.zst"
+            segment_key("ns/c/p-u", "session_1", "00000000000000ff", 7),
+            "ns/c/p-u/session_1/00000000000000ff-000000000007.tar.zst"
         );
+        let with_secret = cfg(
+            "s3://logs/ray/",
+            &[
+                ("aws_endpoint", "http://127.0.0.1:9"),
+                ("aws_secret_access_key", "hunter2"),
+            ],
+        );
+        let id = identity(&with_secret);
+        assert_eq!(id, "s3://logs/ray aws_endpoint=http://127.0.0.1:9");
+        assert_ne!(id, identity(&cfg("s3://logs/other", &[])));
     }
 }

@@ -1,27 +1,59 @@
 //! Finding Ray's log files and following each one by identity.
 //!
 //! Every file under `<root>/session_*/logs/` (sub-directories too; `session_latest` is a
-//! symlink and is skipped) is opened when first seen and followed through its descriptor
-//! by (device, inode). A rename (Ray rotates `raylet.out` → `raylet.out.1`) changes nothing,
-//! and a file deleted while we still hold it open is read to its end before it is let go.
-//! After a restart the checkpoint's files are matched by (device, inode) and their first
-//! bytes, so a reused inode is not mistaken for the file it replaced.
+//! symlink and is skipped) is followed by (device, inode), not by name: a rename (Ray
+//! rotates `raylet.out` → `raylet.out.1`) changes nothing, and a file deleted while we hold
+//! it open is read to its end before it is let go. After a restart the checkpoint's files
+//! are matched by (device, inode), birth time and first bytes, so a reused inode is not
+//! mistaken for the file it replaced.
+//!
+//! A long-lived node has thousands of files, most of them quiet, so a scan does little:
+//! - a directory is listed only when its change time moved (or it changed just before it
+//!   was last listed, or a minute has passed: a safety net for filesystems with coarse or
+//!   unreliable times), and listed files are looked up in an index by inode;
+//! - a file whose size did not change is looked at less and less often: every scan at
+//!   first, then at doubling intervals up to [`QUIET_MAX`]. A file renamed (rotated) is
+//!   looked at at once;
+//! - at most `max_open` log files are open at any moment: `max_open - 1` held, and one
+//!   to look at a file (a new one, or one to check) and close again. A file is opened when
+//!   it has bytes to read;
+//!   files of finished sessions are closed once read to their end, and when the cap is
+//!   reached, the file read to its end that changed least recently is closed. A closed file
+//!   is followed through its path and inode, and opened again (after checking it is the
+//!   same file) when it grows. The risk of closing: bytes appended to a closed file that is
+//!   then removed before it is looked at again (within [`QUIET_MAX`]) are neither shipped
+//!   nor counted as lost, since nothing knows they were there. Rotation does not remove a
+//!   file so fast (Ray renames first, and a rename is looked at at once), so this takes a
+//!   writer that deletes its own log; such removals of files closed while their session was
+//!   current are counted in `ScanReport::closed_removed`.
 
-use crate::checkpoint::{Checkpoint, FileState};
+use crate::checkpoint::{self, Checkpoint, FileState, HEAD};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-/// How many first bytes identify a file across restarts.
-const HEAD: usize = 64;
+/// A quiet file is looked at at least this often.
+pub const QUIET_MAX: Duration = Duration::from_secs(30);
+/// Every directory is listed at least this often, whatever its change time says.
+const FULL_LIST: Duration = Duration::from_secs(60);
+/// A directory that changed this shortly before it was listed is listed again: a change in
+/// the same tick of the filesystem's clock would not move its change time.
+const RECENT: Duration = Duration::from_secs(2);
+/// A closed file missing from this many listings in a row is gone. One miss is not enough:
+/// a listing that races a rename can skip a file.
+const GONE_AFTER: u8 = 3;
+/// Sub-directories of `logs/` deeper than this are not followed.
+const MAX_DEPTH: usize = 8;
 
-/// The open descriptor of a followed file.
-pub struct Open {
-    pub file: File,
-    /// When bytes first waited unshipped, for the age bound.
-    pub waiting_since: Option<Instant>,
+/// How the tracker paces itself.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub scan_interval: Duration,
+    /// Log files open at most (one of them only ever briefly).
+    pub max_open: usize,
 }
 
 /// What a scan found that the caller must account for.
@@ -29,39 +61,130 @@ pub struct Open {
 pub struct ScanReport {
     /// Bytes that can no longer be read: the file went (or was truncated) before we read them.
     pub lost: u64,
-    /// Files that exist but cannot be opened (logged once each).
+    /// Files that exist but cannot be opened (each reported once).
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Files closed while their session was current, then removed before they were looked
+    /// at again: bytes written to them in between, if any, are unknown.
+    pub closed_removed: u64,
     /// The checkpoint changed (new files, sizes, losses) and should be saved.
     pub changed: bool,
 }
 
-/// A file not seen in this many scans in a row, and not held open, is gone. One miss is not
-/// enough: a directory listing that races a rename can skip a file.
-const GONE_AFTER: u32 = 3;
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
 
-#[derive(Default)]
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// A directory that holds (or may hold) log files.
+struct Dir {
+    path: PathBuf,
+    session: Arc<str>,
+    /// Its path under the session's `logs/` ("" for `logs/` itself).
+    rel: String,
+    depth: usize,
+    stamp: Option<Stamp>,
+    /// When it was last listed, by the wall clock (compared with its change time).
+    listed: Option<SystemTime>,
+    /// The scan that last listed it (or found it gone).
+    visited: u32,
+    dirty: bool,
+}
+
+/// What the tracker knows of a followed file beyond the checkpoint. Kept small: there is
+/// one per file, and a node may have ten thousand (rare facts live in side tables).
+struct Entry {
+    file: Option<Arc<File>>,
+    /// When bytes first waited unshipped, for the age bound (a [`Tracker::tick`]; 0: none).
+    waiting_since: u32,
+    /// Times as ticks of 100 ms from the tracker's start: an `Instant` is four times the
+    /// size, times three fields, times ten thousand files.
+    next_check: u32,
+    last_change: u32,
+    /// Index in `Tracker::dirs`.
+    dir: Option<u32>,
+    /// The scan whose listing of `dir` last found it.
+    seen: u32,
+    misses: u8,
+    quiet: u8,
+    /// Identity confirmed in this run (files from a checkpoint start unconfirmed).
+    verified: bool,
+    /// Closed while its session was current (its writer might append again).
+    closed_quiet: bool,
+}
+
+impl Entry {
+    fn new(now: u32, verified: bool) -> Entry {
+        Entry {
+            file: None,
+            waiting_since: 0,
+            next_check: now,
+            last_change: now,
+            dir: None,
+            seen: 0,
+            misses: 0,
+            quiet: 0,
+            verified,
+            closed_quiet: false,
+        }
+    }
+}
+
+struct Failed {
+    dir: usize,
+    name: String,
+    next: Instant,
+    backoff: Duration,
+}
+
 pub struct Tracker {
     root: PathBuf,
-    pub open: HashMap<u64, Open>,
-    failed: HashSet<PathBuf>,
-    /// Consecutive scans that did not find a file we do not hold open.
-    missed: HashMap<u64, u32>,
+    settings: Settings,
+    entries: HashMap<u64, Entry>,
+    by_inode: HashMap<(u64, u64), u64>,
+    /// A file's name in its directory, when that is not the one it was first seen with.
+    renamed: HashMap<u64, Box<str>>,
+    /// The listing's key (the directory's device, the entry's inode) of a file, where it
+    /// differs from the file's own (overlay filesystems).
+    aliases: HashMap<u64, (u64, u64)>,
+    dirs: Vec<Dir>,
+    dir_paths: HashSet<PathBuf>,
+    root_stamp: Option<Stamp>,
+    root_listed: Option<SystemTime>,
+    /// The newest session: its files may still be written.
+    latest: Option<String>,
+    failed: HashMap<PathBuf, Failed>,
+    scans: u32,
+    /// The origin of ticks.
+    start: Instant,
+    last_full: Option<Instant>,
+    open: usize,
 }
 
 /// Birth time, where the filesystem records it.
-fn born(m: &std::fs::Metadata) -> Option<u128> {
-    m.created()
+fn born(m: &std::fs::Metadata) -> Option<u64> {
+    let d = m
+        .created()
         .ok()?
         .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_nanos())
+        .ok()?;
+    u64::try_from(d.as_nanos()).ok()
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn head_of(f: &File, len: usize) -> std::io::Result<Vec<u8>> {
+fn read_head(f: &File, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut n = 0;
     while n < len {
@@ -75,269 +198,1025 @@ fn head_of(f: &File, len: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// A regular file under a session's `logs/`.
-struct Found {
-    session: String,
-    name: String,
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
+/// When a file unchanged for `quiet` looks is looked at next: doubling, up to [`QUIET_MAX`].
+fn backoff(scan_interval: Duration, quiet: u32) -> Duration {
+    scan_interval
+        .saturating_mul(1 << quiet.min(16))
+        .min(QUIET_MAX)
+}
+
+/// `t` plus `d`, in ticks of 100 ms, rounded up.
+fn tick_after(t: u32, d: Duration) -> u32 {
+    let n = u32::try_from(d.as_millis().div_ceil(100)).unwrap_or(u32::MAX);
+    t.saturating_add(n)
+}
+
+fn basename(name: &str) -> &str {
+    name.rsplit_once('/').map_or(name, |(_, b)| b)
+}
+
+fn same_birth(a: Option<u64>, b: Option<u64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// Whether `file` is the one `st` describes: same inode, birth time and first bytes.
+fn is_same(st: &FileState, file: &File, m: &std::fs::Metadata) -> bool {
+    (m.dev(), m.ino()) == (st.dev, st.ino)
+        && same_birth(st.born, born(m))
+        && read_head(file, st.head_len as usize).is_ok_and(|h| {
+            h.len() == st.head_len as usize && checkpoint::head_hash(&h) == st.head_hash
+        })
 }
 
 impl Tracker {
-    pub fn new(root: &Path) -> Tracker {
-        Tracker {
+    /// A tracker for `root`, knowing the checkpoint's files (to be found again).
+    pub fn new(root: &Path, settings: Settings, ck: &Checkpoint) -> Tracker {
+        let now = Instant::now();
+        let mut t = Tracker {
             root: root.to_path_buf(),
-            ..Default::default()
+            settings,
+            entries: HashMap::with_capacity(ck.files.len()),
+            by_inode: HashMap::with_capacity(ck.files.len()),
+            renamed: HashMap::new(),
+            aliases: HashMap::new(),
+            dirs: Vec::new(),
+            dir_paths: HashSet::new(),
+            root_stamp: None,
+            root_listed: None,
+            latest: None,
+            failed: HashMap::new(),
+            scans: 0,
+            start: now,
+            last_full: None,
+            open: 0,
+        };
+        for (id, f) in &ck.files {
+            t.entries.insert(*id, Entry::new(1, false));
+            t.by_inode.insert((f.dev, f.ino), *id);
+        }
+        t
+    }
+
+    /// `t` in 100 ms ticks from the start, from 1 (0 means "never" where a tick is
+    /// optional); rounded up, so that nothing is due before its time.
+    fn tick(&self, t: Instant) -> u32 {
+        let ms = t.saturating_duration_since(self.start).as_millis();
+        u32::try_from(ms.div_ceil(100) + 1).unwrap_or(u32::MAX)
+    }
+
+    /// Files held open at most: one descriptor of the cap is kept for looking at files.
+    fn held_max(&self) -> usize {
+        self.settings.max_open.saturating_sub(1).max(1)
+    }
+
+    /// The open descriptor of a followed file.
+    pub fn file(&self, id: u64) -> Option<Arc<File>> {
+        self.entries.get(&id)?.file.clone()
+    }
+
+    pub fn is_open(&self, id: u64) -> bool {
+        self.entries.get(&id).is_some_and(|e| e.file.is_some())
+    }
+
+    /// Log files held open.
+    pub fn open_files(&self) -> usize {
+        self.open
+    }
+
+    /// When the oldest byte still waiting was first seen.
+    pub fn oldest_waiting(&self) -> Option<Instant> {
+        let t = self
+            .entries
+            .values()
+            .map(|e| e.waiting_since)
+            .filter(|t| *t > 0)
+            .min()?;
+        Some(self.start + Duration::from_millis(u64::from(t - 1) * 100))
+    }
+
+    /// Everything of `id` seen so far is in the store.
+    pub fn caught_up(&mut self, id: u64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.waiting_since = 0;
         }
     }
 
-    fn walk(&self) -> Vec<Found> {
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return out;
-        };
-        let mut sessions: Vec<_> = entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("session_"))
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .collect();
-        sessions.sort_by_key(|e| e.file_name());
-        for s in sessions {
-            let session = s.file_name().to_string_lossy().into_owned();
-            let logs = s.path().join("logs");
-            let mut stack = vec![(logs.clone(), 0usize)];
-            while let Some((dir, depth)) = stack.pop() {
-                let Ok(rd) = std::fs::read_dir(&dir) else {
-                    continue;
-                };
-                for e in rd.flatten() {
-                    let Ok(t) = e.file_type() else { continue };
-                    let path = e.path();
-                    if t.is_dir() && depth < 8 {
-                        stack.push((path, depth + 1));
-                    } else if t.is_file()
-                        && let Ok(m) = e.metadata()
-                    {
-                        let name = path
-                            .strip_prefix(&logs)
-                            .unwrap_or(&path)
-                            .to_string_lossy()
-                            .into_owned();
-                        out.push(Found {
-                            session: session.clone(),
-                            name,
-                            path,
-                            dev: m.dev(),
-                            ino: m.ino(),
-                        });
-                    }
-                }
+    /// Find new files, refresh sizes, account for files that went away, and open or close
+    /// descriptors. Files in the checkpoint's pending plan are left as they are until the
+    /// plan is done. `thorough` lists every directory and looks at every file, however
+    /// quiet (for the final flush).
+    pub fn scan(&mut self, ck: &mut Checkpoint, now: Instant, thorough: bool) -> ScanReport {
+        let mut r = ScanReport::default();
+        self.scans = self.scans.wrapping_add(1);
+        let wall = SystemTime::now();
+        let full = thorough
+            || self
+                .last_full
+                .is_none_or(|t| now.duration_since(t) >= FULL_LIST);
+        if full {
+            self.last_full = Some(now);
+        }
+        if thorough {
+            let t = self.tick(now);
+            for e in self.entries.values_mut() {
+                e.next_check = e.next_check.min(t);
             }
         }
-        out
-    }
-
-    /// Find new files, refresh sizes, and account for files that went away. Files in the
-    /// checkpoint's pending plan are left as they are until the plan is done.
-    pub fn scan(&mut self, ck: &mut Checkpoint) -> ScanReport {
-        let mut report = ScanReport::default();
-        let found = self.walk();
         let pending: HashSet<u64> = ck
             .pending
             .iter()
             .flat_map(|p| p.chunks.iter().map(|c| c.id))
             .collect();
-        let mut seen_ids = HashSet::new();
-        for mut f in found {
-            let index = |ck: &Checkpoint, dev: u64, ino: u64| {
-                ck.files.iter().position(|s| s.dev == dev && s.ino == ino)
+        self.list_root(wall, full);
+        let mut i = 0;
+        // Listing a directory may add sub-directories, listed in the same scan.
+        while i < self.dirs.len() {
+            self.visit_dir(i, ck, &pending, wall, full, now, &mut r);
+            i += 1;
+        }
+        self.retry_failed(ck, &pending, now, &mut r);
+        self.check_files(ck, &pending, now, &mut r);
+        self.count_misses(ck, &pending, &mut r);
+        self.manage_descriptors(ck, &pending, now, &mut r);
+        r
+    }
+
+    fn recent(listed: Option<SystemTime>, m: &std::fs::Metadata) -> bool {
+        match (listed, m.modified()) {
+            (Some(l), Ok(t)) => l.duration_since(t).is_ok_and(|d| d < RECENT) || t > l,
+            _ => true,
+        }
+    }
+
+    fn list_root(&mut self, wall: SystemTime, full: bool) {
+        let Ok(m) = std::fs::metadata(&self.root) else {
+            return;
+        };
+        let stamp = Stamp::of(&m);
+        if !full && self.root_stamp == Some(stamp) && !Self::recent(self.root_listed, &m) {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        self.root_stamp = Some(stamp);
+        self.root_listed = Some(wall);
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(session) = name.to_str() else {
+                continue;
             };
-            if let Some(i) = index(ck, f.dev, f.ino)
-                && self.open.contains_key(&ck.files[i].id)
+            if !session.starts_with("session_")
+                || !checkpoint::valid_session(session)
+                || !e.file_type().is_ok_and(|t| t.is_dir())
             {
-                seen_ids.insert(ck.files[i].id);
                 continue;
             }
-            let file = match File::open(&f.path) {
-                Ok(file) => file,
-                Err(e) => {
-                    self.unreadable(f.path, e, &mut report);
-                    continue;
-                }
-            };
-            // The path may name another file by now (a rotation between the directory walk
-            // and the open): the descriptor's identity is the one that counts.
-            let birth = match file.metadata() {
-                Ok(m) => {
-                    (f.dev, f.ino) = (m.dev(), m.ino());
-                    born(&m)
-                }
-                Err(e) => {
-                    self.unreadable(f.path, e, &mut report);
-                    continue;
-                }
-            };
-            let Some(i) = index(ck, f.dev, f.ino) else {
-                let id = self.track(ck, f, file, &mut report);
-                seen_ids.insert(id);
-                continue;
-            };
-            let id = ck.files[i].id;
-            seen_ids.insert(id);
-            if self.open.contains_key(&id) {
-                continue;
+            if self.latest.as_deref().is_none_or(|l| session > l) {
+                self.latest = Some(session.to_string());
             }
-            // Known from the checkpoint (after a restart): the same file only if its first
-            // bytes are the ones we saw.
-            let stored = ck.files[i].head.clone();
-            let same_birth = match (ck.files[i].born, birth) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            };
-            let same =
-                same_birth && head_of(&file, stored.len() / 2).is_ok_and(|h| hex(&h) == stored);
-            if same {
-                self.open.insert(
-                    id,
-                    Open {
-                        file,
-                        waiting_since: None,
-                    },
-                );
-            } else if pending.contains(&id) {
-                // Not the planned file any more: the pending plan treats it as gone; it is
-                // looked at again once the plan is done.
-                seen_ids.remove(&id);
-            } else {
-                let old = ck.files.remove(i);
-                report.lost += old.size.saturating_sub(old.shipped);
-                report.changed = true;
-                seen_ids.remove(&id);
-                let id = self.track(ck, f, file, &mut report);
-                seen_ids.insert(id);
+            let logs = e.path().join("logs");
+            if self.dir_paths.insert(logs.clone()) {
+                self.dirs.push(Dir {
+                    path: logs,
+                    session: Arc::from(session),
+                    rel: String::new(),
+                    depth: 0,
+                    stamp: None,
+                    listed: None,
+                    visited: 0,
+                    dirty: false,
+                });
             }
         }
-        // Refresh what we hold open; let go of files that are gone and fully shipped.
-        let now = Instant::now();
-        let mut drop_ids = Vec::new();
-        for st in ck.files.iter_mut() {
-            let Some(open) = self.open.get_mut(&st.id) else {
-                // Not open and not found: it went away while we were not running.
-                if !seen_ids.contains(&st.id) && !pending.contains(&st.id) {
-                    let missed = self.missed.entry(st.id).or_default();
-                    *missed += 1;
-                    if *missed >= GONE_AFTER {
-                        report.lost += st.size.saturating_sub(st.shipped);
-                        drop_ids.push(st.id);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn visit_dir(
+        &mut self,
+        i: usize,
+        ck: &mut Checkpoint,
+        pending: &HashSet<u64>,
+        wall: SystemTime,
+        full: bool,
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        let scan = self.scans;
+        let d = &mut self.dirs[i];
+        let m = match std::fs::metadata(&d.path) {
+            Ok(m) => m,
+            Err(_) => {
+                if d.listed.take().is_some() {
+                    // It was there and is gone: so is everything in it we do not hold.
+                    d.stamp = None;
+                    d.visited = scan;
+                }
+                return;
+            }
+        };
+        let stamp = Stamp::of(&m);
+        if !full && !d.dirty && d.stamp == Some(stamp) && !Self::recent(d.listed, &m) {
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&d.path) else {
+            return;
+        };
+        d.stamp = Some(stamp);
+        d.listed = Some(wall);
+        d.dirty = false;
+        d.visited = scan;
+        let dev = m.dev();
+        let (path, depth) = (d.path.clone(), d.depth);
+        let mut subdirs = Vec::new();
+        let mut found = Vec::new();
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                if depth < MAX_DEPTH {
+                    subdirs.push(e.file_name());
+                }
+                continue;
+            }
+            if !t.is_file() {
+                continue;
+            }
+            let key = (dev, e.ino());
+            match self.by_inode.get(&key) {
+                Some(&id) => {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    self.sighted(ck, id, i, &name, now);
+                    if self.entries.get(&id).is_some_and(|e| !e.verified) {
+                        found.push((name, key));
                     }
                 }
-                continue;
-            };
-            self.missed.remove(&st.id);
-            let Ok(meta) = open.file.metadata() else {
-                continue;
-            };
-            let size = meta.len();
-            if pending.contains(&st.id) {
-                continue;
-            }
-            if size < st.shipped {
-                // Truncated in place: what we had not read is gone; what follows is new data,
-                // a new stream.
-                report.lost += st.size.saturating_sub(st.shipped);
-                st.shipped = 0;
-                st.size = 0;
-                st.announced = false;
-                st.id = ck.next_id;
-                ck.next_id += 1;
-                report.changed = true;
-            }
-            if size != st.size {
-                st.size = size;
-                report.changed = true;
-            }
-            if st.head.len() < HEAD * 2
-                && size as usize > st.head.len() / 2
-                && let Ok(h) = head_of(&open.file, HEAD)
-            {
-                st.head = hex(&h);
-            }
-            if size > st.shipped && open.waiting_since.is_none() {
-                open.waiting_since = Some(now);
-            }
-            if meta.nlink() == 0 && size == st.shipped && st.announced {
-                drop_ids.push(st.id);
+                None => {
+                    let p = e.path();
+                    if !self.failed.contains_key(&p) {
+                        found.push((e.file_name().to_string_lossy().into_owned(), key));
+                    }
+                }
             }
         }
-        // A truncated file got a new id above; move its descriptor along.
-        let ids: HashSet<u64> = ck.files.iter().map(|s| s.id).collect();
-        let stale: Vec<u64> = self
-            .open
-            .keys()
-            .filter(|id| !ids.contains(id))
-            .copied()
-            .collect();
-        for old in stale {
-            if let Some(open) = self.open.remove(&old)
-                && let Ok(m) = open.file.metadata()
-                && let Some(st) = ck
-                    .files
-                    .iter()
-                    .find(|s| s.dev == m.dev() && s.ino == m.ino())
-            {
-                self.open.insert(st.id, open);
+        for name in subdirs {
+            let p = path.join(&name);
+            if self.dir_paths.insert(p.clone()) {
+                let parent = &self.dirs[i];
+                let name = name.to_string_lossy();
+                let rel = if parent.rel.is_empty() {
+                    name.into_owned()
+                } else {
+                    format!("{}/{name}", parent.rel)
+                };
+                let session = parent.session.clone();
+                self.dirs.push(Dir {
+                    path: p,
+                    session,
+                    rel,
+                    depth: depth + 1,
+                    stamp: None,
+                    listed: None,
+                    visited: 0,
+                    dirty: false,
+                });
             }
         }
-        if !drop_ids.is_empty() {
-            ck.files.retain(|s| !drop_ids.contains(&s.id));
-            for id in drop_ids {
-                self.open.remove(&id);
-                self.missed.remove(&id);
-            }
-            report.changed = true;
+        for (name, key) in found {
+            self.discover(ck, pending, i, &name, key, now, r);
         }
-        report
     }
 
-    fn track(&mut self, ck: &mut Checkpoint, f: Found, file: File, report: &mut ScanReport) -> u64 {
-        let id = ck.next_id;
-        ck.next_id += 1;
-        let meta = file.metadata().ok();
-        let size = meta.as_ref().map_or(0, |m| m.len());
-        let head = head_of(&file, HEAD).map(|h| hex(&h)).unwrap_or_default();
-        ck.files.push(FileState {
+    /// A listing found a known file: note where, and look at it at once if it was renamed.
+    fn sighted(&mut self, ck: &Checkpoint, id: u64, dir: usize, name: &str, now: Instant) {
+        let scan = self.scans;
+        let now = self.tick(now);
+        let Some(st) = ck.files.get(&id) else { return };
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        e.dir = Some(dir as u32);
+        e.seen = scan;
+        e.misses = 0;
+        let renamed = (name != basename(&st.name)).then(|| Box::<str>::from(name));
+        if self.renamed.get(&id) != renamed.as_ref() {
+            match renamed {
+                Some(n) => self.renamed.insert(id, n),
+                None => self.renamed.remove(&id),
+            };
+            // A rename is a rotation: the file stopped growing, have its last bytes read.
+            e.next_check = now;
+        }
+    }
+
+    fn path_of(&self, ck: &Checkpoint, id: u64) -> Option<PathBuf> {
+        let e = self.entries.get(&id)?;
+        let d = self.dirs.get(e.dir? as usize)?;
+        let name = match self.renamed.get(&id) {
+            Some(n) => n,
+            None => basename(&ck.files.get(&id)?.name),
+        };
+        Some(d.path.join(name))
+    }
+
+    /// Open a listed file that is new, or known from the checkpoint and not yet confirmed.
+    #[allow(clippy::too_many_arguments)]
+    fn discover(
+        &mut self,
+        ck: &mut Checkpoint,
+        pending: &HashSet<u64>,
+        dir: usize,
+        name: &str,
+        key: (u64, u64),
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        let path = self.dirs[dir].path.join(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // Gone between the listing and the open: nothing to follow.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                self.unreadable(path, dir, name, e, now, r);
+                return;
+            }
+        };
+        let m = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => {
+                self.unreadable(path, dir, name, e, now, r);
+                return;
+            }
+        };
+        self.failed.remove(&path);
+        // The path may name another file by now (a rotation between the listing and the
+        // open): the descriptor's identity is the one that counts.
+        let real = (m.dev(), m.ino());
+        if let Some(&id) = self.by_inode.get(&real) {
+            if real != key && real.1 == key.1 && !self.by_inode.contains_key(&key) {
+                self.by_inode.insert(key, id);
+                self.aliases.insert(id, key);
+            }
+            let verified = self.entries.get(&id).is_some_and(|e| e.verified);
+            let Some(st) = ck.files.get(&id) else { return };
+            if verified {
+                if real == key || real.1 == key.1 {
+                    self.sighted(ck, id, dir, name, now);
+                }
+                return;
+            }
+            if is_same(st, &file, &m) {
+                self.sighted(ck, id, dir, name, now);
+                let t = self.tick(now);
+                if let Some(e) = self.entries.get_mut(&id) {
+                    e.verified = true;
+                    e.next_check = t;
+                }
+                return;
+            }
+            if pending.contains(&id) {
+                // Not the planned file any more: the pending plan treats it as gone; the
+                // new file is looked at again once the plan is done.
+                self.dirs[dir].dirty = true;
+                return;
+            }
+            // The inode was reused: the file we knew is gone, this is another one.
+            let old = self.forget(ck, id);
+            if let Some(old) = old {
+                r.lost += old.size.saturating_sub(old.shipped);
+            }
+            r.changed = true;
+        }
+        self.track(ck, dir, name, file, &m, key, now);
+        r.changed = true;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn track(
+        &mut self,
+        ck: &mut Checkpoint,
+        dir: usize,
+        name: &str,
+        file: File,
+        m: &std::fs::Metadata,
+        key: (u64, u64),
+        now: Instant,
+    ) {
+        let id = ck.take_id();
+        let head = read_head(&file, HEAD).unwrap_or_default();
+        let d = &self.dirs[dir];
+        let rel = if d.rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", d.rel)
+        };
+        let real = (m.dev(), m.ino());
+        ck.files.insert(
             id,
-            dev: f.dev,
-            ino: f.ino,
-            session: f.session,
-            name: f.name,
-            head,
-            born: meta.as_ref().and_then(born),
-            shipped: 0,
-            size,
-            announced: false,
-        });
-        self.open.insert(
-            id,
-            Open {
-                file,
-                // Even an empty file waits: its entry tells the store it exists.
-                waiting_since: Some(Instant::now()),
+            FileState {
+                dev: real.0,
+                ino: real.1,
+                session: d.session.clone(),
+                name: rel.into_boxed_str(),
+                head_len: head.len() as u32,
+                head_hash: checkpoint::head_hash(&head),
+                born: born(m),
+                shipped: 0,
+                size: m.len(),
+                announced: false,
             },
         );
-        report.changed = true;
-        id
+        let mut e = Entry::new(self.tick(now), true);
+        e.dir = Some(dir as u32);
+        e.seen = self.scans;
+        // Even an empty file waits: its entry tells the store it exists.
+        e.waiting_since = e.last_change;
+        e.next_check = self.tick(now + self.settings.scan_interval);
+        if self.open < self.held_max() {
+            e.file = Some(Arc::new(file));
+            self.open += 1;
+        }
+        self.by_inode.insert(real, id);
+        if real != key && real.1 == key.1 && !self.by_inode.contains_key(&key) {
+            self.by_inode.insert(key, id);
+            self.aliases.insert(id, key);
+        }
+        self.entries.insert(id, e);
     }
 
-    fn unreadable(&mut self, path: PathBuf, e: std::io::Error, report: &mut ScanReport) {
-        if self.failed.insert(path.clone()) {
-            report.unreadable.push((path, e.to_string()));
+    /// Drop a file from the checkpoint and the tracker; its state, for loss accounting.
+    fn forget(&mut self, ck: &mut Checkpoint, id: u64) -> Option<FileState> {
+        let st = ck.files.remove(&id);
+        if let Some(e) = self.entries.remove(&id)
+            && e.file.is_some()
+        {
+            self.open -= 1;
+        }
+        if let Some(a) = self.aliases.remove(&id) {
+            self.by_inode.remove(&a);
+        }
+        self.renamed.remove(&id);
+        if let Some(st) = &st
+            && self.by_inode.get(&(st.dev, st.ino)) == Some(&id)
+        {
+            self.by_inode.remove(&(st.dev, st.ino));
+        }
+        st
+    }
+
+    fn unreadable(
+        &mut self,
+        path: PathBuf,
+        dir: usize,
+        name: &str,
+        e: std::io::Error,
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        let first = !self.failed.contains_key(&path);
+        let f = self.failed.entry(path.clone()).or_insert(Failed {
+            dir,
+            name: name.to_string(),
+            next: now,
+            backoff: self.settings.scan_interval,
+        });
+        f.backoff = (f.backoff * 2).min(QUIET_MAX);
+        f.next = now + f.backoff;
+        if first {
+            r.unreadable.push((path, e.to_string()));
         }
     }
 
-    /// When the oldest byte still waiting was first seen.
-    pub fn oldest_waiting(&self) -> Option<Instant> {
-        self.open.values().filter_map(|o| o.waiting_since).min()
+    /// Try again, now and then, the files that could not be opened.
+    fn retry_failed(
+        &mut self,
+        ck: &mut Checkpoint,
+        pending: &HashSet<u64>,
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        let due: Vec<(PathBuf, usize, String)> = self
+            .failed
+            .iter()
+            .filter(|(_, f)| f.next <= now)
+            .map(|(p, f)| (p.clone(), f.dir, f.name.clone()))
+            .collect();
+        for (path, dir, name) in due {
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    let key = (m.dev(), m.ino());
+                    if let Some(&id) = self.by_inode.get(&key)
+                        && self.entries.get(&id).is_some_and(|e| e.verified)
+                    {
+                        self.failed.remove(&path);
+                        continue;
+                    }
+                    self.discover(ck, pending, dir, &name, key, now, r);
+                }
+                _ => {
+                    self.failed.remove(&path);
+                }
+            }
+        }
+    }
+
+    /// Look at the files that are due: sizes, truncation, removal.
+    fn check_files(
+        &mut self,
+        ck: &mut Checkpoint,
+        pending: &HashSet<u64>,
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        let tnow = self.tick(now);
+        let due: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.next_check <= tnow && (e.file.is_some() || (e.verified && e.dir.is_some()))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.check(ck, pending, id, now, r);
+        }
+    }
+
+    fn check(
+        &mut self,
+        ck: &mut Checkpoint,
+        pending: &HashSet<u64>,
+        mut id: u64,
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        let scan_interval = self.settings.scan_interval;
+        let tnow = self.tick(now);
+        let tnext = self.tick(now + scan_interval);
+        let Some(e) = self.entries.get(&id) else {
+            return;
+        };
+        let Some(st) = ck.files.get(&id) else { return };
+        let open = e.file.clone();
+        let m = match &open {
+            Some(f) => f.metadata(),
+            None => match self.path_of(ck, id) {
+                Some(p) => std::fs::metadata(p),
+                None => return,
+            },
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(_) => {
+                // A closed file not at its path: renamed or removed. The next listing of
+                // its directory tells.
+                if let Some(e) = self.entries.get_mut(&id) {
+                    e.next_check = tnext;
+                    if let Some(d) = e.dir {
+                        self.dirs[d as usize].dirty = true;
+                    }
+                }
+                return;
+            }
+        };
+        if open.is_none() {
+            let other = (m.dev(), m.ino()) != (st.dev, st.ino);
+            let reborn = !same_birth(st.born, born(&m));
+            // Without birth times, a closed file that shrank may be another file on the same
+            // inode: its first bytes tell.
+            let replaced = reborn
+                || (!other
+                    && st.born.is_none()
+                    && m.len() < st.shipped
+                    && self
+                        .path_of(ck, id)
+                        .is_some_and(|p| File::open(p).is_ok_and(|f| !is_same(st, &f, &m))));
+            if other || replaced {
+                if let Some(e) = self.entries.get_mut(&id) {
+                    e.next_check = tnext;
+                    if let Some(d) = e.dir {
+                        self.dirs[d as usize].dirty = true;
+                    }
+                }
+                if replaced && !pending.contains(&id) {
+                    let closed_quiet = self.entries.get(&id).is_some_and(|e| e.closed_quiet);
+                    if let Some(old) = self.forget(ck, id) {
+                        r.lost += old.size.saturating_sub(old.shipped);
+                    }
+                    if closed_quiet {
+                        r.closed_removed += 1;
+                    }
+                    r.changed = true;
+                }
+                return;
+            }
+        }
+        let size = m.len();
+        if pending.contains(&id) {
+            // The plan holds the file's id and offsets: growth is noted (the backlog shows
+            // during an outage), anything else waits until the plan is done.
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.next_check = tnext;
+                if let Some(st) = ck.files.get_mut(&id)
+                    && size > st.size
+                {
+                    st.size = size;
+                    e.last_change = tnow;
+                    if e.waiting_since == 0 {
+                        e.waiting_since = tnow;
+                    }
+                    r.changed = true;
+                }
+            }
+            return;
+        }
+        if size < st.shipped {
+            // Truncated in place: what we had not read is gone; what follows is new data,
+            // a new stream.
+            r.lost += st.size.saturating_sub(st.shipped);
+            let new_id = ck.take_id();
+            if let Some(mut s) = ck.files.remove(&id) {
+                s.shipped = 0;
+                s.size = 0;
+                s.announced = false;
+                s.head_len = 0;
+                s.head_hash = checkpoint::head_hash(&[]);
+                ck.files.insert(new_id, s);
+            }
+            if let Some(e) = self.entries.remove(&id) {
+                self.entries.insert(new_id, e);
+            }
+            if let Some(n) = self.renamed.remove(&id) {
+                self.renamed.insert(new_id, n);
+            }
+            if let Some(a) = self.aliases.remove(&id) {
+                self.aliases.insert(new_id, a);
+            }
+            for v in self.by_inode.values_mut() {
+                if *v == id {
+                    *v = new_id;
+                }
+            }
+            id = new_id;
+            r.changed = true;
+        }
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let Some(st) = ck.files.get_mut(&id) else {
+            return;
+        };
+        if size != st.size {
+            st.size = size;
+            r.changed = true;
+            e.quiet = 0;
+            e.last_change = tnow;
+            e.next_check = tnext;
+        } else {
+            e.quiet = e.quiet.saturating_add(1);
+            e.next_check = tick_after(tnow, backoff(scan_interval, u32::from(e.quiet)));
+        }
+        if size > st.shipped && e.waiting_since == 0 {
+            e.waiting_since = tnow;
+        }
+        if let Some(f) = &e.file {
+            if (st.head_len as usize) < HEAD
+                && size > u64::from(st.head_len)
+                && let Ok(h) = read_head(f, HEAD)
+            {
+                st.head_len = h.len() as u32;
+                st.head_hash = checkpoint::head_hash(&h);
+                r.changed = true;
+            }
+            if m.nlink() == 0 && size == st.shipped && st.announced {
+                // Deleted, and read to its end: let it go.
+                self.forget(ck, id);
+                r.changed = true;
+            }
+        }
+    }
+
+    /// Closed files that listings no longer find are gone after a few scans; what was not
+    /// shipped of them is lost.
+    fn count_misses(&mut self, ck: &mut Checkpoint, pending: &HashSet<u64>, r: &mut ScanReport) {
+        let scan = self.scans;
+        let mut gone = Vec::new();
+        let mut unlocated = false;
+        for (id, e) in self.entries.iter_mut() {
+            if e.file.is_some() {
+                // Held open: read to its end whatever its name.
+                continue;
+            }
+            let unseen = match e.dir {
+                Some(d) => self.dirs[d as usize].visited == scan && e.seen != scan,
+                None => !e.verified,
+            };
+            if !unseen {
+                continue;
+            }
+            e.misses += 1;
+            match e.dir {
+                Some(d) => self.dirs[d as usize].dirty = true,
+                None => unlocated = true,
+            }
+            if e.misses >= GONE_AFTER && !pending.contains(id) {
+                gone.push((*id, e.closed_quiet));
+            }
+        }
+        if unlocated {
+            // Files of the checkpoint not found yet: list everything again to be sure.
+            for d in &mut self.dirs {
+                d.dirty = true;
+            }
+        }
+        for (id, closed_quiet) in gone {
+            if let Some(st) = self.forget(ck, id) {
+                r.lost += st.size.saturating_sub(st.shipped);
+            }
+            if closed_quiet {
+                r.closed_removed += 1;
+            }
+            r.changed = true;
+        }
+    }
+
+    /// Close what needs no descriptor, open what has bytes to read, within the cap.
+    fn manage_descriptors(
+        &mut self,
+        ck: &Checkpoint,
+        pending: &HashSet<u64>,
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        let pinned = |id: &u64, st: &FileState| {
+            pending.contains(id) || st.size > st.shipped || !st.announced
+        };
+        let latest = self.latest.clone();
+        // Files of finished sessions, read to their end: nothing will be written to them.
+        for (id, e) in self.entries.iter_mut() {
+            if e.file.is_some()
+                && let Some(st) = ck.files.get(id)
+                && !pinned(id, st)
+                && latest.as_deref().is_some_and(|l| &*st.session < l)
+            {
+                e.file = None;
+                e.closed_quiet = false;
+                self.open -= 1;
+            }
+        }
+        let mut want: Vec<(bool, u64)> = self
+            .entries
+            .iter()
+            .filter(|(id, e)| {
+                e.file.is_none()
+                    && e.verified
+                    && e.dir.is_some()
+                    && ck.files.get(id).is_some_and(|st| pinned(id, st))
+            })
+            .map(|(id, _)| (!pending.contains(id), *id))
+            .collect();
+        if want.is_empty() {
+            return;
+        }
+        want.sort_unstable();
+        let mut evictable: Vec<(u32, u64)> = Vec::new();
+        if self.open + want.len() > self.held_max() {
+            evictable = self
+                .entries
+                .iter()
+                .filter(|(id, e)| {
+                    e.file.is_some() && ck.files.get(id).is_some_and(|st| !pinned(id, st))
+                })
+                .map(|(id, e)| (e.last_change, *id))
+                .collect();
+            // Least recently changed last, to pop first.
+            evictable.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        for (_, id) in want {
+            if self.open >= self.held_max() {
+                let Some((_, victim)) = evictable.pop() else {
+                    break;
+                };
+                if let Some(e) = self.entries.get_mut(&victim) {
+                    e.file = None;
+                    e.closed_quiet = ck
+                        .files
+                        .get(&victim)
+                        .is_some_and(|st| latest.as_deref() == Some(&*st.session));
+                    self.open -= 1;
+                }
+            }
+            self.reopen(ck, id, now, r);
+        }
+    }
+
+    /// Open a closed file again, if its path still names it.
+    fn reopen(&mut self, ck: &Checkpoint, id: u64, now: Instant, r: &mut ScanReport) {
+        let (Some(path), Some(st)) = (self.path_of(ck, id), ck.files.get(&id)) else {
+            return;
+        };
+        let opened = File::open(&path).and_then(|f| {
+            let m = f.metadata()?;
+            Ok((f, m))
+        });
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        match opened {
+            Ok((f, m))
+                if (m.dev(), m.ino()) == (st.dev, st.ino) && same_birth(st.born, born(&m)) =>
+            {
+                e.file = Some(Arc::new(f));
+                e.closed_quiet = false;
+                e.next_check = 0;
+                self.open += 1;
+            }
+            Ok(_) | Err(_) => {
+                // Renamed or removed since it was last listed, or no longer readable: the
+                // next listing tells which.
+                let dir = e.dir.map(|d| d as usize);
+                if let (Err(err), Some(d)) = (&opened, dir)
+                    && err.kind() == std::io::ErrorKind::PermissionDenied
+                {
+                    let name = self
+                        .renamed
+                        .get(&id)
+                        .map_or(basename(&st.name), |n| n)
+                        .to_string();
+                    let err = std::io::Error::new(err.kind(), err.to_string());
+                    self.unreadable(path, d, &name, err, now, r);
+                    return;
+                }
+                if let Some(d) = dir {
+                    self.dirs[d].dirty = true;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn settings(max_open: usize) -> Settings {
+        Settings {
+            scan_interval: Duration::from_millis(100),
+            max_open,
+        }
+    }
+
+    fn root(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rs-tracker-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("session_1/logs/events")).unwrap();
+        d
+    }
+
+    fn write(p: &Path, b: &[u8]) {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+            .write_all(b)
+            .unwrap();
+    }
+
+    /// Mark every followed file shipped, as a commit would.
+    fn ship_all(t: &mut Tracker, ck: &mut Checkpoint) {
+        for (id, f) in ck.files.iter_mut() {
+            f.shipped = f.size;
+            f.announced = true;
+            t.caught_up(*id);
+        }
+    }
+
+    #[test]
+    fn rotation_is_followed_by_inode_and_truncation_starts_a_stream() {
+        let root = root("rotate");
+        let logs = root.join("session_1/logs");
+        write(&logs.join("raylet.out"), b"first line\n");
+        write(&logs.join("events/e.log"), b"");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        let r = t.scan(&mut ck, now, false);
+        assert!(r.changed);
+        assert_eq!(ck.files.len(), 2);
+        let names: HashSet<_> = ck.files.values().map(|f| f.name.clone()).collect();
+        assert!(names.contains("raylet.out") && names.contains("events/e.log"));
+        ship_all(&mut t, &mut ck);
+        std::fs::rename(logs.join("raylet.out"), logs.join("raylet.out.1")).unwrap();
+        write(&logs.join("raylet.out.1"), b"more\n");
+        write(&logs.join("raylet.out"), b"new file\n");
+        now += Duration::from_millis(200);
+        t.scan(&mut ck, now, false);
+        assert_eq!(ck.files.len(), 3, "{:?}", ck.files);
+        let old = ck
+            .files
+            .values()
+            .find(|f| &*f.name == "raylet.out" && f.shipped > 0);
+        assert_eq!(old.map(|f| f.size), Some(16), "{:?}", ck.files);
+        // Truncation in place: a new stream, and the unread bytes are lost.
+        std::fs::write(logs.join("events/e.log"), b"").unwrap();
+        write(&logs.join("events/e.log"), b"abc");
+        now += Duration::from_millis(200);
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        std::fs::File::create(logs.join("events/e.log")).unwrap();
+        now += Duration::from_millis(200);
+        let before: HashSet<u64> = ck.files.keys().copied().collect();
+        let r = t.scan(&mut ck, now, false);
+        assert_eq!(r.lost, 0);
+        let after: HashSet<u64> = ck.files.keys().copied().collect();
+        assert_ne!(before, after, "a truncated file gets a new id");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn descriptors_stay_under_the_cap_and_every_file_is_read() {
+        let root = root("cap");
+        let logs = root.join("session_1/logs");
+        for i in 0..100 {
+            write(
+                &logs.join(format!("w-{i}.out")),
+                format!("line {i}\n").as_bytes(),
+            );
+        }
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        let mut shipped_ids = HashSet::new();
+        for _ in 0..40 {
+            t.scan(&mut ck, now, false);
+            assert!(t.open_files() < 16, "{}", t.open_files());
+            // Ship what is open, as the shipper would.
+            let open: Vec<u64> = ck
+                .files
+                .keys()
+                .copied()
+                .filter(|id| t.is_open(*id))
+                .collect();
+            for id in open {
+                let f = ck.files.get_mut(&id).unwrap();
+                f.shipped = f.size;
+                f.announced = true;
+                t.caught_up(id);
+                shipped_ids.insert(id);
+            }
+            now += Duration::from_millis(100);
+        }
+        assert_eq!(ck.files.len(), 100);
+        assert_eq!(shipped_ids.len(), 100, "every file was opened and read");
+        // A closed, quiet file that grows is opened again and its new bytes are seen.
+        let id = *ck.files.iter().find(|(id, _)| !t.is_open(**id)).unwrap().0;
+        let name = ck.files[&id].name.clone();
+        write(&logs.join(&*name), b"again\n");
+        for _ in 0..400 {
+            now += Duration::from_millis(100);
+            t.scan(&mut ck, now, false);
+            if t.is_open(id) {
+                break;
+            }
+        }
+        assert!(t.is_open(id), "reopened within the quiet bound");
+        assert!(ck.files[&id].size > ck.files[&id].shipped);
+        assert!(t.open_files() <= 16);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn restart_matches_by_identity_and_counts_files_gone_while_down() {
+        let root = root("restart");
+        let logs = root.join("session_1/logs");
+        write(&logs.join("a.out"), b"aaaa\n");
+        write(&logs.join("b.out"), b"bbbbbbbb\n");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let now = Instant::now();
+        t.scan(&mut ck, now, false);
+        drop(t);
+        // While down: b.out goes, a.out is replaced by another file with other bytes.
+        std::fs::remove_file(logs.join("b.out")).unwrap();
+        std::fs::remove_file(logs.join("a.out")).unwrap();
+        write(&logs.join("a.out"), b"zzzz\n");
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut lost = 0;
+        for i in 0..5 {
+            lost += t
+                .scan(&mut ck, now + Duration::from_millis(100 * i), false)
+                .lost;
+        }
+        assert_eq!(lost, 5 + 9, "both old files' bytes");
+        assert_eq!(ck.files.len(), 1);
+        assert_eq!(
+            ck.files.values().next().unwrap().head_hash,
+            checkpoint::head_hash(b"zzzz\n")
+        );
+        let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,67 +28,18 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
+use rayshape_testkit::{Proc, free_port};
+
 fn tool(var: &str) -> Option<PathBuf> {
-    match std::env::var_os(var)
-        .map(PathBuf::from)
-        .filter(|p| p.exists())
-    {
-        Some(p) => Some(p),
-        None => {
-            assert!(
-                std::env::var("RAYSHAPE_REQUIRE_TOOLS").is_err(),
-                "{var} is required (tests/run.sh installs it)"
-            );
-            eprintln!("skipping: {var} not set");
-            None
-        }
-    }
+    rayshape_testkit::tool_from_env(var)
 }
 
 fn scratch(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "rayshape-ship-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    rayshape_testkit::scratch("ship", name)
 }
 
 fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed when dropped.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn kill(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    rayshape_testkit::wait_port(port, Duration::from_secs(30));
 }
 
 /// s3s-fs, restartable on the same port and data directory.
@@ -97,19 +48,39 @@ struct S3sFs {
     dir: PathBuf,
     port: u16,
     proc: Proc,
+    /// The secret key it accepts (changed to play rotated credentials).
+    secret: String,
 }
 
 impl S3sFs {
     fn start(bin: PathBuf, dir: &Path, bucket: &str) -> S3sFs {
+        let mut s = S3sFs::stopped(bin, dir, bucket);
+        s.restart();
+        s
+    }
+
+    /// Not started yet: its port refuses connections.
+    fn stopped(bin: PathBuf, dir: &Path, bucket: &str) -> S3sFs {
         std::fs::create_dir_all(dir.join(bucket)).unwrap();
-        let mut s = S3sFs {
+        S3sFs {
             bin,
             dir: dir.to_path_buf(),
             port: free_port(),
             proc: Proc(None),
-        };
-        s.restart();
-        s
+            secret: SK.into(),
+        }
+    }
+
+    /// Every segment object and its bytes.
+    fn snapshot(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        walk_files(&self.dir)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+            .map(|p| {
+                let b = std::fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect()
     }
 
     fn restart(&mut self) {
@@ -129,7 +100,7 @@ impl S3sFs {
                 "--access-key",
                 AK,
                 "--secret-key",
-                SK,
+                &self.secret,
             ])
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -161,12 +132,18 @@ impl S3sFs {
 /// The sidecar binary, started and stopped the ways Kubernetes does.
 struct Sidecar {
     root: PathBuf,
+    /// An empty URL: no sink at all.
     sink: SinkConfig,
     extra: Vec<(String, String)>,
     metrics_port: u16,
     proc: Proc,
     log: PathBuf,
     starts: usize,
+    uid: String,
+    /// Run as this user and group instead of root.
+    user: Option<(u32, u32)>,
+    /// Wrap the command (e.g. in strace).
+    wrapper: Vec<String>,
 }
 
 impl Sidecar {
@@ -182,6 +159,74 @@ impl Sidecar {
             proc: Proc(None),
             log: root.parent().unwrap().join("sidecar.log"),
             starts: 0,
+            uid: "0b5e".into(),
+            user: None,
+            wrapper: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.0.as_ref().expect("running").id()
+    }
+
+    fn running(&mut self) -> bool {
+        self.proc
+            .0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// The state the `rayshape_sidecar_state` metric gives, if it answers.
+    fn state(&self) -> Option<String> {
+        let text = self.try_metrics_text()?;
+        text.lines()
+            .filter(|l| l.starts_with("rayshape_sidecar_state{") && l.ends_with(" 1"))
+            .find_map(|l| l.split('"').nth(1).map(str::to_string))
+    }
+
+    /// Wait until `pred` holds of the state, or fail with the log.
+    fn wait_state(&mut self, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.state().as_deref() == Some(want) {
+                return;
+            }
+            assert!(
+                self.running(),
+                "the sidecar exited waiting for state {want}; log:\n{}",
+                self.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "state {:?}, not {want}, after {within:?}; log:\n{}",
+                self.state(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until metric `name` satisfies `pred`.
+    fn wait_metric(&mut self, name: &str, pred: impl Fn(f64) -> bool, within: Duration) -> f64 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = self.metric(name)
+                && pred(v)
+            {
+                return v;
+            }
+            assert!(
+                self.running(),
+                "the sidecar exited waiting for {name}; log:\n{}",
+                self.log_text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{name} = {:?} after {within:?}; log:\n{}",
+                self.metric(name),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -198,13 +243,30 @@ impl Sidecar {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rayshape-sidecar"));
+        let bin = env!("CARGO_BIN_EXE_rayshape-sidecar");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("run")
-            .env("RAYSHAPE_SINK_URL", &self.sink.url)
-            .env("RAYSHAPE_SINK_OPTIONS", options.join(","))
-            .env("RAYSHAPE_LOG_ROOT", &self.root)
+            .env_remove("RAYSHAPE_SINK_URL")
+            .env_remove("RAYSHAPE_SINK_OPTIONS")
+            .env_remove("RAYSHAPE_CONFIG");
+        if !self.sink.url.is_empty() {
+            cmd.env("RAYSHAPE_SINK_URL", &self.sink.url)
+                .env("RAYSHAPE_SINK_OPTIONS", options.join(","));
+        }
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.env("RAYSHAPE_LOG_ROOT", &self.root)
             .env("RAYSHAPE_POD_NAME", "worker-1")
-            .env("RAYSHAPE_POD_UID", "0b5e")
+            .env("RAYSHAPE_POD_UID", &self.uid)
             .env("RAYSHAPE_POD_NAMESPACE", "ml")
             .env("RAYSHAPE_RAY_CLUSTER", "rc")
             .env("RAYSHAPE_SCAN_INTERVAL", "100ms")
@@ -239,7 +301,8 @@ impl Sidecar {
 
     /// SIGTERM and wait; the exit code.
     fn sigterm(&mut self) -> Option<i32> {
-        let mut child = self.proc.0.take().expect("running");
+        // The child stays in `proc` until it has exited, so a failing wait still kills it.
+        let child = self.proc.0.as_mut().expect("running");
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
@@ -247,21 +310,10 @@ impl Sidecar {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
+                self.proc.0 = None;
                 return st.code();
             }
             assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let mut child = self.proc.0.take().expect("running");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st.code();
-            }
-            assert!(Instant::now() < deadline, "still running");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -281,14 +333,17 @@ impl Sidecar {
     }
 
     fn metrics_text(&self) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        self.try_metrics_text().expect("metrics served")
+    }
+
+    fn try_metrics_text(&self) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
+            .ok()?;
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
+        std::io::Read::read_to_string(&mut s, &mut text).ok()?;
+        text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
     }
 
     fn log_text(&self) -> String {
@@ -296,7 +351,9 @@ impl Sidecar {
     }
 
     fn checkpoint(&self) -> Checkpoint {
-        Checkpoint::load(&self.root.join("rayshape/checkpoint.json")).unwrap()
+        Checkpoint::load(&self.root.join("rayshape/checkpoint.json"))
+            .unwrap()
+            .expect("a checkpoint")
     }
 }
 
@@ -429,10 +486,15 @@ impl Writer {
 /// every byte still on disk is in the store exactly once; what went missing was deleted
 /// before it was read, and is returned as the loss.
 async fn verify(sink: &SinkConfig, written: &[Written], scratch: &Path) -> u64 {
+    verify_pod(sink, "ml/rc/worker-1-0b5e", written, scratch).await
+}
+
+/// [`verify`] for the pod `ns/cluster/name-uid`.
+async fn verify_pod(sink: &SinkConfig, pod: &str, written: &[Written], scratch: &Path) -> u64 {
     let out = scratch.join("reassembled");
     let _ = std::fs::remove_dir_all(&out);
     let s = Sink::open(sink).unwrap();
-    let got = logs::get(&s, "ml/rc/worker-1-0b5e", None, None, &out)
+    let got = logs::get(&s, pod, None, None, &out)
         .await
         .expect("no overlapping (duplicate) chunks");
     let mut streams: Vec<(String, Vec<u8>)> = got
@@ -597,7 +659,7 @@ async fn chaos_kills_outage_rotation_and_new_session() {
     assert_eq!(lost, side.checkpoint().lost_bytes);
     let log = side.log_text();
     assert!(
-        log.contains("upload failed; retrying"),
+        log.contains("upload failed; retrying") || log.contains("\"state\":\"store_unreachable\""),
         "the outage was seen"
     );
     let _ = std::fs::remove_dir_all(base);
@@ -672,28 +734,1013 @@ async fn sigterm_during_heavy_writing_ships_everything_written() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn wrong_credentials_are_a_clear_error_and_nothing_is_marked_shipped() {
+async fn wrong_credentials_keep_it_up_saying_why_and_it_ships_once_they_work() {
     let _serial = serial().await;
     let Some(bin) = tool("S3S_FS_BIN") else {
         return;
     };
     let base = scratch("creds");
     let root = base.join("ray");
-    let store = S3sFs::start(bin, &base.join("s3"), "logs");
+    let mut store = S3sFs::start(bin, &base.join("s3"), "logs");
     let mut w = Writer::new(&root, u64::MAX, 3);
     for _ in 0..50 {
         w.step();
     }
-    let mut side = Sidecar::new(&root, store.sink("logs", "not-the-secret"), &[]);
+    let extra = [
+        ("RAYSHAPE_FLUSH_AGE", "200ms"),
+        ("RAYSHAPE_SHUTDOWN_DEADLINE", "2s"),
+    ];
+    // Wrong from the start: it stays up (a sidecar that exits keeps Ray's pod from being
+    // Ready), says why, and marks nothing shipped.
+    let mut side = Sidecar::new(&root, store.sink("logs", "not-the-secret"), &extra);
     side.start();
-    assert_eq!(side.wait_exit(Duration::from_secs(60)), Some(2));
+    side.wait_state("unauthorized", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(side.running(), "{}", side.log_text());
+    assert_eq!(side.state().as_deref(), Some("unauthorized"));
     let log = side.log_text();
-    assert!(
-        log.contains("the store refuses writes: check the sink URL, bucket and credentials"),
-        "{log}"
+    assert_eq!(
+        log.matches("the store refuses our credentials").count(),
+        1,
+        "the reason is logged once per change, not per retry:\n{log}"
     );
     let ck = side.checkpoint();
-    assert!(ck.files.iter().all(|f| f.shipped == 0) && ck.pending.is_none());
+    assert!(ck.files.values().all(|f| f.shipped == 0) && ck.pending.is_none());
+    // Stopped while refused: what was not shipped stays on disk.
+    assert_eq!(side.sigterm(), Some(1), "{}", side.log_text());
+
+    // Right credentials: it ships. Then the store stops taking them (rotated credentials,
+    // a changed bucket policy): it stays up and keeps the logs; once they work again,
+    // everything arrives, once.
+    side.sink = store.sink("logs", SK);
+    side.start();
+    side.wait_state("shipping", Duration::from_secs(30));
+    store.secret = "rotated-secret".into();
+    store.proc.kill();
+    store.restart();
+    for _ in 0..200 {
+        w.step();
+    }
+    side.wait_state("unauthorized", Duration::from_secs(60));
+    for _ in 0..200 {
+        w.step();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(side.running());
+    store.secret = SK.into();
+    store.proc.kill();
+    store.restart();
+    side.wait_state("shipping", Duration::from_secs(60));
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    assert_eq!(verify(&store.sink("logs", SK), &w.files, &base).await, 0);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_sink_it_stays_up_and_ships_once_one_is_configured() {
+    let _serial = serial().await;
+    let base = scratch("no-sink");
+    let root = base.join("ray");
+    let mut w = Writer::new(&root, u64::MAX, 3);
+    for _ in 0..100 {
+        w.step();
+    }
+    let config = base.join("sidecar.yaml");
+    std::fs::write(&config, "flush: {maxAge: 200ms}\n").unwrap();
+    let no_sink = SinkConfig {
+        url: String::new(),
+        options: Default::default(),
+    };
+    let mut side = Sidecar::new(
+        &root,
+        no_sink,
+        &[("RAYSHAPE_CONFIG", config.to_str().unwrap())],
+    );
+    side.start();
+    side.wait_state("no_sink", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(side.running(), "{}", side.log_text());
+    let log = side.log_text();
+    assert_eq!(log.matches("no sink is configured").count(), 1, "{log}");
+    // Nothing is followed without a sink: holding deleted files open would fill the disk.
+    assert!(!root.join("rayshape/checkpoint.json").exists());
+    // A sink appears in the configuration file (as a mounted ConfigMap changes): it is read
+    // again, and the logs written meanwhile are shipped.
+    let store = base.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let sink = SinkConfig {
+        url: format!("file://{}", store.display()),
+        options: Default::default(),
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "flush: {{maxAge: 200ms}}\nsink: {{url: \"{}\"}}\n",
+            sink.url
+        ),
+    )
+    .unwrap();
+    side.wait_state("shipping", Duration::from_secs(30));
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    assert_eq!(verify(&sink, &w.files, &base).await, 0);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_store_is_waited_for() {
+    let _serial = serial().await;
+    let Some(bin) = tool("S3S_FS_BIN") else {
+        return;
+    };
+    let base = scratch("unreachable");
+    let root = base.join("ray");
+    let mut store = S3sFs::stopped(bin, &base.join("s3"), "logs");
+    let mut w = Writer::new(&root, u64::MAX, 3);
+    for _ in 0..100 {
+        w.step();
+    }
+    let sink = store.sink("logs", SK);
+    let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
+    side.start();
+    side.wait_state("store_unreachable", Duration::from_secs(60));
+    for _ in 0..100 {
+        w.step();
+    }
+    store.restart();
+    side.wait_state("shipping", Duration::from_secs(60));
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    assert_eq!(verify(&sink, &w.files, &base).await, 0);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Every object of `before` still holds the same bytes.
+fn assert_unchanged(
+    before: &BTreeMap<PathBuf, Vec<u8>>,
+    after: &BTreeMap<PathBuf, Vec<u8>>,
+    what: &str,
+) {
+    for (key, bytes) in before {
+        let now = after.get(key);
+        assert!(now.is_some(), "{what}: {} was removed", key.display());
+        assert!(
+            now == Some(bytes),
+            "{what}: {} was overwritten",
+            key.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_corrupt_or_foreign_checkpoints_never_overwrite_and_are_set_aside() {
+    let _serial = serial().await;
+    let Some(bin) = tool("S3S_FS_BIN") else {
+        return;
+    };
+    let base = scratch("checkpoints");
+    let root = base.join("ray");
+    let store = S3sFs::start(bin, &base.join("s3"), "logs");
+    let sink = store.sink("logs", SK);
+    let mut w = Writer::new(&root, u64::MAX, 3);
+    let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
+    let ckpt = root.join("rayshape/checkpoint.json");
+    let ship = |side: &mut Sidecar, w: &mut Writer| {
+        for _ in 0..300 {
+            w.step();
+        }
+        side.start();
+        side.wait_metric(
+            "rayshape_sidecar_segments_uploaded_total",
+            |v| v >= 1.0,
+            Duration::from_secs(30),
+        );
+        side.wait_metric(
+            "rayshape_sidecar_unshipped_bytes",
+            |v| v == 0.0,
+            Duration::from_secs(30),
+        );
+        assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    };
+    ship(&mut side, &mut w);
+
+    // The checkpoint is lost: the files (which grew meanwhile) are shipped again from their
+    // beginning, under a new epoch, beside what is there.
+    let before = store.snapshot();
+    std::fs::remove_file(&ckpt).unwrap();
+    ship(&mut side, &mut w);
+    assert_unchanged(&before, &store.snapshot(), "lost checkpoint");
+
+    // A corrupt checkpoint: set aside (kept, renamed), counted, logged; the sidecar stays
+    // up and ships.
+    let before = store.snapshot();
+    std::fs::write(&ckpt, b"{\"version\": 2, \"files\": [tr").unwrap();
+    ship(&mut side, &mut w);
+    assert_unchanged(&before, &store.snapshot(), "corrupt checkpoint");
+    let log = side.log_text();
+    assert!(
+        log.contains("the checkpoint was set aside") && log.contains("\"reason\":\"corrupt\""),
+        "{log}"
+    );
+    let aside: Vec<String> = std::fs::read_dir(root.join("rayshape"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+
+    // Another pod's checkpoint (a volume that outlived its pod): never adopted. The new pod
+    // ships every byte of the files, from their beginning, under its own name.
+    let before = store.snapshot();
+    side.uid = "f00d".into();
+    for _ in 0..300 {
+        w.step();
+    }
+    side.start();
+    side.wait_metric(
+        r#"rayshape_sidecar_checkpoints_set_aside_total{reason="other_pod"}"#,
+        |v| v == 1.0,
+        Duration::from_secs(30),
+    );
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    assert_unchanged(&before, &store.snapshot(), "another pod's checkpoint");
+    assert_eq!(
+        verify_pod(&sink, "ml/rc/worker-1-f00d", &w.files, &base).await,
+        0
+    );
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_segment_is_kept_when_the_store_cannot_say_whether_it_has_it() {
+    let _serial = serial().await;
+    let Some(bin) = tool("S3S_FS_BIN") else {
+        return;
+    };
+    let base = scratch("pending");
+    let root = base.join("ray");
+    let mut store = S3sFs::start(bin, &base.join("s3"), "logs");
+    let sink = store.sink("logs", SK);
+    let logs_dir = root.join("session_1/logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    std::fs::write(logs_dir.join("a.out"), "a".repeat(5000)).unwrap();
+    std::fs::write(logs_dir.join("b.out"), "b".repeat(7000)).unwrap();
+    let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
+    side.start();
+    side.wait_metric(
+        "rayshape_sidecar_segments_uploaded_total",
+        |v| v == 1.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    let before = store.snapshot();
+    assert_eq!(before.len(), 1);
+    // As if the sidecar had died after that upload and before its commit: the plan is
+    // pending again. At the restart one of its files is gone, and the store is down, so
+    // HEAD cannot say whether it has the segment.
+    let path = root.join("rayshape/checkpoint.json");
+    let mut ck: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut chunks = Vec::new();
+    for (id, f) in ck["files"].as_object_mut().unwrap() {
+        chunks.push(
+            serde_json::json!({"id": id.parse::<u64>().unwrap(), "start": 0, "end": f["size"]}),
+        );
+        f["shipped"] = 0.into();
+        f["announced"] = false.into();
+    }
+    ck["pending"] = serde_json::json!({"session": "session_1", "sequence": 0, "chunks": chunks});
+    std::fs::write(&path, serde_json::to_vec(&ck).unwrap()).unwrap();
+    std::fs::remove_file(logs_dir.join("b.out")).unwrap();
+    store.proc.kill();
+    side.start();
+    // HEAD fails for a while (connection refused), then the store is back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(side.running(), "{}", side.log_text());
+    store.restart();
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        side.metric("rayshape_sidecar_lost_bytes_total"),
+        Some(0.0),
+        "{}",
+        side.log_text()
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    assert_eq!(
+        store.snapshot(),
+        before,
+        "the segment is neither overwritten nor shipped twice"
+    );
+    assert!(
+        side.log_text()
+            .contains("the pending segment is already in the store")
+    );
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Log files (under `root`) the process holds open.
+fn open_log_files(pid: u32, root: &Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|t| {
+                        t.starts_with(root.join("")) && !t.starts_with(root.join("rayshape"))
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn descriptors_stay_under_the_cap_with_many_files() {
+    let _serial = serial().await;
+    let base = scratch("many");
+    let root = base.join("ray");
+    let logs_dir = root.join("session_2026-11-22_12-00-00_000001_1/logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    let mut written = Vec::new();
+    for i in 0..300 {
+        let name = format!("worker-{i:04}.out");
+        let content = format!("worker {i} started\n").into_bytes();
+        std::fs::write(logs_dir.join(&name), &content).unwrap();
+        written.push(Written {
+            session: "session_2026-11-22_12-00-00_000001_1".into(),
+            created_as: name,
+            content,
+            deleted: false,
+        });
+    }
+    let store = base.join("store");
+    let sink = SinkConfig {
+        url: format!("file://{}", store.display()),
+        options: Default::default(),
+    };
+    let mut side = Sidecar::new(
+        &root,
+        sink.clone(),
+        &[
+            ("RAYSHAPE_FLUSH_AGE", "200ms"),
+            ("RAYSHAPE_MAX_OPEN_FILES", "32"),
+        ],
+    );
+    side.start();
+    let pid = side.pid();
+    let mut most = 0;
+    let check = |side: &mut Sidecar, most: &mut usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            *most = (*most).max(open_log_files(pid, &root));
+            assert!(
+                *most <= 32,
+                "{most} log files open at once, over the cap of 32"
+            );
+            let tracked = side.metric("rayshape_sidecar_files_tracked");
+            let unshipped = side.metric("rayshape_sidecar_unshipped_bytes");
+            if tracked == Some(300.0) && unshipped == Some(0.0) {
+                let open = side.metric("rayshape_sidecar_open_files").unwrap();
+                assert!(open <= 32.0, "{open}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not all shipped: {tracked:?} {unshipped:?}\n{}",
+                side.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    check(&mut side, &mut most);
+    // Every file gets a new line: each is opened again (within the cap) and read.
+    for w in written.iter_mut() {
+        let line = format!("{} finished\n", w.created_as).into_bytes();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(logs_dir.join(&w.created_as))
+            .unwrap()
+            .write_all(&line)
+            .unwrap();
+        w.content.extend_from_slice(&line);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    check(&mut side, &mut most);
+    assert!(
+        most <= 32,
+        "{most} log files open at once, over the cap of 32"
+    );
+    assert!(most > 0);
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    assert_eq!(verify(&sink, &written, &base).await, 0);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// fsync-family system calls in an strace output file.
+fn fsyncs(trace: &Path) -> usize {
+    std::fs::read_to_string(trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("fsync(") || l.contains("fdatasync(") || l.contains("syncfs("))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn size_changes_are_saved_without_fsync_plans_and_commits_with() {
+    let _serial = serial().await;
+    let Some(strace) = tool("STRACE_BIN") else {
+        return;
+    };
+    let base = scratch("fsync");
+    let root = base.join("ray");
+    let store = base.join("store");
+    let sink = SinkConfig {
+        url: format!("file://{}", store.display()),
+        options: Default::default(),
+    };
+    let mut w = Writer::new(&root, u64::MAX, 3);
+    // No flush before the stop: only sizes change.
+    let mut side = Sidecar::new(
+        &root,
+        sink.clone(),
+        &[
+            ("RAYSHAPE_FLUSH_AGE", "1h"),
+            ("RAYSHAPE_FLUSH_BYTES", "32Mi"),
+        ],
+    );
+    side.start();
+    side.wait_ready();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trace = base.join("strace.out");
+    let attach = |trace: &Path, pid: u32| {
+        Proc(Some(
+            Command::new(&strace)
+                .args([
+                    "-f",
+                    "-qq",
+                    "-e",
+                    "trace=fsync,fdatasync,syncfs,sync_file_range",
+                    "-o",
+                ])
+                .arg(trace)
+                .args(["-p", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ))
+    };
+    let mut tracer = attach(&trace, side.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        for _ in 0..20 {
+            w.step();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sizes reached the checkpoint, without an fsync.
+    let total: u64 = w.files.iter().map(|f| f.content.len() as u64).sum();
+    let ck = side.checkpoint();
+    assert_eq!(ck.files.values().map(|f| f.size).sum::<u64>(), total);
+    tracer.kill();
+    assert_eq!(
+        fsyncs(&trace),
+        0,
+        "{}",
+        std::fs::read_to_string(&trace).unwrap_or_default()
+    );
+    // A plan and its commit are fsynced.
+    let trace2 = base.join("strace2.out");
+    let _tracer = attach(&trace2, side.pid());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    assert!(
+        fsyncs(&trace2) >= 2,
+        "{}",
+        std::fs::read_to_string(&trace2).unwrap_or_default()
+    );
+    assert_eq!(verify(&sink, &w.files, &base).await, 0);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Pseudo-random log-like text: words from a small vocabulary, compressible as logs are.
+fn log_text(bytes: usize, seed: u64) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "task",
+        "lease",
+        "granted",
+        "worker",
+        "node_manager.cc:",
+        "raylet",
+        "INFO",
+        "object",
+        "spilled",
+        "pinned",
+        "actor",
+        "created",
+        "gcs",
+        "heartbeat",
+        "resource",
+        "report",
+    ];
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(bytes + 64);
+    while out.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % 16) as usize].as_bytes());
+        out.extend_from_slice(format!(" {:x}", x >> 40).as_bytes());
+        out.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_answer_while_a_large_segment_is_compressed() {
+    let _serial = serial().await;
+    let base = scratch("responsive");
+    let root = base.join("ray");
+    let logs_dir = root.join("session_1/logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    std::fs::write(logs_dir.join("raylet.out"), log_text(3 << 20, 7)).unwrap();
+    let store = base.join("store");
+    let config = base.join("sidecar.yaml");
+    // The slowest zstd level and the largest segment: seconds of compression.
+    std::fs::write(
+        &config,
+        "zstdLevel: 19\nflush: {maxBytes: 4Mi, maxAge: 100ms}\n",
+    )
+    .unwrap();
+    let sink = SinkConfig {
+        url: format!("file://{}", store.display()),
+        options: Default::default(),
+    };
+    let mut side = Sidecar::new(
+        &root,
+        sink,
+        &[("RAYSHAPE_CONFIG", config.to_str().unwrap())],
+    );
+    side.start();
+    side.wait_ready();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut answers = 0;
+    loop {
+        let t = Instant::now();
+        let text = side.try_metrics_text();
+        slowest = slowest.max(t.elapsed());
+        assert!(
+            text.is_some(),
+            "/metrics did not answer; log:\n{}",
+            side.log_text()
+        );
+        answers += 1;
+        if text.is_some_and(|t| t.contains("rayshape_sidecar_segments_uploaded_total 1")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no segment after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    eprintln!("compressing took {took:?}; {answers} scrapes, the slowest {slowest:?}");
+    assert!(
+        took > Duration::from_secs(2),
+        "compression took only {took:?}: too fast to tell"
+    );
+    // Generous: a scrape is microseconds of work; a blocked runtime would take the whole
+    // compression.
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a scrape took {slowest:?} while compressing"
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// A TCP proxy that passes at most `rate` bytes per second each way: a slow network.
+struct Throttle {
+    port: u16,
+    rate: Arc<std::sync::atomic::AtomicU64>,
+    upstream: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Throttle {
+    fn start(to: u16, rate: u64) -> Throttle {
+        use std::sync::atomic::AtomicU64;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let t = Throttle {
+            port: listener.local_addr().unwrap().port(),
+            rate: Arc::new(AtomicU64::new(rate)),
+            upstream: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (rate, upstream, stop) = (t.rate.clone(), t.upstream.clone(), t.stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                let pipe = |mut from: std::net::TcpStream,
+                            mut to: std::net::TcpStream,
+                            count: Option<Arc<AtomicU64>>| {
+                    let (rate, stop) = (rate.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
+                        while !stop.load(Ordering::Relaxed) {
+                            let n = match std::io::Read::read(&mut from, &mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => n,
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                                {
+                                    continue;
+                                }
+                                Err(_) => break,
+                            };
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if let Some(c) = &count {
+                                c.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            let r = rate.load(Ordering::Relaxed);
+                            if r < u64::MAX {
+                                std::thread::sleep(Duration::from_secs_f64(n as f64 / r as f64));
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(upstream.clone()),
+                );
+                pipe(server, client, None);
+            }
+        });
+        t
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shutdown_deadline_holds_while_an_upload_is_slow_but_succeeding() {
+    let _serial = serial().await;
+    let Some(bin) = tool("S3S_FS_BIN") else {
+        return;
+    };
+    let base = scratch("slow");
+    let root = base.join("ray");
+    let store = S3sFs::start(bin, &base.join("s3"), "logs");
+    let throttle = Throttle::start(store.port, 50_000);
+    let mut sink = store.sink("logs", SK);
+    sink.options.insert(
+        "aws_endpoint".into(),
+        format!("http://127.0.0.1:{}", throttle.port),
+    );
+    let logs_dir = root.join("session_1/logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    // Incompressible: a 3 MB segment takes a minute at 50 kB/s.
+    let mut noise = vec![0u8; 3 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(logs_dir.join("noise.bin"), &noise).unwrap();
+    let mut side = Sidecar::new(
+        &root,
+        sink.clone(),
+        &[
+            ("RAYSHAPE_FLUSH_AGE", "100ms"),
+            ("RAYSHAPE_SHUTDOWN_DEADLINE", "2s"),
+        ],
+    );
+    side.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while throttle.upstream.load(Ordering::Relaxed) < 200_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the upload did not start; log:\n{}",
+            side.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    let code = side.sigterm();
+    let took = t.elapsed();
+    assert_eq!(code, Some(1), "{}", side.log_text());
+    assert!(
+        took < Duration::from_secs(12),
+        "exit {took:?} after SIGTERM with a 2 s deadline"
+    );
+    // Nothing was lost: the plan is pending, and a later start ships it, once.
+    assert!(side.checkpoint().pending.is_some());
+    throttle.rate.store(u64::MAX, Ordering::Relaxed);
+    side.start();
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(60),
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    let written = [Written {
+        session: "session_1".into(),
+        created_as: "noise.bin".into(),
+        content: noise,
+        deleted: false,
+    }];
+    assert_eq!(verify(&sink, &written, &base).await, 0);
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// A segment with one entry of the given type, name and link target, as an attacker would
+/// write it: the name is put into the header as raw bytes, unchecked.
+fn planted_segment(name: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+    let mut h = tar::Header::new_old();
+    let n = name.as_bytes();
+    h.as_old_mut().name[..n.len()].copy_from_slice(n);
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    let data: &[u8] = if kind == tar::EntryType::Regular {
+        b"planted\n"
+    } else {
+        b""
+    };
+    h.set_size(data.len() as u64);
+    if let Some(l) = link {
+        let l = l.as_bytes();
+        h.as_old_mut().linkname[..l.len()].copy_from_slice(l);
+    }
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, data).unwrap();
+    zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_get_refuses_planted_entries_that_would_write_outside_out() {
+    let _serial = serial().await;
+    let base = scratch("planted");
+    let store = base.join("store");
+    let sink = format!("file://{}", store.display());
+    let abs = base.join("abs");
+    let cases: Vec<(String, tar::EntryType, Option<String>)> = vec![
+        (
+            "../../escaped~1/00000000000000000000".into(),
+            tar::EntryType::Regular,
+            None,
+        ),
+        (
+            format!("{}~1/00000000000000000000", abs.display()),
+            tar::EntryType::Regular,
+            None,
+        ),
+        (
+            "link~1/00000000000000000000".into(),
+            tar::EntryType::Symlink,
+            Some(base.display().to_string()),
+        ),
+        (
+            "hard~1/00000000000000000000".into(),
+            tar::EntryType::Link,
+            Some("../../escaped~1/00000000000000000000".into()),
+        ),
+    ];
+    for (i, (name, kind, link)) in cases.iter().enumerate() {
+        let dir = store.join(format!("ns/rc/p-{i}/session_1"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Named as keys were before checkpoints had epochs: every version reads it.
+        std::fs::write(
+            dir.join("000000000000.tar.zst"),
+            planted_segment(name, *kind, link.as_deref()),
+        )
+        .unwrap();
+        let out = base.join(format!("out-{i}"));
+        let got = Command::new(env!("CARGO_BIN_EXE_rayshape-sidecar"))
+            .args([
+                "logs",
+                "get",
+                "--sink",
+                &sink,
+                "--pod",
+                &format!("ns/rc/p-{i}"),
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&got.stderr);
+        assert_eq!(got.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains("refused") && stderr.contains(&format!("p-{i}")),
+            "{name}: {stderr}"
+        );
+        let outside: Vec<PathBuf> = walk_files(&base)
+            .into_iter()
+            .filter(|p| !p.starts_with(&store) && !p.starts_with(base.join("sidecar.log")))
+            .collect();
+        assert!(outside.is_empty(), "{name} wrote {outside:?}");
+    }
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// A system user for one test, removed when dropped.
+struct TestUser {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+impl TestUser {
+    fn create() -> TestUser {
+        let name = format!("rstest{}", std::process::id());
+        let st = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "useradd {name}");
+        let id = |flag: &str| -> u32 {
+            let o = Command::new("id").args([flag, &name]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        TestUser { name, uid, gid }
+    }
+
+    fn chown(&self, p: &Path) {
+        std::os::unix::fs::chown(p, Some(self.uid), Some(self.gid)).unwrap();
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_files_are_logged_counted_and_the_others_ship_as_a_non_root_user() {
+    let _serial = serial().await;
+    // Who we are, from /proc/self/status' Uid line.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root_user = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root_user {
+        assert!(
+            std::env::var("RAYSHAPE_REQUIRE_TOOLS").is_err(),
+            "this test creates a user: run it as root"
+        );
+        eprintln!("skipping: not root, cannot create a user");
+        return;
+    }
+    let user = TestUser::create();
+    let base = scratch("unreadable");
+    let root = base.join("ray");
+    let session = "session_1";
+    let logs_dir = root.join(session).join("logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    // Ray's files are not ours: owned by root, readable by all but one.
+    let mut written = Vec::new();
+    for (name, mode) in [
+        ("raylet.out", 0o644),
+        ("secret.out", 0o600),
+        ("gcs_server.out", 0o644),
+    ] {
+        let content = format!("{name}: some log line\n").into_bytes();
+        std::fs::write(logs_dir.join(name), &content).unwrap();
+        std::fs::set_permissions(
+            logs_dir.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap();
+        if mode == 0o644 {
+            written.push(Written {
+                session: session.into(),
+                created_as: name.into(),
+                content,
+                deleted: false,
+            });
+        }
+    }
+    // The sidecar's own: its checkpoint directory and (here) its local sink. The checkpoint
+    // directory is not writable at first (a volume mounted read-only, say): the sidecar
+    // stays up and says so, and goes on once it is.
+    std::fs::create_dir_all(root.join("rayshape")).unwrap();
+    let store = base.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    user.chown(&store);
+    let sink = SinkConfig {
+        url: format!("file://{}", store.display()),
+        options: Default::default(),
+    };
+    let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
+    side.user = Some((user.uid, user.gid));
+    side.start();
+    side.wait_state("checkpoint_error", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(side.running(), "{}", side.log_text());
+    user.chown(&root.join("rayshape"));
+    side.wait_state("shipping", Duration::from_secs(60));
+    side.wait_metric(
+        "rayshape_sidecar_unreadable_files_total",
+        |v| v == 1.0,
+        Duration::from_secs(30),
+    );
+    side.wait_metric(
+        "rayshape_sidecar_files_tracked",
+        |v| v == 2.0,
+        Duration::from_secs(30),
+    );
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(30),
+    );
+    // The others continue: new lines keep being shipped.
+    let line = b"raylet.out: later\n";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(logs_dir.join("raylet.out"))
+        .unwrap()
+        .write_all(line)
+        .unwrap();
+    written[0].content.extend_from_slice(line);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        side.metric("rayshape_sidecar_unreadable_files_total"),
+        Some(1.0),
+        "counted once"
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    let log = side.log_text();
+    let complaints: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cannot open log file"))
+        .collect();
+    assert_eq!(complaints.len(), 1, "{log}");
+    assert!(
+        complaints[0].contains("secret.out") && complaints[0].contains("Permission denied"),
+        "{log}"
+    );
+    assert_eq!(verify(&sink, &written, &base).await, 0);
     let _ = std::fs::remove_dir_all(base);
 }
 
@@ -743,6 +1790,13 @@ async fn round_trip(sink: SinkConfig, name: &str) {
         );
     }
     assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    // Every store tested here refuses to overwrite: uploads are create-only.
+    assert!(
+        side.log_text()
+            .contains("the store refuses to overwrite: segments are uploaded create-only"),
+        "{name}: {}",
+        side.log_text()
+    );
     assert_eq!(verify(&sink, &w.files, &base).await, 0, "{name}");
     let listing = logs::list(&Sink::open(&sink).unwrap(), Some("ml"))
         .await

@@ -268,37 +268,60 @@ kubectl create -f "$DIR/nodes.yaml" >>"$DIR/logs/kubectl.log" 2>&1
 kubectl taint nodes -l rayshape.test/fake-node=true node.kubernetes.io/not-ready:NoSchedule- >>"$DIR/logs/kubectl.log" 2>&1
 say "$(grep -c '^  kind: Node' "$DIR/nodes.yaml") fake $NODES Nodes created"
 
-# --- rayshape: its namespace, ServiceAccount, least-privilege RBAC, token ----------------------
-step "creating rayshape-system and the webhook's ServiceAccount" "$DIR/logs/kubectl.log"
-cat >"$DIR/rayshape/rbac.yaml" <<'EOF'
-apiVersion: v1
-kind: List
-items:
-- apiVersion: v1
-  kind: Namespace
-  metadata:
-    name: rayshape-system
-    labels: {pod-security.kubernetes.io/enforce: restricted}
-- apiVersion: v1
-  kind: ServiceAccount
-  metadata: {name: rayshape-webhook, namespace: rayshape-system}
-# What the webhook may do, and nothing else (its bootstrap's api.rs PERMISSIONS): review
-# the sidecars' tokens, read the pod a token is bound to, and report Events on it.
-- apiVersion: rbac.authorization.k8s.io/v1
-  kind: ClusterRole
-  metadata: {name: rayshape-webhook}
-  rules:
-  - {apiGroups: [authentication.k8s.io], resources: [tokenreviews], verbs: [create]}
-  - {apiGroups: [""], resources: [pods], verbs: [get]}
-  - {apiGroups: [events.k8s.io], resources: [events], verbs: [create]}
-- apiVersion: rbac.authorization.k8s.io/v1
-  kind: ClusterRoleBinding
-  metadata: {name: rayshape-webhook}
-  roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: rayshape-webhook}
-  subjects:
-  - {kind: ServiceAccount, name: rayshape-webhook, namespace: rayshape-system}
+# --- rayshape: installed from its manifests (manifests/overlays/e2e) ---------------------------
+# Namespace (PodSecurity restricted), ServiceAccount, the least-privilege ClusterRole (what
+# the bootstrap uses: tokenreviews create, pods get, events.k8s.io events create), the
+# ConfigMaps, Deployment (no replicas: nothing runs pods here), Service, NetworkPolicy and
+# the MutatingWebhookConfiguration, as an admin installs them, except that the webhook is
+# reached by URL: it runs below as a local process, with the ServiceAccount's token. This
+# kustomization on top of the e2e overlay sets what only up.sh knows: the URL's port, the
+# caBundle of the test PKI, the profile of the fake Nodes, and the serving certificate as
+# the Secret the Deployment mounts.
+step "installing rayshape from manifests/overlays/e2e" "$DIR/logs/kubectl.log"
+mkdir -p "$DIR/rayshape/install"
+cat >"$DIR/rayshape/config/webhook.yaml" <<EOF
+# Written by tests/cluster/up.sh: the placement profile of the fake Nodes.
+profile: $NODES
 EOF
-kubectl create -f "$DIR/rayshape/rbac.yaml" >>"$DIR/logs/kubectl.log" 2>&1
+cp "$DIR/rayshape/config/webhook.yaml" "$DIR/rayshape/install/webhook.yaml"
+kubectl create secret generic rayshape-webhook-tls -n rayshape-system --type=kubernetes.io/tls \
+  --from-file=tls.crt="$PKI/webhook.crt" --from-file=tls.key="$PKI/webhook.key" --from-file=ca.crt="$PKI/ca.crt" \
+  --dry-run=client -o yaml >"$DIR/rayshape/install/tls-secret.yaml" 2>>"$DIR/logs/kubectl.log"
+# Kustomize takes a base by relative path only.
+E2E_OVERLAY=$(realpath --relative-to="$DIR/rayshape/install" "$ROOT/manifests/overlays/e2e")
+cat >"$DIR/rayshape/install/kustomization.yaml" <<EOF
+# Written by tests/cluster/up.sh: manifests/overlays/e2e with this control plane's values.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- $E2E_OVERLAY
+- tls-secret.yaml
+generatorOptions:
+  disableNameSuffixHash: true
+configMapGenerator:
+- name: rayshape-settings
+  namespace: rayshape-system
+  behavior: replace
+  files: [webhook.yaml]
+- name: rayshape-e2e-endpoint
+  literals:
+  - url=https://127.0.0.1:$WEBHOOK_PORT/mutate
+  - caBundle=$(base64 -w0 <"$PKI/ca.crt")
+  options:
+    annotations: {config.kubernetes.io/local-config: "true"}
+replacements:
+- source: {kind: ConfigMap, name: rayshape-e2e-endpoint, fieldPath: data.url}
+  targets:
+  - select: {kind: MutatingWebhookConfiguration, name: rayshape}
+    fieldPaths: [webhooks.*.clientConfig.url]
+- source: {kind: ConfigMap, name: rayshape-e2e-endpoint, fieldPath: data.caBundle}
+  targets:
+  - select: {kind: MutatingWebhookConfiguration, name: rayshape}
+    fieldPaths: [webhooks.*.clientConfig.caBundle]
+    options: {create: true}
+EOF
+kubectl kustomize "$DIR/rayshape/install" >"$DIR/rayshape/install.yaml" 2>>"$DIR/logs/kubectl.log"
+kubectl apply --server-side -f "$DIR/rayshape/install.yaml" >>"$DIR/logs/kubectl.log" 2>&1
 # A TokenRequest for the ServiceAccount, as the kubelet would mount it (here for a day).
 TOKEN=$(kubectl create token rayshape-webhook -n rayshape-system --duration=24h 2>>"$DIR/logs/kubectl.log")
 kubeconfig "$DIR/webhook.kubeconfig" rayshape-webhook token "$TOKEN"
@@ -306,10 +329,6 @@ unset TOKEN
 
 # --- rayshape-webhook serve ---------------------------------------------------------------------
 step "starting rayshape-webhook" "$DIR/logs/rayshape-webhook.log"
-cat >"$DIR/rayshape/config/webhook.yaml" <<EOF
-# Written by tests/cluster/up.sh: the placement profile of the fake Nodes.
-profile: $NODES
-EOF
 # The webhook's command, in a script of its own, so tests can stop the webhook and start it
 # again exactly as it was (DIR/rayshape/serve.sh starts it in the background, records its pid).
 cat >"$DIR/rayshape/serve.sh" <<SERVE
@@ -327,63 +346,6 @@ chmod +x "$DIR/rayshape/serve.sh"
 "$DIR/rayshape/serve.sh"
 wait_for rayshape-webhook 20 curl -fsS --cacert "$PKI/ca.crt" "https://127.0.0.1:$WEBHOOK_PORT/readyz"
 say "rayshape-webhook ready on https://127.0.0.1:$WEBHOOK_PORT (metrics on :$WEBHOOK_METRICS_PORT)"
-
-step "registering the MutatingWebhookConfiguration" "$DIR/logs/kubectl.log"
-CA_BUNDLE=$(base64 -w0 <"$PKI/ca.crt")
-cat >"$DIR/rayshape/webhook-registration.yaml" <<EOF
-# Test-only registration: the webhook runs as a local process, so it is reached by URL.
-apiVersion: admissionregistration.k8s.io/v1
-kind: MutatingWebhookConfiguration
-metadata:
-  name: rayshape
-webhooks:
-# Ray pods: KubeRay's (ray.io/node-type) ...
-- name: kuberay-pods.rayshape.io
-  clientConfig: {url: "https://127.0.0.1:$WEBHOOK_PORT/mutate", caBundle: "$CA_BUNDLE"}
-  rules:
-  - {apiGroups: [""], apiVersions: [v1], resources: [pods], operations: [CREATE], scope: Namespaced}
-  objectSelector:
-    matchExpressions: [{key: ray.io/node-type, operator: Exists}]
-  namespaceSelector: &namespaces
-    matchExpressions:
-    - {key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, kube-public, kube-node-lease]}
-  failurePolicy: Fail
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 5
-  reinvocationPolicy: IfNeeded
-# ... and the others that ask for an instance type (not KubeRay's, so none is sent twice).
-- name: typed-pods.rayshape.io
-  clientConfig: {url: "https://127.0.0.1:$WEBHOOK_PORT/mutate", caBundle: "$CA_BUNDLE"}
-  rules:
-  - {apiGroups: [""], apiVersions: [v1], resources: [pods], operations: [CREATE], scope: Namespaced}
-  objectSelector:
-    matchExpressions:
-    - {key: rayshape.io/instance-type, operator: Exists}
-    - {key: ray.io/node-type, operator: DoesNotExist}
-  namespaceSelector: *namespaces
-  failurePolicy: Fail
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 5
-  reinvocationPolicy: IfNeeded
-# KubeRay's objects: their group templates are sized.
-- name: kuberay-objects.rayshape.io
-  clientConfig: {url: "https://127.0.0.1:$WEBHOOK_PORT/mutate", caBundle: "$CA_BUNDLE"}
-  rules:
-  - apiGroups: [ray.io]
-    apiVersions: ["*"]
-    resources: [rayclusters, rayjobs, rayservices]
-    operations: [CREATE, UPDATE]
-    scope: Namespaced
-  namespaceSelector: *namespaces
-  failurePolicy: Fail
-  sideEffects: None
-  admissionReviewVersions: [v1]
-  timeoutSeconds: 5
-  reinvocationPolicy: IfNeeded
-EOF
-kubectl create -f "$DIR/rayshape/webhook-registration.yaml" >>"$DIR/logs/kubectl.log" 2>&1
 
 step "waiting for the KubeRay CRDs" "$DIR/logs/kuberay-crds.log"
 wait "$CRDS_PID"

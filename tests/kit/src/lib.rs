@@ -94,8 +94,9 @@ pub fn tool_from_env(var: &str) -> Option<PathBuf> {
     found
 }
 
-/// A child process, stopped by PID when dropped (so also when a test fails).
-pub struct Proc(Option<Child>);
+/// A child process, stopped by PID when dropped (so also when a test fails); `None` when
+/// none runs.
+pub struct Proc(pub Option<Child>);
 
 impl Proc {
     /// Start `cmd`; its output goes where the command says.

@@ -74,6 +74,56 @@ impl Decision {
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp})
     }
 
+    /// The AdmissionReview to send back, as JSON bytes: the same text as serialising
+    /// [`Self::response`], written directly (the server's path).
+    pub fn response_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(match &self.outcome {
+            Outcome::Allowed { patch, .. } => patch.len() * 4 / 3 + 256,
+            Outcome::Denied(d) => d.message.len() + 256,
+        });
+        out.extend_from_slice(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"#,
+        );
+        json_str(&mut out, &self.uid);
+        match &self.outcome {
+            Outcome::Allowed { patch, ops, shaped } => {
+                out.extend_from_slice(br#","allowed":true"#);
+                if *ops > 0 {
+                    out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
+                    let start = out.len();
+                    out.resize(
+                        start + base64::encoded_len(patch.len(), true).unwrap_or(0),
+                        0,
+                    );
+                    let n = base64::engine::general_purpose::STANDARD
+                        .encode_slice(patch, &mut out[start..])
+                        .unwrap_or(0);
+                    out.truncate(start + n);
+                    out.push(b'"');
+                }
+                if !shaped.warnings.is_empty() {
+                    out.extend_from_slice(br#","warnings":["#);
+                    for (i, w) in shaped.warnings.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        json_str(&mut out, w);
+                    }
+                    out.push(b']');
+                }
+            }
+            Outcome::Denied(d) => {
+                out.extend_from_slice(
+                    br#","allowed":false,"status":{"code":403,"reason":"Forbidden","message":"#,
+                );
+                json_str(&mut out, &format!("rayshape: {}", d.message));
+                out.push(b'}');
+            }
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+
     pub fn allowed(&self) -> bool {
         matches!(self.outcome, Outcome::Allowed { .. })
     }
@@ -85,4 +135,10 @@ impl Decision {
             Outcome::Allowed { .. } => "shaped",
         }
     }
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }

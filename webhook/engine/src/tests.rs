@@ -218,3 +218,20 @@ fn malformed_kuberay_objects_are_denied_not_panicked_on() {
         "spec": {"containers": [1]}});
     assert!(shape(&pod, None, &cfg).is_err());
 }
+
+/// The server writes the response directly; it must be the response's own JSON.
+#[test]
+fn response_bytes_are_the_response() {
+    let cfg = Config::builtin();
+    for obj in [
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"rayshape.io/instance-type": "8CPU-32GB-1xT4"}}, "spec": {"containers": [{"name": "a", "args": ["ray start"], "resources": {"limits": {"cpu": "9"}}}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"labels": {"rayshape.io/instance-type": "no\"pe"}}, "spec": {"containers": [{"name": "a"}]}}),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": {"containers": [{"name": "a"}]}}),
+    ] {
+        let d = decide(&review("CREATE", obj), &cfg).unwrap();
+        assert_eq!(
+            String::from_utf8(d.response_bytes()).unwrap(),
+            serde_json::to_string(&d.response()).unwrap()
+        );
+    }
+}

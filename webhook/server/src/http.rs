@@ -128,7 +128,13 @@ where
         }
         (&Method::POST, "/mutate") => mutate(req, state).await,
         (&Method::POST, rayshape_contract::BOOTSTRAP_PATH) => {
-            crate::bootstrap::handle(req.headers().get(header::AUTHORIZATION), source, state).await
+            // Boxed: its future is large, and every request's future would carry its size.
+            Box::pin(crate::bootstrap::handle(
+                req.headers().get(header::AUTHORIZATION),
+                source,
+                state,
+            ))
+            .await
         }
         (_, rayshape_contract::BOOTSTRAP_PATH) => text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -242,7 +248,7 @@ async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
             );
         }
     };
-    let out = serde_json::to_vec(&decision.response()).expect("JSON values serialise");
+    let out = decision.response_bytes();
     let elapsed = started.elapsed();
     let m = &state.metrics;
     let result = decision.result_label();

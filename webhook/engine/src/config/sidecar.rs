@@ -5,7 +5,7 @@
 //! pod is a no-op. Every name the sidecar reads comes from `rayshape_contract`.
 
 use super::settings::Settings;
-use rayshape_contract::{self as contract, env, options};
+use rayshape_contract::{self as contract, env};
 use serde_json::{Value, json};
 
 /// The name of the projected token volume.
@@ -74,13 +74,8 @@ fn container(s: &Settings, bootstrap_ca: Option<&str>) -> Value {
     env.extend([
         json!({"name": env::METRICS_LISTEN, "value": format!("0.0.0.0:{}", sc.metrics_port)}),
     ]);
-    if !sc.log_sink.url.is_empty() {
-        env.push(json!({"name": env::SINK_URL, "value": sc.log_sink.url}));
-        // Settings refuse options the format cannot carry, so encoding succeeds here.
-        if let Some(opts) = options::encode(&sc.log_sink.options).filter(|o| !o.is_empty()) {
-            env.push(json!({"name": env::SINK_OPTIONS, "value": opts}));
-        }
-    }
+    // The sink is not in the environment: the bootstrap hands it to a verified sidecar, so
+    // a pod cannot learn another's, and changing it needs no new pods.
     let mut c = json!({
         "name": sc.name,
         "image": sc.image,

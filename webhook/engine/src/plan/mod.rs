@@ -18,7 +18,7 @@ use crate::classify::{FoundBy, RayPod};
 use crate::config::Config;
 use crate::primitives::pod;
 use rayshape_contract::keys;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The webhook refuses the object; the message says what is wrong and what would be accepted.
@@ -149,24 +149,65 @@ pub fn pod<'c>(input: &Value, ray: RayPod, cfg: &'c Config) -> Result<PodPlan<'c
 /// The `<prefix>/shaped` annotation: the configuration, the choices and a hash of all that
 /// was applied, for idempotency checks and audits.
 fn record(cfg: &Config, v: &vocabulary::Vocabulary<'_>, sidecar: bool, applied: &[&str]) -> String {
+    // Written straight into the hash and the text, as the compact JSON of
+    // {config, instanceType, marketType, zone, sidecar, rules} and of the summary would be:
+    // it runs for every pod, and building JSON values to print them cost a tenth of a plan.
     let instance_type = v.instance_type.map(|t| t.name.as_str());
-    let full = json!({
-        "config": cfg.fingerprint,
-        "instanceType": instance_type,
-        "marketType": v.market,
-        "zone": v.zone,
-        "sidecar": sidecar,
-        "rules": applied,
+    let mut h = Sha256::new();
+    let mut full = Vec::with_capacity(256);
+    full.extend_from_slice(b"{\"config\":");
+    json_str(&mut full, &cfg.fingerprint);
+    full.extend_from_slice(b",\"instanceType\":");
+    json_opt(&mut full, instance_type);
+    full.extend_from_slice(b",\"marketType\":");
+    json_str(&mut full, &v.market);
+    full.extend_from_slice(b",\"zone\":");
+    json_opt(&mut full, v.zone.as_deref());
+    full.extend_from_slice(if sidecar {
+        b",\"sidecar\":true,\"rules\":["
+    } else {
+        b",\"sidecar\":false,\"rules\":["
     });
-    let hash = Sha256::digest(full.to_string().as_bytes());
-    json!({
-        "config": cfg.fingerprint,
-        "instanceType": instance_type,
-        "marketType": v.market,
-        "rules": applied.len(),
-        "hash": hash[..8].iter().map(|b| format!("{b:02x}")).collect::<String>(),
-    })
-    .to_string()
+    for (i, r) in applied.iter().enumerate() {
+        if i > 0 {
+            full.push(b',');
+        }
+        json_str(&mut full, r);
+    }
+    full.extend_from_slice(b"]}");
+    h.update(&full);
+    let hash = h.finalize();
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"{\"config\":");
+    json_str(&mut out, &cfg.fingerprint);
+    out.extend_from_slice(b",\"instanceType\":");
+    json_opt(&mut out, instance_type);
+    out.extend_from_slice(b",\"marketType\":");
+    json_str(&mut out, &v.market);
+    out.extend_from_slice(b",\"rules\":");
+    out.extend_from_slice(applied.len().to_string().as_bytes());
+    out.extend_from_slice(b",\"hash\":\"");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in &hash[..8] {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
+    }
+    out.extend_from_slice(b"\"}");
+    // Only JSON text and hex digits were written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// The annotation key of the record.

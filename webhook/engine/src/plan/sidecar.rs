@@ -6,6 +6,13 @@
 //! container has at `/tmp/ray`. A container or volume of the pod that carries one of the
 //! sidecar's names but is not rayshape's is never overwritten: the pod is denied instead,
 //! with the name to change.
+//!
+//! The container is replaced whole each time a pod is shaped. With `reinvocationPolicy:
+//! IfNeeded` the API server re-runs its own admission plugins after the webhook changed the
+//! pod, and the ServiceAccount plugin mounts the pod's Kubernetes API token into every
+//! container, the sidecar included; the webhook's second call then removes that mount. On
+//! purpose: the sidecar proves itself with its own projected token (rayshape's audience) and
+//! never calls the Kubernetes API, so it should not hold the pod's API credentials.
 
 use super::Denial;
 use crate::config::Config;
@@ -221,25 +228,29 @@ mod tests {
     }
 
     #[test]
-    fn log_sink_is_handed_over_in_the_environment() {
+    fn the_sink_is_not_in_the_environment_but_the_bootstrap_is() {
         let c = cfg(
             "sidecar:\n  logSink:\n    url: s3://logs/ray\n    options: {aws_region: eu-west-1}\n",
         );
         let mut p = json!({"spec": {"containers": [{"name": "ray"}]}});
         inject(&mut p, 0, &c).unwrap();
-        let env = &p["spec"]["initContainers"][0]["env"];
-        let get = |n: &str| {
-            env.as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == n)
-                .map(|e| e["value"].clone())
-        };
-        assert_eq!(get("RAYSHAPE_SINK_URL"), Some(json!("s3://logs/ray")));
-        assert_eq!(
-            get("RAYSHAPE_SINK_OPTIONS"),
-            Some(json!("aws_region=eu-west-1"))
+        let env = p["spec"]["initContainers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("RAYSHAPE_SINK")),
+            "{names:?}"
         );
+        for n in [
+            "RAYSHAPE_BOOTSTRAP_URL",
+            "RAYSHAPE_TOKEN_FILE",
+            "RAYSHAPE_POD_UID",
+            "RAYSHAPE_NODE_NAME",
+        ] {
+            assert!(names.contains(&n), "{n} missing: {names:?}");
+        }
     }
 
     #[test]
