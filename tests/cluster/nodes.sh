@@ -24,7 +24,9 @@ pool_labels() {
   local pool=$1 market=ON_DEMAND
   [ "$pool" = spot ] && market=SPOT
   case "$provider" in
-    generic) ;; # the generic profile selects by taints only
+    # The generic profile tolerates the capacity-type taints and prefers spot for
+    # PREFER_SPOT by the label of the same key: an admin's pools carry both.
+    generic) echo "node.rayshape.io/capacity-type: $market" ;;
     eks)
       echo "eks.amazonaws.com/capacityType: $market"
       echo "eks.amazonaws.com/nodegroup: ray-$pool"

@@ -134,17 +134,9 @@ impl Cluster {
     }
 
     /// Replace `webhook.yaml` the way the kubelet updates a mounted ConfigMap, and wait
-    /// until the webhook has loaded it.
+    /// until the webhook has loaded it (nothing to wait for when it is unchanged).
     pub fn set_webhook_settings(&self, yaml: &str) {
-        let before = self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}");
-        let tmp = self.webhook_config.join(".webhook.yaml.tmp");
-        std::fs::write(&tmp, yaml).expect("write webhook.yaml");
-        std::fs::rename(&tmp, self.webhook_config.join("webhook.yaml")).expect("swap webhook.yaml");
-        wait_until(
-            Duration::from_secs(15),
-            "the webhook to load its new settings",
-            || self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}") > before,
-        );
+        self.set_webhook_file("webhook.yaml", Some(yaml));
     }
 
     /// The profile's own settings, as up.sh wrote them.
@@ -245,5 +237,367 @@ impl Cluster {
                     .is_ok_and(|o| o.status.success())
             },
         );
+    }
+}
+
+impl Cluster {
+    /// The `rayshape-webhook` binary the cluster's webhook runs (up.sh records it), for
+    /// previews with exactly the same code.
+    pub fn webhook_bin(&self) -> PathBuf {
+        let recorded = std::fs::read_to_string(self.dir.join("pids/rayshape-webhook.exe"))
+            .ok()
+            .map(|s| PathBuf::from(s.trim()))
+            .filter(|p| p.is_file());
+        recorded.unwrap_or_else(|| repo_path("target/debug/rayshape-webhook"))
+    }
+
+    /// `rayshape-webhook mutate` of `obj` with the webhook's own configuration directory.
+    pub fn preview(&self, obj: &Value) -> Preview {
+        let mut cmd = Command::new(self.webhook_bin());
+        // The same configuration directory and bootstrap CA as `serve` (DIR/rayshape/serve.sh).
+        cmd.args([
+            "mutate", "-f", "-", "-o", "object", "--format", "json", "--config",
+        ])
+        .arg(&self.webhook_config)
+        .arg("--bootstrap-ca")
+        .arg(&self.ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let out = run(cmd, Some(&obj.to_string()));
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            matches!(code, 0 | 1),
+            "rayshape-webhook mutate failed ({code}): {}",
+            text(&out.stderr)
+        );
+        Preview {
+            object: (code == 0).then(|| {
+                serde_json::from_slice(&out.stdout)
+                    .unwrap_or_else(|e| panic!("mutate printed no JSON object: {e}"))
+            }),
+            stderr: text(&out.stderr),
+        }
+    }
+
+    /// Replace (`Some`) or remove (`None`) one file of the webhook's configuration directory
+    /// and wait until the webhook has loaded the result; the file's previous content.
+    pub fn set_webhook_file(&self, name: &str, content: Option<&str>) -> Option<String> {
+        let path = self.webhook_config.join(name);
+        let old = std::fs::read_to_string(&path).ok();
+        if old.as_deref() == content {
+            return old;
+        }
+        let before = self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}");
+        match content {
+            Some(c) => {
+                let tmp = self.webhook_config.join(format!(".{name}.tmp"));
+                std::fs::write(&tmp, c).unwrap_or_else(|e| panic!("write {name}: {e}"));
+                std::fs::rename(&tmp, &path).unwrap_or_else(|e| panic!("swap {name}: {e}"));
+            }
+            None => std::fs::remove_file(&path).unwrap_or_else(|e| panic!("remove {name}: {e}")),
+        }
+        wait_until(
+            Duration::from_secs(15),
+            &format!("the webhook to load its new {name}"),
+            || self.metric("rayshape_webhook_config_reloads_total{result=\"success\"}") > before,
+        );
+        old
+    }
+
+    /// The webhook's admission requests counted so far for `kind`, `operation` and `result`
+    /// (`None`: any).
+    pub fn admissions(
+        &self,
+        kind: Option<&str>,
+        operation: Option<&str>,
+        result: Option<&str>,
+    ) -> f64 {
+        let page = self.webhook_metrics();
+        page.lines()
+            .filter(|l| l.starts_with("rayshape_webhook_admission_requests_total{"))
+            .filter(|l| {
+                [("kind", kind), ("operation", operation), ("result", result)]
+                    .iter()
+                    .all(|(k, v)| v.is_none_or(|v| l.contains(&format!("{k}=\"{v}\""))))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Objects of a YAML or JSON file (a stream or a List), as kubectl reads them, without
+    /// asking the API server for anything but discovery.
+    pub fn read_objects(&self, file: &Path) -> Vec<Value> {
+        let (objects, unknown) = self.read_known_objects(file);
+        assert!(unknown.is_empty(), "{}: {unknown:?}", file.display());
+        objects
+    }
+
+    /// Like `read_objects`, but objects of kinds this cluster does not serve (another
+    /// project's CRDs) are left out, as `kubectl create -f` leaves them out; their names.
+    pub fn read_known_objects(&self, file: &Path) -> (Vec<Value>, Vec<String>) {
+        let out = self.kubectl(
+            &[
+                "create",
+                "--dry-run=client",
+                "-o",
+                "json",
+                "-f",
+                &file.to_string_lossy(),
+            ],
+            None,
+        );
+        let mut unknown = Vec::new();
+        for line in text(&out.stderr).lines() {
+            // kubectl says "error: " before its only error, not before each of several.
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            if let Some(rest) = line.strip_prefix("resource mapping not found for name: ") {
+                unknown.push(rest.to_string());
+            } else if line != "ensure CRDs are installed first" && !line.trim().is_empty() {
+                panic!("kubectl could not read {}: {line}", file.display());
+            }
+        }
+        let out = text(&out.stdout);
+        // One JSON document per object read (a List's items are printed one by one).
+        let mut all = Vec::new();
+        for v in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+            let v = v.unwrap_or_else(|e| panic!("kubectl read {}: {e}", file.display()));
+            match v["kind"].as_str() {
+                Some("List") => all.extend(v["items"].as_array().cloned().unwrap_or_default()),
+                _ => all.push(v),
+            }
+        }
+        (all, unknown)
+    }
+
+    /// Fresh namespaces, as `namespace` makes them, all at once (the controller manager
+    /// makes their ServiceAccounts side by side).
+    pub fn namespaces(&self, prefixes: &[String]) -> Vec<String> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let names: Vec<String> = prefixes
+            .iter()
+            .map(|p| format!("{p}-{:x}", stamp & 0xff_ffff))
+            .collect();
+        let items: Vec<Value> = names
+            .iter()
+            .map(|n| serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}))
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        self.ok(&["create", "-f", "-"], Some(&list.to_string()));
+        wait_until(
+            Duration::from_secs(60),
+            "the default ServiceAccount of every new namespace",
+            || {
+                let all = self.json(&[
+                    "get",
+                    "serviceaccounts",
+                    "-A",
+                    "--field-selector",
+                    "metadata.name=default",
+                ]);
+                let have: std::collections::HashSet<&str> = all["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["metadata"]["namespace"].as_str())
+                    .collect();
+                names.iter().all(|n| have.contains(n.as_str()))
+            },
+        );
+        names
+    }
+}
+
+/// What `rayshape-webhook mutate` said about an object.
+pub struct Preview {
+    /// The shaped object; `None` when denied.
+    pub object: Option<Value>,
+    /// Warnings, or the reason for a denial.
+    pub stderr: String,
+}
+
+/// A Kubernetes quantity in thousandths of its unit (`"1500m"` → 1500, `"1Gi"` →
+/// 1073741824000), rounded up; `None` if it is not a quantity.
+pub fn millis(q: &Value) -> Option<i128> {
+    let s = match q {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let (mut num, mut den): (i128, i128) = {
+        let neg = number.starts_with('-');
+        let digits = number.trim_start_matches(['+', '-']);
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let all: i128 = format!("{int}{frac}").parse().ok()?;
+        (if neg { -all } else { all }, 10i128.pow(frac.len() as u32))
+    };
+    let pow = |b: i128, e: u32| b.pow(e);
+    match suffix {
+        "" => {}
+        "m" => den *= 1000,
+        "k" => num *= 1000,
+        "M" => num *= pow(10, 6),
+        "G" => num *= pow(10, 9),
+        "T" => num *= pow(10, 12),
+        "P" => num *= pow(10, 15),
+        "E" => num *= pow(10, 18),
+        "Ki" => num *= 1 << 10,
+        "Mi" => num *= 1 << 20,
+        "Gi" => num *= 1 << 30,
+        "Ti" => num *= 1 << 40,
+        "Pi" => num *= 1 << 50,
+        "Ei" => num *= 1 << 60,
+        e if e.starts_with(['e', 'E']) => {
+            let exp: i32 = e[1..].parse().ok()?;
+            if exp >= 0 {
+                num *= pow(10, exp as u32);
+            } else {
+                den *= pow(10, (-exp) as u32);
+            }
+        }
+        _ => return None,
+    }
+    let scaled = num * 1000;
+    Some(scaled.div_euclid(den) + i128::from(scaled.rem_euclid(den) != 0))
+}
+
+/// A quantity rounded up to whole units, as KubeRay's `Quantity.Value()` and the Ray
+/// autoscaler round (`"1500m"` → 2).
+pub fn whole(q: &Value) -> Option<i128> {
+    millis(q).map(|m| m.div_euclid(1000) + i128::from(m.rem_euclid(1000) != 0))
+}
+
+/// Everything under `v` that differs from `w`, as `path: left != right` lines (at most
+/// `limit`), for failure messages.
+pub fn differences(v: &Value, w: &Value, limit: usize) -> Vec<String> {
+    fn walk(path: &str, v: &Value, w: &Value, out: &mut Vec<String>) {
+        match (v, w) {
+            (Value::Object(a), Value::Object(b)) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let p = format!("{path}/{k}");
+                    match (a.get(k), b.get(k)) {
+                        (Some(x), Some(y)) => walk(&p, x, y, out),
+                        (x, y) => out.push(format!("{p}: {} != {}", show(x), show(y))),
+                    }
+                }
+            }
+            (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    walk(&format!("{path}/{i}"), x, y, out);
+                }
+            }
+            _ if v != w => out.push(format!("{path}: {} != {}", show(Some(v)), show(Some(w)))),
+            _ => {}
+        }
+    }
+    fn show(v: Option<&Value>) -> String {
+        let s = v.map_or_else(|| "(absent)".to_string(), Value::to_string);
+        match s.char_indices().nth(300) {
+            Some((i, _)) => format!("{}…", &s[..i]),
+            None => s,
+        }
+    }
+    let mut out = Vec::new();
+    walk("", v, w, &mut out);
+    out.truncate(limit);
+    out
+}
+
+impl Cluster {
+    /// Replace the fake Nodes by `tests/cluster/nodes.sh PROFILE`'s, ready as up.sh leaves
+    /// them; the new Nodes' names. With a `run`, each Node's name gets `-RUN`, a label
+    /// `rayshape.test/run: RUN` and a taint `rayshape.test/run=RUN:NoSchedule`: only pods
+    /// that tolerate it (a test's own) land there, never pods other tests left Pending, and
+    /// pods bound to earlier Nodes of the same name never count.
+    pub fn use_nodes(&self, profile: &str, run: Option<&str>) -> Vec<String> {
+        self.ok(
+            &[
+                "delete",
+                "nodes",
+                "-l",
+                "rayshape.test/fake-node=true",
+                "--wait=true",
+            ],
+            None,
+        );
+        let out = std::process::Command::new(repo_path("tests/cluster/nodes.sh"))
+            .arg(profile)
+            .output()
+            .expect("run tests/cluster/nodes.sh");
+        assert!(
+            out.status.success(),
+            "nodes.sh {profile}: {}",
+            text(&out.stderr)
+        );
+        let yaml = text(&out.stdout);
+        let path = self.dir.join(format!("nodes-{profile}.yaml"));
+        std::fs::write(&path, &yaml).expect("write nodes");
+        let mut list = self.read_objects(&path);
+        if let Some(run) = run {
+            for n in &mut list {
+                let name = format!("{}-{run}", n["metadata"]["name"].as_str().expect("name"));
+                n["metadata"]["name"] = Value::String(name.clone());
+                let labels = &mut n["metadata"]["labels"];
+                labels["kubernetes.io/hostname"] = Value::String(name);
+                labels["rayshape.test/run"] = Value::String(run.to_string());
+                let taint = serde_json::json!({"key": "rayshape.test/run", "value": run, "effect": "NoSchedule"});
+                match n["spec"]["taints"].as_array_mut() {
+                    Some(t) => t.push(taint),
+                    None => n["spec"]["taints"] = serde_json::json!([taint]),
+                }
+            }
+        }
+        let names: Vec<String> = list
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": list});
+        self.ok(&["create", "-f", "-"], Some(&list.to_string()));
+        // As up.sh: TaintNodesByCondition put the not-ready taint on each; no kubelet will
+        // ever report ready, and the node lifecycle controller is off.
+        self.ok(
+            &[
+                "taint",
+                "nodes",
+                "-l",
+                "rayshape.test/fake-node=true",
+                "node.kubernetes.io/not-ready:NoSchedule-",
+            ],
+            None,
+        );
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn quantities() {
+        let m = |q: Value| millis(&q);
+        assert_eq!(m(json!("1500m")), Some(1500));
+        assert_eq!(m(json!("2")), Some(2000));
+        assert_eq!(m(json!(2)), Some(2000));
+        assert_eq!(m(json!("0.5")), Some(500));
+        assert_eq!(m(json!("1Gi")), Some((1 << 30) * 1000));
+        assert_eq!(m(json!("8G")), Some(8_000_000_000_000));
+        assert_eq!(m(json!("7812500Ki")), Some(7_812_500 * 1024 * 1000));
+        assert_eq!(m(json!("1e3")), Some(1_000_000));
+        assert_eq!(m(json!("1x")), None);
+        assert_eq!(m(json!(null)), None);
+        assert_eq!(whole(&json!("1500m")), Some(2));
+        assert_eq!(whole(&json!("7900m")), Some(8));
+        assert_eq!(whole(&json!("1")), Some(1));
     }
 }

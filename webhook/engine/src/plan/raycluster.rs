@@ -71,7 +71,7 @@ pub struct GroupPlan<'c> {
 /// Where a group's custom Ray resources go, with the whole new value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Custom {
-    /// `rayStartParams.resources`, in KubeRay's quoted JSON form.
+    /// `rayStartParams.resources`, as JSON in single quotes (the form KubeRay writes).
     StartParams(String),
     /// The group's `resources` field (KubeRay ≥ 1.5).
     GroupResources(Map<String, Value>),
@@ -500,11 +500,14 @@ fn custom_resources(
     (merged.len() != before).then(|| Custom::StartParams(quote_start_param(&merged)))
 }
 
-/// `rayStartParams.resources` as KubeRay and the autoscaler read it: JSON in an extra pair
-/// of double quotes with escaped inner quotes (`"{\"TPU\": 4}"`), or plain JSON.
+/// `rayStartParams.resources` in any of the forms users write: JSON in single quotes
+/// (`'{"TPU":4}'`, what KubeRay itself writes), in an extra pair of double quotes with
+/// escaped inner quotes (`"{\"TPU\": 4}"`, KubeRay's samples), or plain JSON.
 pub fn start_param_resources(text: &str) -> Option<Map<String, Value>> {
     let t = text.trim();
-    let inner = if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') {
+    let inner = if t.len() >= 2 && t.starts_with('\'') && t.ends_with('\'') {
+        t[1..t.len() - 1].to_string()
+    } else if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') {
         t[1..t.len() - 1].replace('\\', "")
     } else {
         t.to_string()
@@ -515,11 +518,19 @@ pub fn start_param_resources(text: &str) -> Option<Map<String, Value>> {
         .cloned()
 }
 
-/// The quoted JSON form KubeRay's samples use, which both KubeRay's `ray start` command and
-/// the autoscaler read.
+/// JSON in single quotes, the form KubeRay v1.5 itself writes (`'{"TPU":4}'`), and the one
+/// form all three readers take: KubeRay (which trims the quotes and parses the JSON before
+/// adding `--num-gpus` and a TPU count from the container's limits; the double-quoted form
+/// of its samples fails that parse, so KubeRay then adds neither), the shell running
+/// `ray start --resources='...'`, and the autoscaler (which drops the first and last
+/// character and parses the rest). A key with a single quote in it falls back to the
+/// double-quoted form, which the shell would otherwise cut.
 fn quote_start_param(m: &Map<String, Value>) -> String {
     let json = Value::Object(m.clone()).to_string();
-    format!("\"{}\"", json.replace('"', "\\\""))
+    if json.contains('\'') {
+        return format!("\"{}\"", json.replace('"', "\\\""));
+    }
+    format!("'{json}'")
 }
 
 fn push(pod: &mut Value, list: &str, v: Value) {
@@ -781,6 +792,51 @@ mod tests {
                 .get("resources")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn custom_resources_are_written_as_kuberay_the_shell_and_the_autoscaler_read_them() {
+        // Found against the real KubeRay v1.5 operator (tests/e2e kuberay.rs): it parses
+        // rayStartParams.resources before adding --num-gpus and the TPU count from the
+        // container's limits, and gives up on both when that parse fails, as it does for
+        // the double-quoted form of its own samples.
+        let kuberay_reads = |t: &str| {
+            // getResourcesMap: strings.Trim(s, "'\"` "), then json.Unmarshal.
+            let inner = t.trim_matches(|c| "'\"` ".contains(c));
+            serde_json::from_str::<Map<String, Value>>(inner).ok()
+        };
+        let autoscaler_reads = |t: &str| {
+            // _get_custom_resources: s[1:-1].replace("\\", ""), then json.loads.
+            serde_json::from_str::<Map<String, Value>>(&t[1..t.len() - 1].replace('\\', "")).ok()
+        };
+        let sample_form = r#""{\"resource1\": 2}""#;
+        assert!(kuberay_reads(sample_form).is_none());
+        assert!(autoscaler_reads(sample_form).is_some());
+
+        let cfg = Config::builtin();
+        let out = shape(&cluster(), &cfg).unwrap();
+        let text = out.object["spec"]["workerGroupSpecs"][0]["rayStartParams"]["resources"]
+            .as_str()
+            .unwrap();
+        assert_eq!(text, r#"'{"accelerator_type:T4":1}'"#);
+        let want = json!({"accelerator_type:T4": 1});
+        assert_eq!(kuberay_reads(text).map(Value::Object), Some(want.clone()));
+        assert_eq!(autoscaler_reads(text).map(Value::Object), Some(want));
+        // The shell keeps everything between single quotes as it is.
+        assert!(!text[1..text.len() - 1].contains('\''));
+
+        // A user's value in the samples' form: kept, and rewritten in the form all read.
+        let mut c = cluster();
+        c["spec"]["workerGroupSpecs"][0]["rayStartParams"] = json!({"resources": sample_form});
+        let out = shape(&c, &cfg).unwrap();
+        let text = out.object["spec"]["workerGroupSpecs"][0]["rayStartParams"]["resources"]
+            .as_str()
+            .unwrap();
+        let want = json!({"resource1": 2, "accelerator_type:T4": 1});
+        assert_eq!(kuberay_reads(text).map(Value::Object), Some(want.clone()));
+        assert_eq!(autoscaler_reads(text).map(Value::Object), Some(want));
+        // Shaped again: read back in the new form, nothing to add.
+        assert_eq!(shape(&out.object, &cfg).unwrap().object, out.object);
     }
 
     #[test]
