@@ -310,6 +310,21 @@ impl Tracker {
     /// quiet (for the final flush).
     pub fn scan(&mut self, ck: &mut Checkpoint, now: Instant, thorough: bool) -> ScanReport {
         let mut r = ScanReport::default();
+        let pending = self.list(ck, now, thorough, &mut r);
+        self.look(ck, &pending, now, &mut r);
+        r
+    }
+
+    /// The first half of a scan: list the directories that changed, note where known files
+    /// are now, and follow new ones. Returns the files of the pending plan. Ray may rotate
+    /// between this and [`Tracker::look`]: a name seen here may already name another file.
+    fn list(
+        &mut self,
+        ck: &mut Checkpoint,
+        now: Instant,
+        thorough: bool,
+        r: &mut ScanReport,
+    ) -> HashSet<u64> {
         self.scans = self.scans.wrapping_add(1);
         let wall = SystemTime::now();
         let full = thorough
@@ -334,14 +349,25 @@ impl Tracker {
         let mut i = 0;
         // Listing a directory may add sub-directories, listed in the same scan.
         while i < self.dirs.len() {
-            self.visit_dir(i, ck, &pending, wall, full, now, &mut r);
+            self.visit_dir(i, ck, &pending, wall, full, now, r);
             i += 1;
         }
-        self.retry_failed(ck, &pending, now, &mut r);
-        self.check_files(ck, &pending, now, &mut r);
-        self.count_misses(ck, &pending, &mut r);
-        self.manage_descriptors(ck, &pending, now, &mut r);
-        r
+        self.retry_failed(ck, &pending, now, r);
+        pending
+    }
+
+    /// The second half of a scan: sizes, truncation and removal of the files that are due,
+    /// then descriptors.
+    fn look(
+        &mut self,
+        ck: &mut Checkpoint,
+        pending: &HashSet<u64>,
+        now: Instant,
+        r: &mut ScanReport,
+    ) {
+        self.check_files(ck, pending, now, r);
+        self.count_misses(ck, pending, r);
+        self.manage_descriptors(ck, pending, now, r);
     }
 
     fn recent(listed: Option<SystemTime>, m: &std::fs::Metadata) -> bool {
@@ -782,17 +808,21 @@ impl Tracker {
             }
         };
         if open.is_none() {
+            // Another inode at its path: ours was renamed since its directory was listed (a
+            // rotation racing the scan) or removed. Only the next listings can tell which, and
+            // until they do its bytes are not lost: taking it for gone would count them lost
+            // and, when a listing then finds it under its new name, follow it as a new file
+            // and ship it again from its first byte.
             let other = (m.dev(), m.ino()) != (st.dev, st.ino);
-            let reborn = !same_birth(st.born, born(&m));
-            // Without birth times, a closed file that shrank may be another file on the same
-            // inode: its first bytes tell.
-            let replaced = reborn
-                || (!other
-                    && st.born.is_none()
-                    && m.len() < st.shipped
-                    && self
-                        .path_of(ck, id)
-                        .is_some_and(|p| File::open(p).is_ok_and(|f| !is_same(st, &f, &m))));
+            // Our inode, yet another file: the inode was reused, ours is gone. Without birth
+            // times, a closed file that shrank may be such a file: its first bytes tell.
+            let replaced = !other
+                && (!same_birth(st.born, born(&m))
+                    || (st.born.is_none()
+                        && m.len() < st.shipped
+                        && self
+                            .path_of(ck, id)
+                            .is_some_and(|p| File::open(p).is_ok_and(|f| !is_same(st, &f, &m)))));
             if other || replaced {
                 if let Some(e) = self.entries.get_mut(&id) {
                     e.next_check = tnext;
@@ -1217,6 +1247,156 @@ mod tests {
             ck.files.values().next().unwrap().head_hash,
             checkpoint::head_hash(b"zzzz\n")
         );
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// The ids of the followed files by (device, inode): a file followed twice would be
+    /// shipped twice.
+    fn by_identity(ck: &Checkpoint) -> HashMap<(u64, u64), u64> {
+        let mut m = HashMap::new();
+        for (id, f) in &ck.files {
+            assert!(
+                m.insert((f.dev, f.ino), *id).is_none(),
+                "followed twice: {:?}",
+                ck.files
+            );
+        }
+        m
+    }
+
+    /// Write `b` to a new file `p`, born after `prev`: birth times have the granularity of
+    /// the filesystem's clock (milliseconds), and files born in the same tick cannot be
+    /// told apart by them.
+    fn write_born_after(prev: &Path, p: &Path, b: &[u8]) {
+        let birth = |p: &Path| std::fs::metadata(p).ok().and_then(|m| born(&m));
+        let before = birth(prev);
+        loop {
+            write(p, b);
+            if before.is_none() || birth(p) != before {
+                return;
+            }
+            std::fs::remove_file(p).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Ray rotates between a scan's listing and its look at the files. After a restart the
+    /// checkpoint's files are closed, so they are looked at by the names the listing saw,
+    /// which by then name other files. That is no loss, and the files are followed under
+    /// their new names, not taken for new ones (which would ship them again from their
+    /// first byte).
+    #[test]
+    fn a_rotation_racing_a_scan_loses_nothing_and_ships_nothing_twice() {
+        let root = root("race");
+        let logs = root.join("session_1/logs");
+        write(
+            &logs.join("raylet.out.1"),
+            b"the previous raylet.out, all shipped\n",
+        );
+        write_born_after(
+            &logs.join("raylet.out.1"),
+            &logs.join("raylet.out"),
+            b"the current raylet.out, shipped\n",
+        );
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        write(&logs.join("raylet.out"), b"and these bytes, not yet\n");
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        let before = by_identity(&ck);
+        assert_eq!(before.len(), 2);
+        let (current, size) = ck
+            .files
+            .values()
+            .find(|f| f.size > f.shipped)
+            .map(|f| ((f.dev, f.ino), f.size))
+            .unwrap();
+        // Killed, and started again.
+        drop(t);
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        now += Duration::from_millis(100);
+        let mut r = ScanReport::default();
+        let pending = t.list(&mut ck, now, false, &mut r);
+        std::fs::rename(logs.join("raylet.out.1"), logs.join("raylet.out.2")).unwrap();
+        std::fs::rename(logs.join("raylet.out"), logs.join("raylet.out.1")).unwrap();
+        write_born_after(
+            &logs.join("raylet.out.1"),
+            &logs.join("raylet.out"),
+            b"the next raylet.out\n",
+        );
+        t.look(&mut ck, &pending, now, &mut r);
+        assert_eq!(r.lost, 0, "{:?}", ck.files);
+        let mut lost = 0;
+        for _ in 0..5 {
+            now += Duration::from_millis(100);
+            lost += t.scan(&mut ck, now, false).lost;
+        }
+        assert_eq!(lost, 0);
+        let after = by_identity(&ck);
+        assert_eq!(after.len(), 3, "{:?}", ck.files);
+        for (identity, id) in &before {
+            assert_eq!(
+                after.get(identity),
+                Some(id),
+                "the same file, the same stream"
+            );
+        }
+        let id = before[&current];
+        assert_eq!(ck.files[&id].size, size);
+        assert!(t.is_open(id), "its last bytes are read");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// While the store is down the pending plan waits and Ray keeps writing, also to the
+    /// planned files. Their growth must be noted: should one be rotated out and removed
+    /// while the sidecar is down, its bytes past the plan are lost too, and counted.
+    #[test]
+    fn a_planned_file_that_grows_then_goes_while_down_is_counted_in_full() {
+        let root = root("planned");
+        let logs = root.join("session_1/logs");
+        write(&logs.join("raylet.out"), b"shipped before the outage\n");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        write(&logs.join("raylet.out"), b"planned\n");
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        let (&id, f) = ck.files.iter().next().unwrap();
+        let shipped = f.shipped;
+        ck.pending = Some(checkpoint::Plan {
+            session: "session_1".into(),
+            sequence: 0,
+            chunks: vec![checkpoint::Chunk {
+                id,
+                start: f.shipped,
+                end: f.size,
+            }],
+        });
+        write(&logs.join("raylet.out"), b"written after the plan\n");
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        let size = std::fs::metadata(logs.join("raylet.out")).unwrap().len();
+        assert_eq!(
+            ck.files[&id].size, size,
+            "growth during the outage is noted"
+        );
+        // Killed; while it is down the file is rotated out and removed, and the plan, not
+        // in the store, is dropped.
+        drop(t);
+        std::fs::remove_file(logs.join("raylet.out")).unwrap();
+        ck.pending = None;
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut lost = 0;
+        for _ in 0..5 {
+            now += Duration::from_millis(100);
+            lost += t.scan(&mut ck, now, false).lost;
+        }
+        assert_eq!(lost, size - shipped);
         let _ = std::fs::remove_dir_all(root);
     }
 }
