@@ -129,8 +129,9 @@ enum OutFormat {
 }
 
 fn main() -> ExitCode {
-    // mimalloc lets the kernel back its arenas with 2 MiB transparent huge pages, which
-    // kept 8–9 MiB resident for nothing here (BENCHMARKS.md); no measurable CPU cost.
+    // 2 MiB transparent huge pages under mimalloc's arenas kept 8–9 MiB resident for
+    // nothing (BENCHMARKS.md). Its `no_thp` feature stops it asking for them (THP mode
+    // `madvise`); this flag keeps a kernel in mode `always` from giving them anyway.
     // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
