@@ -53,27 +53,26 @@ impl Request<'_> {
 
 /// Decode an `admission.k8s.io/v1` AdmissionReview.
 pub fn review(review: &Value) -> Result<Request<'_>, ReviewError> {
-    let api = review
-        .get("apiVersion")
+    let api = pod::field(review, "apiVersion")
         .and_then(Value::as_str)
         .unwrap_or("");
     if api != "admission.k8s.io/v1" {
         return Err(ReviewError::ApiVersion(api.into()));
     }
-    let kind = review.get("kind").and_then(Value::as_str).unwrap_or("");
+    let kind = pod::field(review, "kind")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if kind != "AdmissionReview" {
         return Err(ReviewError::Kind(kind.into()));
     }
-    let req = review
-        .get("request")
+    let req = pod::field(review, "request")
         .filter(|r| r.is_object())
         .ok_or(ReviewError::NoRequest)?;
-    let uid = req
-        .get("uid")
+    let uid = pod::field(req, "uid")
         .and_then(Value::as_str)
         .ok_or(ReviewError::NoUid)?;
     let text = |p: &[&str]| pod::at(req, p).and_then(Value::as_str).unwrap_or("");
-    let object = req.get("object").filter(|o| o.is_object());
+    let object = pod::field(req, "object").filter(|o| o.is_object());
     let in_object = |p: &[&str]| object.and_then(|o| pod::at(o, p)).and_then(Value::as_str);
     Ok(Request {
         uid,
@@ -86,9 +85,11 @@ pub fn review(review: &Value) -> Result<Request<'_>, ReviewError> {
         name: in_object(&["metadata", "name"]).unwrap_or_else(|| text(&["name"])),
         generate_name: in_object(&["metadata", "generateName"]).unwrap_or(""),
         sub_resource: text(&["subResource"]),
-        dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
+        dry_run: pod::field(req, "dryRun")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         object,
-        old_object: req.get("oldObject").filter(|o| o.is_object()),
+        old_object: pod::field(req, "oldObject").filter(|o| o.is_object()),
     })
 }
 
