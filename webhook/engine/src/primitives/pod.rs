@@ -107,10 +107,7 @@ pub fn set_vocab(obj: &mut Value, key: &str, value: &str) {
 /// Remove a vocabulary key from labels and annotations.
 pub fn remove_vocab(obj: &mut Value, key: &str) {
     for which in ["labels", "annotations"] {
-        if let Some(m) = obj
-            .pointer_mut(&format!("/metadata/{which}"))
-            .and_then(Value::as_object_mut)
-        {
+        if let Some(m) = at_mut(obj, &["metadata", which]).and_then(Value::as_object_mut) {
             m.shift_remove(key);
         }
     }
