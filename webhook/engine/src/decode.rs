@@ -1,7 +1,7 @@
 //! The first stage: decoding what the API server and users send. An AdmissionReview's
 //! request, or for the preview, JSON or YAML documents, one or a stream.
 
-use crate::primitives::pod;
+use crate::primitives::{json, pod};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -105,6 +105,9 @@ pub fn parse_review(body: &[u8]) -> Result<Value, serde_json::Error> {
     let Ok(text) = std::str::from_utf8(body) else {
         return serde_json::from_slice(body);
     };
+    if let Some(doc) = Fast::parse(text) {
+        return Ok(doc);
+    }
     let mut stacks = Stacks::default();
     let mut de = serde_json::Deserializer::from_str(text);
     let doc = serde::de::DeserializeSeed::deserialize(
@@ -116,6 +119,236 @@ pub fn parse_review(body: &[u8]) -> Result<Value, serde_json::Error> {
     )?;
     de.end()?;
     Ok(doc)
+}
+
+/// The common case of [`parse_review`], without serde's machinery: plain JSON text parsed
+/// straight into `Value`s. `None` for anything it does not handle as serde_json does for
+/// sure (a malformed body, a surrogate escape, deep nesting), which then goes through
+/// serde_json for its value or its error: so it gives no other answer than serde_json.
+struct Fast<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    at: usize,
+    depth: usize,
+    stacks: Stacks,
+}
+
+impl<'a> Fast<'a> {
+    /// Nesting it handles; serde_json's own limit is 127.
+    const MAX_DEPTH: usize = 64;
+
+    fn parse(text: &'a str) -> Option<Value> {
+        let mut p = Fast {
+            text,
+            b: text.as_bytes(),
+            at: 0,
+            depth: 0,
+            stacks: Stacks::default(),
+        };
+        p.space();
+        let v = p.value(Some(Keep::Review))?;
+        p.space();
+        (p.at == p.b.len()).then_some(v)
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.at).copied()
+    }
+
+    /// Skip JSON whitespace; indentation eight spaces at a time.
+    fn space(&mut self) {
+        loop {
+            while let Some(w) = self.b.get(self.at..self.at + 8) {
+                if w != b"        " {
+                    break;
+                }
+                self.at += 8;
+            }
+            match self.peek() {
+                Some(b' ' | b'\n' | b'\r' | b'\t') => self.at += 1,
+                _ => return,
+            }
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.at += 1)
+    }
+
+    fn word(&mut self, w: &[u8]) -> Option<()> {
+        let end = self.at + w.len();
+        (self.b.get(self.at..end)? == w).then(|| self.at = end)
+    }
+
+    /// A value, built as `keep` says, or only checked (`None`: `Null` stands for it).
+    fn value(&mut self, keep: Option<Keep>) -> Option<Value> {
+        match self.peek()? {
+            b'{' => self.object(keep),
+            b'[' => self.array(keep),
+            b'"' => {
+                let s = self.string(keep.is_some())?;
+                Some(keep.map_or(Value::Null, |_| Value::String(s)))
+            }
+            b't' => self.word(b"true").map(|()| Value::Bool(true)),
+            b'f' => self.word(b"false").map(|()| Value::Bool(false)),
+            b'n' => self.word(b"null").map(|()| Value::Null),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    fn number(&mut self) -> Option<Value> {
+        let start = self.at;
+        while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.peek() {
+            self.at += 1;
+        }
+        let token = &self.b[start..self.at];
+        // Plain non-negative integers are read here; anything else (signs, fractions,
+        // exponents, leading zeros, more than 19 digits) by serde_json itself.
+        if token.len() <= 19
+            && token.iter().all(u8::is_ascii_digit)
+            && (token[0] != b'0' || token.len() == 1)
+        {
+            let n = token.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            return Some(Value::Number(n.into()));
+        }
+        let text = std::str::from_utf8(token).ok()?;
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(Value::is_number)
+    }
+
+    /// A string, from its opening quote; built only when `build`.
+    fn string(&mut self, build: bool) -> Option<String> {
+        self.at += 1;
+        let mut out = String::new();
+        loop {
+            let start = self.at;
+            let stop = start + json::special(self.b.get(start..)?);
+            // Quotes and backslashes are ASCII: the run between them is whole characters.
+            let run = self.text.get(start..stop)?;
+            self.at = stop + 1;
+            match self.b.get(stop)? {
+                b'"' if !build => return Some(String::new()),
+                b'"' if out.is_empty() => return Some(run.to_owned()),
+                b'"' => {
+                    out.push_str(run);
+                    return Some(out);
+                }
+                b'\\' => {}
+                // A raw control character: an error for serde_json.
+                _ => return None,
+            }
+            let c = match self.peek()? {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let hex = self.text.get(self.at + 1..self.at + 5)?;
+                    if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                        return None;
+                    }
+                    self.at += 4;
+                    // Surrogates (pairs or lone) are left to serde_json.
+                    char::from_u32(u32::from_str_radix(hex, 16).ok()?)?
+                }
+                _ => return None,
+            };
+            self.at += 1;
+            if build {
+                out.push_str(run);
+                out.push(c);
+            }
+        }
+    }
+
+    fn object(&mut self, keep: Option<Keep>) -> Option<Value> {
+        self.at += 1;
+        self.depth += 1;
+        if self.depth > Self::MAX_DEPTH {
+            return None;
+        }
+        let start = self.stacks.entries.len();
+        self.space();
+        if self.eat(b'}').is_none() {
+            loop {
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                let key = self.string(keep.is_some())?;
+                self.space();
+                self.eat(b':')?;
+                self.space();
+                let field = keep.and_then(|k| k.field(&key));
+                let v = self.value(field)?;
+                if field.is_some() {
+                    self.stacks.entries.push((key, v));
+                }
+                self.space();
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        self.space();
+                    }
+                    b'}' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        let entries = self.stacks.entries.drain(start..);
+        Some(match keep {
+            // Collected as serde_json inserts: a repeated key keeps its first place and
+            // its last value.
+            Some(_) => Value::Object(entries.collect()),
+            None => Value::Null,
+        })
+    }
+
+    fn array(&mut self, keep: Option<Keep>) -> Option<Value> {
+        self.at += 1;
+        self.depth += 1;
+        if self.depth > Self::MAX_DEPTH {
+            return None;
+        }
+        let start = self.stacks.elements.len();
+        let element = keep.map(|_| Keep::All);
+        self.space();
+        if self.eat(b']').is_none() {
+            loop {
+                let v = self.value(element)?;
+                if element.is_some() {
+                    self.stacks.elements.push(v);
+                }
+                self.space();
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        self.space();
+                    }
+                    b']' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.depth -= 1;
+        let elements = self.stacks.elements.drain(start..);
+        Some(match keep {
+            Some(_) => Value::Array(elements.collect()),
+            None => Value::Null,
+        })
+    }
 }
 
 /// Which fields of a map to build.
@@ -538,11 +771,86 @@ mod tests {
         })
     }
 
+    /// When the fast parser answers, its answer is serde_json's.
+    fn fast_agrees(body: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(body) else {
+            return false;
+        };
+        let Some(ours) = Fast::parse(text) else {
+            return false;
+        };
+        let theirs = serde_json::from_slice::<Value>(body)
+            .map(slimmed)
+            .map_err(|e| e.to_string());
+        assert_eq!(Ok(ours), theirs, "{text}");
+        true
+    }
+
+    #[test]
+    fn the_fast_parser_reads_the_fixtures() {
+        let fixtures = rayshape_testkit::repo().join("tests/fixtures/kuberay");
+        for e in std::fs::read_dir(fixtures).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let body = std::fs::read(&path).unwrap();
+                assert!(fast_agrees(&body), "{path:?}");
+                let compact = serde_json::to_vec(&serde_json::from_slice::<Value>(&body).unwrap());
+                assert!(fast_agrees(&compact.unwrap()), "{path:?}");
+            }
+        }
+        for body in [
+            &br#"{"request":{"object":{"a":"\"\\\/\b\f\n\r\t\u00e9\u0000x","b":[0,1,12345678901234567890,-1,-0,1.5,1e3,1E-2,0.0]}}}"#[..],
+            br#" { "request" : { "userInfo" : { "x" : [ 1.5 , -2 , "\u20ac" , true , null , { } , [ ] ] } } } "#,
+        ] {
+            assert!(fast_agrees(body), "{}", String::from_utf8_lossy(body));
+        }
+        // Left to serde_json: surrogate escapes, malformed numbers, trailing commas, ...
+        for body in [
+            &br#"{"request":{"object":{"a":"\ud83d\ude00"}}}"#[..],
+            br#"{"request":{"object":{"a":"\ud800"}}}"#,
+            br#"{"request":{"object":{"a":01}}}"#,
+            br#"{"request":{"object":{"a":1.}}}"#,
+            br#"{"request":{"object":{"a":-}}}"#,
+            br#"{"request":{"object":{"a":1e400}}}"#,
+            br#"{"request":{"userInfo":{"a":1,}}}"#,
+            br#"{"request":{"userInfo":[1,]}}"#,
+            br#"{"request":{"userInfo":"\x"}}"#,
+            b"{\"request\":{\"userInfo\":\"\t\"}}",
+            br#"{"request":{}}}"#,
+            br#"{"request":{"object":{"a":tru}}}"#,
+        ] {
+            assert!(!fast_agrees(body), "{}", String::from_utf8_lossy(body));
+            same_as_from_slice(body);
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn parse_review_agrees_on_any_json(v in json()) {
-            same_as_from_slice(&serde_json::to_vec(&v).unwrap());
-            same_as_from_slice(&serde_json::to_vec_pretty(&v).unwrap());
+            for body in [serde_json::to_vec(&v).unwrap(), serde_json::to_vec_pretty(&v).unwrap()] {
+                same_as_from_slice(&body);
+                fast_agrees(&body);
+            }
+        }
+
+        /// Whatever the fast parser accepts of broken JSON, serde_json accepts alike.
+        #[test]
+        fn the_fast_parser_accepts_nothing_serde_json_refuses(
+            v in json(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0..3u8, prop::sample::select(&b"{}[]\",:\\ \n\t0159-+.eEtfnu\x01a\xc3"[..])), 1..4),
+        ) {
+            let mut body = serde_json::to_vec_pretty(&v).unwrap();
+            for (at, how, byte) in edits {
+                let i = at.index(body.len() + 1);
+                match how {
+                    0 => body.insert(i, byte),
+                    1 if i < body.len() => { body.remove(i); }
+                    _ if i < body.len() => body[i] = byte,
+                    _ => {}
+                }
+            }
+            fast_agrees(&body);
+            same_as_from_slice(&body);
         }
     }
 
