@@ -53,35 +53,28 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// Whether any byte is one JSON escapes: `"`, `\` or a control character below 0x20.
 fn needs_escape(bytes: &[u8]) -> bool {
-    special(bytes) < bytes.len()
-}
-
-/// The index of the first `"`, `\` or control character below 0x20 (where a JSON string
-/// ends or needs escaping), or the length when there is none; eight bytes at a time.
-pub fn special(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    // The high bit of each zero byte of `x`, exact up to the first one (a borrow can only
-    // flag bytes after a zero byte).
-    let zeros = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let mut at = 0;
-    while let Some(chunk) = bytes.get(at..at + 8) {
+    // A byte of `x` is zero: the classic "has zero byte" test (exact when it is false).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
         let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
+        w.copy_from_slice(c);
         let x = u64::from_le_bytes(w);
-        // Below 0x20 exactly when bits 5 to 7 are all clear.
-        let found = zeros(x & 0xe0e0_e0e0_e0e0_e0e0)
-            | zeros(x ^ (ONES * u64::from(b'"')))
-            | zeros(x ^ (ONES * u64::from(b'\\')));
-        if found != 0 {
-            return at + found.trailing_zeros() as usize / 8;
+        // Below 0x20 exactly when masking off the low five bits leaves zero; the high bit
+        // is kept so that bytes of 0x80 and above do not count.
+        if has_zero(x & (HIGH | 0x6060_6060_6060_6060))
+            || has_zero(x ^ (ONES * u64::from(b'"')))
+            || has_zero(x ^ (ONES * u64::from(b'\\')))
+        {
+            return true;
         }
-        at += 8;
     }
-    at + bytes[at..]
+    chunks
+        .remainder()
         .iter()
-        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
-        .unwrap_or(bytes.len() - at)
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 #[cfg(test)]
@@ -89,26 +82,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
-
-    #[test]
-    fn special_finds_the_first() {
-        for len in 0..20 {
-            for at in 0..=len {
-                for b in [b'"', b'\\', 0, 0x1f, b'a', 0x20, 0x7f, 0xc3] {
-                    let mut s = vec![b'a'; len];
-                    if at < len {
-                        s[at] = b;
-                    }
-                    // Specials after the first must not matter.
-                    s.extend_from_slice(b"\"\\\x01");
-                    let want = s.iter().position(|&b| b < 0x20 || b == b'"' || b == b'\\');
-                    assert_eq!(Some(special(&s)), want, "{s:?}");
-                }
-            }
-        }
-        assert_eq!(special(b""), 0);
-        assert_eq!(special(b"abcdefghij"), 10);
-    }
 
     #[test]
     fn every_byte_is_checked() {
