@@ -105,7 +105,7 @@ pub fn parse_review(body: &[u8]) -> Result<Value, serde_json::Error> {
     let Ok(text) = std::str::from_utf8(body) else {
         return serde_json::from_slice(body);
     };
-    let mut stacks = Stacks::default();
+    let mut stacks = Stacks::with_capacity();
     let mut de = serde_json::Deserializer::from_str(text);
     let doc = serde::de::DeserializeSeed::deserialize(
         Build {
@@ -149,10 +149,19 @@ impl Keep {
 
 /// Entries and elements of the maps and lists being parsed, shared by all levels: each map
 /// and list is then allocated once at its final size.
-#[derive(Default)]
 struct Stacks {
     entries: Vec<(String, Value)>,
     elements: Vec<Value>,
+}
+
+impl Stacks {
+    /// Room for a pod's nesting of maps and lists without growing.
+    fn with_capacity() -> Stacks {
+        Stacks {
+            entries: Vec::with_capacity(64),
+            elements: Vec::with_capacity(32),
+        }
+    }
 }
 
 /// Builds a `Value` as serde_json's own `Deserialize` does, into maps and lists of the

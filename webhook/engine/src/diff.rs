@@ -49,7 +49,8 @@ pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
             out.push(b'}');
         }
     }
-    let mut sink = Json(Vec::with_capacity(1024), 0, String::new());
+    // A shaped pod's patch is a few KB; growing from nothing would copy it several times.
+    let mut sink = Json(Vec::with_capacity(4096), 0, String::new());
     walk(left, right, &mut Vec::new(), &mut sink);
     if sink.1 == 0 {
         sink.0.push(b'[');
