@@ -10,9 +10,11 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod alloc;
+
 // Shaping allocates many small JSON nodes; glibc's allocator spent half the time on them.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Mi = alloc::Mi;
 
 #[derive(Parser)]
 #[command(

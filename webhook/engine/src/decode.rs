@@ -53,27 +53,26 @@ impl Request<'_> {
 
 /// Decode an `admission.k8s.io/v1` AdmissionReview.
 pub fn review(review: &Value) -> Result<Request<'_>, ReviewError> {
-    let api = review
-        .get("apiVersion")
+    let api = pod::field(review, "apiVersion")
         .and_then(Value::as_str)
         .unwrap_or("");
     if api != "admission.k8s.io/v1" {
         return Err(ReviewError::ApiVersion(api.into()));
     }
-    let kind = review.get("kind").and_then(Value::as_str).unwrap_or("");
+    let kind = pod::field(review, "kind")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if kind != "AdmissionReview" {
         return Err(ReviewError::Kind(kind.into()));
     }
-    let req = review
-        .get("request")
+    let req = pod::field(review, "request")
         .filter(|r| r.is_object())
         .ok_or(ReviewError::NoRequest)?;
-    let uid = req
-        .get("uid")
+    let uid = pod::field(req, "uid")
         .and_then(Value::as_str)
         .ok_or(ReviewError::NoUid)?;
     let text = |p: &[&str]| pod::at(req, p).and_then(Value::as_str).unwrap_or("");
-    let object = req.get("object").filter(|o| o.is_object());
+    let object = pod::field(req, "object").filter(|o| o.is_object());
     let in_object = |p: &[&str]| object.and_then(|o| pod::at(o, p)).and_then(Value::as_str);
     Ok(Request {
         uid,
@@ -86,10 +85,227 @@ pub fn review(review: &Value) -> Result<Request<'_>, ReviewError> {
         name: in_object(&["metadata", "name"]).unwrap_or_else(|| text(&["name"])),
         generate_name: in_object(&["metadata", "generateName"]).unwrap_or(""),
         sub_resource: text(&["subResource"]),
-        dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
+        dry_run: pod::field(req, "dryRun")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         object,
-        old_object: req.get("oldObject").filter(|o| o.is_object()),
+        old_object: pod::field(req, "oldObject").filter(|o| o.is_object()),
     })
+}
+
+/// Parse an AdmissionReview's body for [`crate::decide`]: the same `Value` as
+/// `serde_json::from_slice`, except that fields [`review`] never reads (`userInfo`,
+/// `resource`, `options`, ...) are checked as JSON and left out. An admission's cost is
+/// mostly this parse; building maps for fields nobody reads, and growing every map and
+/// list one element at a time, was a good part of it. Malformed JSON anywhere, in a field
+/// left out or not, is an error as it is for `from_slice`.
+pub fn parse_review(body: &[u8]) -> Result<Value, serde_json::Error> {
+    // One UTF-8 check of the whole body rather than one per string; a body that fails it
+    // goes through `from_slice` for the same error as ever.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return serde_json::from_slice(body);
+    };
+    let mut stacks = Stacks::with_capacity();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = serde::de::DeserializeSeed::deserialize(
+        Build {
+            keep: Keep::Review,
+            stacks: &mut stacks,
+        },
+        &mut de,
+    )?;
+    de.end()?;
+    Ok(doc)
+}
+
+/// Which fields of a map to build.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// Every field.
+    All,
+    /// The AdmissionReview's fields that [`review`] reads.
+    Review,
+    /// The fields of its `request` that [`review`] reads.
+    Request,
+}
+
+impl Keep {
+    /// How to treat `key` in a map of this kind: build it keeping what, or `None` to only
+    /// check it.
+    fn field(self, key: &str) -> Option<Keep> {
+        match (self, key) {
+            (Keep::All, _) => Some(Keep::All),
+            (Keep::Review, "request") => Some(Keep::Request),
+            (Keep::Review, "apiVersion" | "kind") => Some(Keep::All),
+            (
+                Keep::Request,
+                "uid" | "operation" | "kind" | "namespace" | "name" | "subResource" | "dryRun"
+                | "object" | "oldObject",
+            ) => Some(Keep::All),
+            (Keep::Review | Keep::Request, _) => None,
+        }
+    }
+}
+
+/// Entries and elements of the maps and lists being parsed, shared by all levels: each map
+/// and list is then allocated once at its final size.
+struct Stacks {
+    entries: Vec<(String, Value)>,
+    elements: Vec<Value>,
+}
+
+impl Stacks {
+    /// Room for a pod's nesting of maps and lists without growing.
+    fn with_capacity() -> Stacks {
+        Stacks {
+            entries: Vec::with_capacity(64),
+            elements: Vec::with_capacity(32),
+        }
+    }
+}
+
+/// Builds a `Value` as serde_json's own `Deserialize` does, into maps and lists of the
+/// right size.
+struct Build<'s> {
+    keep: Keep,
+    stacks: &'s mut Stacks,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Build<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Build<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(n.into()))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let start = self.stacks.elements.len();
+        while let Some(v) = seq.next_element_seed(Build {
+            keep: Keep::All,
+            stacks: &mut *self.stacks,
+        })? {
+            self.stacks.elements.push(v);
+        }
+        Ok(Value::Array(self.stacks.elements.drain(start..).collect()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let start = self.stacks.entries.len();
+        while let Some(key) = map.next_key::<String>()? {
+            match self.keep.field(&key) {
+                Some(keep) => {
+                    let v = map.next_value_seed(Build {
+                        keep,
+                        stacks: &mut *self.stacks,
+                    })?;
+                    self.stacks.entries.push((key, v));
+                }
+                None => map.next_value::<Check>().map(drop)?,
+            }
+        }
+        // Collected as serde_json inserts: a repeated key keeps its first place and its
+        // last value.
+        Ok(Value::Object(self.stacks.entries.drain(start..).collect()))
+    }
+}
+
+/// A JSON value checked as strictly as parsing it into a `Value` would (numbers in range,
+/// strings well escaped, the same depth limit), and not kept. serde's `IgnoredAny` is
+/// laxer: serde_json skips its numbers and strings without converting them.
+struct Check;
+
+impl<'de> serde::Deserialize<'de> for Check {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Check, D::Error> {
+        d.deserialize_any(Check)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Check {
+    type Value = Check;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Check, E> {
+        Ok(Check)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Check, E> {
+        Ok(Check)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Check, E> {
+        Ok(Check)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Check, E> {
+        Ok(Check)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Check, E> {
+        Ok(Check)
+    }
+
+    fn visit_unit<E>(self) -> Result<Check, E> {
+        Ok(Check)
+    }
+
+    fn visit_none<E>(self) -> Result<Check, E> {
+        Ok(Check)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Check, A::Error> {
+        while seq.next_element::<Check>()?.is_some() {}
+        Ok(Check)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Check, A::Error> {
+        while map.next_key::<Check>()?.is_some() {
+            map.next_value::<Check>()?;
+        }
+        Ok(Check)
+    }
 }
 
 /// The API server's limit on a request body; nothing larger can be a real object.
@@ -220,6 +436,124 @@ pub fn render(docs: &[Value], format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What `parse_review` should give: the whole parse, less the fields never read.
+    fn slimmed(mut v: Value) -> Value {
+        if let Value::Object(top) = &mut v {
+            top.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "request"));
+            if let Some(Value::Object(req)) = top.get_mut("request") {
+                req.retain(|k, _| {
+                    matches!(
+                        k.as_str(),
+                        "uid"
+                            | "operation"
+                            | "kind"
+                            | "namespace"
+                            | "name"
+                            | "subResource"
+                            | "dryRun"
+                            | "object"
+                            | "oldObject"
+                    )
+                });
+            }
+        }
+        v
+    }
+
+    fn same_as_from_slice(body: &[u8]) {
+        let ours = parse_review(body).map_err(|e| e.to_string());
+        let theirs = serde_json::from_slice::<Value>(body)
+            .map(slimmed)
+            .map_err(|e| e.to_string());
+        assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(body));
+    }
+
+    #[test]
+    fn parse_review_is_from_slice_less_unread_fields() {
+        let fixtures = rayshape_testkit::repo().join("tests/fixtures/kuberay");
+        let mut n = 0;
+        for e in std::fs::read_dir(fixtures).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "json") {
+                same_as_from_slice(&std::fs::read(&path).unwrap());
+                n += 1;
+            }
+        }
+        assert!(n > 0);
+        for body in [
+            &br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","userInfo":{"username":"x","groups":["a","b"]},"object":{"kind":"Pod","a":[1,-2,3.5,null,true,{"b":"\u00e9\n"}],"a":{"c":1}},"kind":{"kind":"Pod"},"dryRun":false}}"#[..],
+            br#"{"request":{"uid":"u"},"request":{"uid":"v","options":null},"extra":[{"deep":[[[]]]}]}"#,
+            br#"{"request":5,"apiVersion":"x"}"#,
+            br#"[{"request":{"userInfo":1}}]"#,
+            br#""text""#,
+            br#"{}"#,
+            br#"{"apiVersion":"admission.k8s.io/v1","request":{"uid":"u","object":{}}} "#,
+            // Errors, where they are errors for `from_slice`, also in fields not kept:
+            br#"{"request":{"userInfo":{"n":1e400}}}"#,
+            br#"{"request":{"userInfo":{"n":"\ud800"}}}"#,
+            br#"{"request":{"userInfo":{"n":"\q"}}}"#,
+            b"{\"request\":{\"userInfo\":\"\xff\"}}",
+            b"{\"request\":{\"userInfo\":\"\x01\"}}",
+            br#"{"request":{"userInfo":[1,]}}"#,
+            br#"{"request":{}} x"#,
+            br#"{"request":{"object":{"a":1}"#,
+            b"",
+        ] {
+            same_as_from_slice(body);
+        }
+        // The same depth limit, in kept and in unread fields.
+        for field in ["object", "userInfo"] {
+            for depth in [100, 126, 127, 128, 200] {
+                let body = format!(
+                    r#"{{"request":{{"{field}":{}{}}}}}"#,
+                    "[".repeat(depth),
+                    "]".repeat(depth)
+                );
+                same_as_from_slice(body.as_bytes());
+            }
+        }
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            let key = prop::sample::select(
+                &[
+                    "uid",
+                    "object",
+                    "kind",
+                    "userInfo",
+                    "request",
+                    "apiVersion",
+                    "a",
+                    "",
+                ][..],
+            );
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((key, inner), 0..6).prop_map(|kv| Value::Object(
+                    kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                )),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_review_agrees_on_any_json(v in json()) {
+            same_as_from_slice(&serde_json::to_vec(&v).unwrap());
+            same_as_from_slice(&serde_json::to_vec_pretty(&v).unwrap());
+        }
+    }
 
     #[test]
     fn json_yaml_streams_and_lists() {

@@ -6,6 +6,7 @@
 //! was a quarter of the cost of an admission. [`diff_json`] writes the patch's JSON straight
 //! from the shaped object, without copying the values it adds.
 
+use crate::primitives::json;
 use serde_json::{Map, Value};
 
 enum Seg<'a> {
@@ -20,7 +21,9 @@ trait Sink {
 
 /// The operations that turn `left` into `right`, as RFC 6902 JSON text, and their number.
 pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
-    struct Json(Vec<u8>, usize);
+    /// The patch so far, its number of operations, and the text of the last path (its
+    /// buffer reused from one operation to the next).
+    struct Json(Vec<u8>, usize, String);
     impl Sink for Json {
         fn op(&mut self, op: &'static str, path: &[Seg<'_>], value: Option<&Value>) {
             let out = &mut self.0;
@@ -29,29 +32,62 @@ pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
             out.extend_from_slice(b"{\"op\":\"");
             out.extend_from_slice(op.as_bytes());
             out.extend_from_slice(b"\",\"path\":");
-            let mut text = String::new();
+            let text = &mut self.2;
+            text.clear();
             for seg in path {
                 text.push('/');
                 match seg {
-                    Seg::Key(k) => text.push_str(&k.replace('~', "~0").replace('/', "~1")),
-                    Seg::Index(i) => text.push_str(&i.to_string()),
+                    Seg::Key(k) => pointer_token(text, k),
+                    Seg::Index(i) => decimal(text, *i),
                 }
             }
-            serde_json::to_writer(&mut *out, &text).expect("writing to a Vec cannot fail");
+            json::write_str(out, text);
             if let Some(v) = value {
                 out.extend_from_slice(b",\"value\":");
-                serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail");
+                json::write_value(out, v);
             }
             out.push(b'}');
         }
     }
-    let mut sink = Json(Vec::new(), 0);
+    // A shaped pod's patch is a few KB; growing from nothing would copy it several times.
+    let mut sink = Json(Vec::with_capacity(4096), 0, String::new());
     walk(left, right, &mut Vec::new(), &mut sink);
     if sink.1 == 0 {
         sink.0.push(b'[');
     }
     sink.0.push(b']');
     (sink.0, sink.1)
+}
+
+/// A JSON Pointer reference token (RFC 6901): `~` as `~0`, `/` as `~1`.
+fn pointer_token(out: &mut String, key: &str) {
+    let mut rest = key;
+    while let Some(i) = rest.find(['~', '/']) {
+        out.push_str(&rest[..i]);
+        out.push_str(if rest.as_bytes()[i] == b'~' {
+            "~0"
+        } else {
+            "~1"
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
+}
+
+/// `n` in decimal, without the formatting machinery.
+fn decimal(out: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// Equality that walks both maps in step while their keys agree, as they do when `right` is
@@ -96,16 +132,25 @@ fn object<'a>(
     path: &mut Vec<Seg<'a>>,
     sink: &mut impl Sink,
 ) {
+    // `r` is mostly `l` edited, its keys at the same places: each key is looked for at its
+    // own index first, and only hashed (SipHash) when it is not there.
+    let mut same_place = l.iter();
     for (k, rv) in r {
         path.push(Seg::Key(k));
-        match l.get(k) {
+        let lv = match same_place.next() {
+            Some((lk, lv)) if lk == k => Some(lv),
+            _ => l.get(k),
+        };
+        match lv {
             Some(lv) => walk(lv, rv, path, sink),
             None => sink.op("add", path, Some(rv)),
         }
         path.pop();
     }
+    let mut same_place = r.keys();
     for k in l.keys() {
-        if !r.contains_key(k) {
+        let kept = same_place.next() == Some(k) || r.contains_key(k);
+        if !kept {
             path.push(Seg::Key(k));
             sink.op("remove", path, None);
             path.pop();
@@ -201,6 +246,30 @@ mod tests {
             json_patch::patch(&mut applied, &ours).unwrap();
             prop_assert_eq!(applied, b);
         }
+    }
+
+    #[test]
+    fn paths_are_written_as_rfc_6901_says() {
+        let mut s = String::new();
+        for k in ["", "a", "~", "/", "a~b/c", "~1/~0", "//~~", "é/ü"] {
+            s.clear();
+            pointer_token(&mut s, k);
+            assert_eq!(s, k.replace('~', "~0").replace('/', "~1"));
+        }
+        for n in [0, 7, 10, 99, 100, 12345, usize::MAX] {
+            s.clear();
+            decimal(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        let (bytes, n) = diff_json(
+            &json!({"a": vec![0; 12]}),
+            &json!({"a": vec![0; 13], "x/~y": 1}),
+        );
+        assert_eq!(n, 2);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"[{"op":"add","path":"/a/12","value":0},{"op":"add","path":"/x~1~0y","value":1}]"#
+        );
     }
 
     #[test]

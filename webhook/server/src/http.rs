@@ -214,7 +214,7 @@ type Decide = fn(&serde_json::Value, &Config) -> Result<Decision, ReviewError>;
 /// with 500 and leaves the server serving.
 async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
     let started = Instant::now();
-    let doc: serde_json::Value = match serde_json::from_slice(body) {
+    let doc = match rayshape_engine::decode::parse_review(body) {
         Ok(v) => v,
         Err(e) => return bad_request(state, format!("the body is not JSON: {e}")),
     };
@@ -294,17 +294,32 @@ where
     B::Error: std::fmt::Display,
 {
     let read = async {
+        // A body that comes in one frame (the usual case) is used as it came; only one in
+        // several frames is copied together.
+        let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > MAX_INPUT {
+                let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+                if held + data.len() > MAX_INPUT {
                     return Ok(None);
                 }
-                buf.extend_from_slice(&data);
+                if data.is_empty() {
+                    continue;
+                }
+                match first.take() {
+                    None if buf.is_empty() => first = Some(data),
+                    None => buf.extend_from_slice(&data),
+                    Some(f) => {
+                        buf.reserve(f.len() + data.len());
+                        buf.extend_from_slice(&f);
+                        buf.extend_from_slice(&data);
+                    }
+                }
             }
         }
-        Ok(Some(buf.freeze()))
+        Ok(Some(first.unwrap_or_else(|| buf.freeze())))
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(Some(b))) => Ok(b),
@@ -368,6 +383,37 @@ mod tests {
         // The next review is decided as usual.
         let resp = answer(body, &state, rayshape_engine::decide).await;
         assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_read_whole() {
+        for frames in [
+            &[][..],
+            &["{}"],
+            &["", "{\"a\"", "", ":1", "}"],
+            &["{", "}"],
+        ] {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(8);
+            for f in frames {
+                tx.send_data(Bytes::from_static(f.as_bytes()))
+                    .await
+                    .unwrap();
+            }
+            drop(tx);
+            let Ok(b) = read_body(body, Duration::from_secs(5)).await else {
+                panic!("{frames:?} is read");
+            };
+            assert_eq!(b, frames.concat().as_bytes());
+        }
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(8);
+        tx.send_data(Bytes::from(vec![b' '; MAX_INPUT]))
+            .await
+            .unwrap();
+        tx.send_data(Bytes::from_static(b"x")).await.unwrap();
+        assert!(matches!(
+            read_body(body, Duration::from_secs(5)).await,
+            Err(BodyError::TooLarge(_))
+        ));
     }
 
     #[test]

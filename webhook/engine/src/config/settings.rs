@@ -364,7 +364,12 @@ impl Settings {
 
     /// `<prefix>/<name>`.
     pub fn key(&self, name: &str) -> String {
-        format!("{}/{}", self.label_prefix, name)
+        // Several per admission: concatenated, not formatted.
+        let mut key = String::with_capacity(self.label_prefix.len() + 1 + name.len());
+        key.push_str(&self.label_prefix);
+        key.push('/');
+        key.push_str(name);
+        key
     }
 }
 

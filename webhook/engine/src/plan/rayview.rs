@@ -201,23 +201,20 @@ fn plan_shm(
     original: Option<Quantity>,
     mem: Quantity,
 ) -> Option<(String, String)> {
-    let vol_name = c
-        .get("volumeMounts")?
+    let mount = pod::field(c, "volumeMounts")?
         .as_array()?
         .iter()
-        .find(|m| m.get("mountPath").and_then(Value::as_str) == Some("/dev/shm"))?
-        .get("name")?
-        .as_str()?
-        .to_string();
+        .find(|m| pod::field(m, "mountPath").and_then(Value::as_str) == Some("/dev/shm"))?;
+    let vol_name = pod::field(mount, "name")?.as_str()?.to_string();
     let vol = pod::at(pod, &["spec", "volumes"])?
         .as_array()?
         .iter()
-        .find(|v| v.get("name").and_then(Value::as_str) == Some(vol_name.as_str()))?;
-    let empty_dir = vol.get("emptyDir")?.as_object()?;
-    if empty_dir.get("medium").and_then(Value::as_str) != Some("Memory") {
+        .find(|v| pod::field(v, "name").and_then(Value::as_str) == Some(vol_name.as_str()))?;
+    let empty_dir = pod::field(vol, "emptyDir")?.as_object()?;
+    if pod::get(empty_dir, "medium").and_then(Value::as_str) != Some("Memory") {
         return None;
     }
-    let current = empty_dir.get("sizeLimit").map(Quantity::from_json);
+    let current = pod::get(empty_dir, "sizeLimit").map(Quantity::from_json);
     let set = match current {
         None => true,
         Some(Ok(q)) if q == mem => false,
@@ -306,14 +303,15 @@ fn number_flag(cmd: &str, name: &str) -> Flag {
 
 /// `Some(map)` for an absent or literal-JSON-object override, `None` when it cannot be read.
 fn existing_override(c: &Value) -> Option<Map<String, Value>> {
-    let entry = c.get("env").and_then(Value::as_array).and_then(|a| {
-        a.iter()
-            .find(|e| e.get("name").and_then(Value::as_str) == Some(OVERRIDE_ENV))
-    });
+    let entry = pod::field(c, "env")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|e| pod::field(e, "name").and_then(Value::as_str) == Some(OVERRIDE_ENV))
+        });
     match entry {
         None => Some(Map::new()),
-        Some(e) => e
-            .get("value")
+        Some(e) => pod::field(e, "value")
             .and_then(Value::as_str)
             .and_then(|s| serde_json::from_str(s).ok()),
     }

@@ -64,8 +64,7 @@ pub fn inject(pod: &mut Value, ray_idx: usize, cfg: &Config) -> Result<Injection
     };
     // A pod shaped under the other mode keeps its sidecar where it is: moving it between
     // lists is not allowed on a live pod, and never needed on a new one.
-    let elsewhere = spec
-        .get(other)
+    let elsewhere = pod::get(spec, other)
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|c| pod::name(c) == s.sidecar.name));
     if elsewhere {
@@ -117,7 +116,7 @@ fn check_names(pod: &Value, s: &Settings) -> Result<(), Denial> {
 
 /// The sidecar is recognised by the pod UID it gets from the downward API.
 fn is_our_container(c: &Value) -> bool {
-    c.get("env")
+    pod::field(c, "env")
         .and_then(Value::as_array)
         .is_some_and(|env| env.iter().any(|e| pod::name(e) == env::POD_UID))
 }
@@ -138,11 +137,12 @@ fn is_our_token_volume(v: &Value) -> bool {
 fn ensure_logs_volume(pod: &mut Value, ray_idx: usize) -> (String, bool) {
     let existing = pod::containers(pod)
         .get(ray_idx)
-        .and_then(|ray| ray.get("volumeMounts"))
+        .and_then(|ray| pod::field(ray, "volumeMounts"))
         .and_then(Value::as_array)
         .and_then(|a| {
-            a.iter()
-                .find(|m| m.get("mountPath").and_then(Value::as_str) == Some(contract::RAY_ROOT))
+            a.iter().find(|m| {
+                pod::field(m, "mountPath").and_then(Value::as_str) == Some(contract::RAY_ROOT)
+            })
         })
         .map(pod::name);
     if let Some(name) = existing {

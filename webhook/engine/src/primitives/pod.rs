@@ -7,16 +7,44 @@ use super::quantity::Quantity;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// Maps up to this size are searched key by key: comparing a few keys (mostly by length
+/// alone) costs less than hashing one with the SipHash of `preserve_order`'s maps, and
+/// most maps in a pod are this small.
+const SCAN: usize = 16;
+
+/// `m[key]`, as `Map::get` finds it.
+pub fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if m.len() <= SCAN {
+        m.iter().find_map(|(k, v)| (k == key).then_some(v))
+    } else {
+        m.get(key)
+    }
+}
+
+/// `m[key]` for writing, as `Map::get_mut` finds it.
+pub fn get_mut<'a>(m: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Value> {
+    if m.len() <= SCAN {
+        m.iter_mut().find_map(|(k, v)| (k == key).then_some(v))
+    } else {
+        m.get_mut(key)
+    }
+}
+
+/// `v[key]` when `v` is an object: `Value::get` for a key, found as [`get`] finds it.
+pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    get(v.as_object()?, key)
+}
+
 /// `obj[a][b]...` without the allocation `Value::pointer` makes to unescape each segment
 /// (it showed up as half the cost of evaluating rule selectors).
 pub fn at<'a>(obj: &'a Value, path: &[&str]) -> Option<&'a Value> {
-    path.iter().try_fold(obj, |v, k| v.as_object()?.get(*k))
+    path.iter().try_fold(obj, |v, k| field(v, k))
 }
 
 /// `obj[a][b]...` for writing, through objects only.
 pub fn at_mut<'a>(obj: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     path.iter()
-        .try_fold(obj, |v, k| v.as_object_mut()?.get_mut(*k))
+        .try_fold(obj, |v, k| get_mut(v.as_object_mut()?, k))
 }
 
 pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
@@ -30,8 +58,8 @@ pub fn annotations(obj: &Value) -> Option<&Map<String, Value>> {
 /// A vocabulary value: the label, else the annotation of the same key.
 pub fn vocab<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     labels(obj)
-        .and_then(|m| m.get(key))
-        .or_else(|| annotations(obj).and_then(|m| m.get(key)))
+        .and_then(|m| get(m, key))
+        .or_else(|| annotations(obj).and_then(|m| get(m, key)))
         .and_then(Value::as_str)
 }
 
@@ -79,10 +107,7 @@ pub fn set_vocab(obj: &mut Value, key: &str, value: &str) {
 /// Remove a vocabulary key from labels and annotations.
 pub fn remove_vocab(obj: &mut Value, key: &str) {
     for which in ["labels", "annotations"] {
-        if let Some(m) = obj
-            .pointer_mut(&format!("/metadata/{which}"))
-            .and_then(Value::as_object_mut)
-        {
+        if let Some(m) = at_mut(obj, &["metadata", which]).and_then(Value::as_object_mut) {
             m.shift_remove(key);
         }
     }
@@ -105,12 +130,12 @@ pub fn init_containers(pod: &Value) -> &[Value] {
 }
 
 pub fn name(c: &Value) -> &str {
-    c.get("name").and_then(Value::as_str).unwrap_or("")
+    field(c, "name").and_then(Value::as_str).unwrap_or("")
 }
 
 /// An init container that keeps running beside the app containers (`restartPolicy: Always`).
 pub fn is_native_sidecar(c: &Value) -> bool {
-    c.get("restartPolicy").and_then(Value::as_str) == Some("Always")
+    field(c, "restartPolicy").and_then(Value::as_str) == Some("Always")
 }
 
 /// One of a container's `requests` or `limits`, parsed; unparseable entries are skipped
@@ -138,11 +163,11 @@ pub fn footprint(c: &Value) -> BTreeMap<String, Quantity> {
 
 /// The env var `name` of a container, if set with a literal value.
 pub fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
-    c.get("env")?
+    field(c, "env")?
         .as_array()?
         .iter()
-        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?
-        .get("value")
+        .find(|e| field(e, "name").and_then(Value::as_str) == Some(name))
+        .and_then(|e| field(e, "value"))
         .and_then(Value::as_str)
 }
 
@@ -150,7 +175,7 @@ pub fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
 pub fn command_line(c: &Value) -> String {
     let mut parts = Vec::new();
     for field in ["command", "args"] {
-        if let Some(a) = c.get(field).and_then(Value::as_array) {
+        if let Some(a) = self::field(c, field).and_then(Value::as_array) {
             parts.extend(a.iter().filter_map(Value::as_str));
         }
     }

@@ -4,6 +4,7 @@
 //! The Anyscale operator evaluates the same syntax over annotations, so a key is looked up
 //! in the labels first and then in the annotations: rules written for either work.
 
+use super::pod;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -68,8 +69,8 @@ impl Selector {
     ) -> bool {
         let get = |k: &str| -> Option<&str> {
             labels
-                .and_then(|m| m.get(k))
-                .or_else(|| annotations.and_then(|m| m.get(k)))
+                .and_then(|m| pod::get(m, k))
+                .or_else(|| annotations.and_then(|m| pod::get(m, k)))
                 .and_then(Value::as_str)
         };
         self.reqs.iter().all(|r| match r {
