@@ -6,7 +6,6 @@
 //! was a quarter of the cost of an admission. [`diff_json`] writes the patch's JSON straight
 //! from the shaped object, without copying the values it adds.
 
-use crate::primitives::json;
 use serde_json::{Map, Value};
 
 enum Seg<'a> {
@@ -41,10 +40,10 @@ pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
                     Seg::Index(i) => decimal(text, *i),
                 }
             }
-            json::write_str(out, text);
+            serde_json::to_writer(&mut *out, text.as_str()).expect("writing to a Vec cannot fail");
             if let Some(v) = value {
                 out.extend_from_slice(b",\"value\":");
-                json::write_value(out, v);
+                serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail");
             }
             out.push(b'}');
         }

@@ -16,7 +16,6 @@ pub mod vocabulary;
 
 use crate::classify::{FoundBy, RayPod};
 use crate::config::Config;
-use crate::primitives::json::write_str as json_str;
 use crate::primitives::pod;
 use rayshape_contract::keys;
 use serde_json::Value;
@@ -196,6 +195,12 @@ fn record(cfg: &Config, v: &vocabulary::Vocabulary<'_>, sidecar: bool, applied: 
     out.extend_from_slice(b"\"}");
     // Only JSON text and hex digits were written.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {

@@ -1,7 +1,6 @@
 //! The building blocks every stage uses: Kubernetes quantities, label selectors, the
 //! lenient RFC 6902 applier that patch rules run on, and accessors over pods held as JSON.
 
-pub mod json;
 pub mod pod;
 pub mod quantity;
 pub mod rfc6902;
