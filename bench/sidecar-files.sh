@@ -89,6 +89,8 @@ for n in 50 10000; do
     R[$n,$name,cpu]=$(awk -v d=$((c1 - c0)) -v hz="$HZ" -v s="$IDLE" 'BEGIN {printf "%.2f", d * 1000 / hz / s}')
     R[$n,$name,rss]=$(awk -v r="$(status_kib $sc VmRSS)" 'BEGIN {printf "%.1f", r / 1024}')
     R[$n,$name,hwm]=$(awk -v r="$(status_kib $sc VmHWM)" 'BEGIN {printf "%.1f", r / 1024}')
+    R[$n,$name,anon]=$(awk '$1 == "Anonymous:" {printf "%.1f", $2 / 1024}' "/proc/$sc/smaps_rollup")
+    R[$n,$name,file]=$(awk '$1 == "Rss:" {r = $2} $1 == "Anonymous:" {a = $2} END {printf "%.1f", (r - a) / 1024}' "/proc/$sc/smaps_rollup")
     R[$n,$name,fds]=$(ls "/proc/$sc/fd" | wc -l)
     R[$n,$name,logfds]=$(log_fds $sc "$root")
     kill -TERM $sc
@@ -119,6 +121,8 @@ row() { # key, label
 row cpu "CPU while idle, ms per second (${IDLE} s, tick $((1000 / HZ)) ms)"
 row rss "resident memory, idle, MiB"
 row hwm "peak resident memory, MiB"
+row anon "  of the idle: anonymous (heap, stacks), MiB"
+row file "  of the idle: file-backed (code and libraries), MiB"
 row fds "open descriptors, all"
 row logfds "open descriptors, log files"
 row ship "seconds to ship the files at start (flush age 1 s)"
