@@ -2,8 +2,9 @@
 # The sidecar following many log files with nothing new to ship (a long-lived Ray node has a
 # file per worker process): CPU per idle second, resident memory and open descriptors, for
 # 50 and 10,000 files, shipping to s3s-fs on loopback. With a baseline (a git revision, or a
-# directory holding another source tree), its sidecar is built (release) and measured in the
-# same run, side by side, with the ratio. Prints a Markdown table for BENCHMARKS.md.
+# directory holding another source tree), its sidecar is built (release profile; this
+# tree's with the sidecar profile, as images/Dockerfile builds it) and measured in the same
+# run, side by side, with the ratio. Prints a Markdown table for BENCHMARKS.md.
 # Usage: bench/sidecar-files.sh [BASELINE_REV_OR_DIR] [IDLE_SECONDS, default 60]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +18,8 @@ S3S=tests/.tools/bin/s3s-fs
 if [ ! -x "$S3S" ]; then
   CARGO_TARGET_DIR="$WORK/s3s-target" cargo install s3s-fs --version 0.14.1 --features binary --locked --root tests/.tools --quiet
 fi
-cargo build --release --locked -q -p rayshape-sidecar
-bins=("this tree=$ROOT/target/release/rayshape-sidecar")
+cargo build --profile sidecar --locked -q -p rayshape-sidecar
+bins=("this tree=$ROOT/target/sidecar/rayshape-sidecar")
 if [ -n "$BASE_REV" ]; then
   # Built beside this tree's target, so that a second run is incremental.
   if [ -d "$BASE_REV" ]; then

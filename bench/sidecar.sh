@@ -17,8 +17,8 @@ S3S=tests/.tools/bin/s3s-fs
 if [ ! -x "$S3S" ]; then
   CARGO_TARGET_DIR="$WORK/s3s-target" cargo install s3s-fs --version 0.14.1 --features binary --locked --root tests/.tools --quiet
 fi
-cargo build --release --locked -q -p rayshape-sidecar
-BIN=target/release/rayshape-sidecar
+cargo build --profile sidecar --locked -q -p rayshape-sidecar
+BIN=target/sidecar/rayshape-sidecar
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SPORT=$(port)
 mkdir -p "$WORK/s3/bench"
