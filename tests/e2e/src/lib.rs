@@ -96,6 +96,34 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
     }
 
+    /// A ServiceAccount token from TokenRequest (`kubectl create token`), valid 10 minutes,
+    /// for `audience`; bound to the pod `(name, uid)` when given, as the kubelet binds the
+    /// projected tokens it requests.
+    pub fn token(&self, ns: &str, sa: &str, audience: &str, pod: Option<(&str, &str)>) -> String {
+        let mut args = vec![
+            "create",
+            "token",
+            sa,
+            "-n",
+            ns,
+            "--audience",
+            audience,
+            "--duration",
+            "10m",
+        ];
+        if let Some((name, uid)) = pod {
+            args.extend([
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                name,
+                "--bound-object-uid",
+                uid,
+            ]);
+        }
+        self.ok(&args, None).trim().to_string()
+    }
+
     /// A fresh namespace for one test: `prefix-` and a suffix of this run. Namespaces are
     /// not deleted: without kubelets, a scheduled pod never finishes terminating, and the
     /// control plane is thrown away after the run anyway.

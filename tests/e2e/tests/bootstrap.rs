@@ -55,31 +55,6 @@ fn ray_pod(c: &Cluster, ns: &str, name: &str, sa: &str) -> String {
     )
 }
 
-fn token(c: &Cluster, ns: &str, sa: &str, audience: &str, pod: Option<(&str, &str)>) -> String {
-    let mut args = vec![
-        "create",
-        "token",
-        sa,
-        "-n",
-        ns,
-        "--audience",
-        audience,
-        "--duration",
-        "10m",
-    ];
-    if let Some((name, uid)) = pod {
-        args.extend([
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            name,
-            "--bound-object-uid",
-            uid,
-        ]);
-    }
-    c.ok(&args, None).trim().to_string()
-}
-
 /// The notes of the bootstrap Events on a pod.
 fn events(c: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<String> {
     let list = c.json(&["get", "events.events.k8s.io", "-n", ns]);
@@ -115,7 +90,7 @@ fn a_shaped_pod_gets_its_configuration_and_a_verified_event() {
     let ns = c.namespace("bootstrap-ok");
     sa(&c, &ns, "ray");
     let uid = ray_pod(&c, &ns, "ray-1", "ray");
-    let t = token(&c, &ns, "ray", "rayshape.io", Some(("ray-1", &uid)));
+    let t = c.token(&ns, "ray", "rayshape.io", Some(("ray-1", &uid)));
     // The body claims another pod: ignored.
     let (status, body, _) = bootstrap(
         &c,
@@ -153,7 +128,7 @@ fn every_refusal_says_why_and_is_recorded() {
     let uid = ray_pod(&c, &ns, "ray-1", "ray");
 
     // Another audience.
-    let t = token(&c, &ns, "ray", "vault", Some(("ray-1", &uid)));
+    let t = c.token(&ns, "ray", "vault", Some(("ray-1", &uid)));
     let (status, body, _) = bootstrap(&c, &t, "{}");
     assert_eq!(status, 401, "{body}");
     assert!(
@@ -176,7 +151,7 @@ fn every_refusal_says_why_and_is_recorded() {
     assert_eq!(status, 401, "{body}");
 
     // A service-account token bound to no pod.
-    let t = token(&c, &ns, "ray", "rayshape.io", None);
+    let t = c.token(&ns, "ray", "rayshape.io", None);
     let (status, body, _) = bootstrap(&c, &t, "{}");
     assert_eq!(status, 403, "{body}");
     assert!(
@@ -194,7 +169,7 @@ fn every_refusal_says_why_and_is_recorded() {
         &["create", "-f", "-", "-o", "jsonpath={.metadata.uid}"],
         Some(&plain.to_string()),
     );
-    let t = token(&c, &ns, "ray", "rayshape.io", Some(("plain", &plain_uid)));
+    let t = c.token(&ns, "ray", "rayshape.io", Some(("plain", &plain_uid)));
     let (status, body, _) = bootstrap(&c, &t, "{}");
     assert_eq!(status, 403, "{body}");
     assert!(
@@ -205,7 +180,7 @@ fn every_refusal_says_why_and_is_recorded() {
 
     // A pod since deleted: its token is invalidated.
     let gone_uid = ray_pod(&c, &ns, "gone", "ray");
-    let t = token(&c, &ns, "ray", "rayshape.io", Some(("gone", &gone_uid)));
+    let t = c.token(&ns, "ray", "rayshape.io", Some(("gone", &gone_uid)));
     c.ok(
         &[
             "delete",
@@ -226,7 +201,7 @@ fn every_refusal_says_why_and_is_recorded() {
 
     // A pod deleted and recreated under the same name: the old token is not the new pod's.
     let old_uid = ray_pod(&c, &ns, "again", "ray");
-    let t = token(&c, &ns, "ray", "rayshape.io", Some(("again", &old_uid)));
+    let t = c.token(&ns, "ray", "rayshape.io", Some(("again", &old_uid)));
     c.ok(
         &[
             "delete",
@@ -255,13 +230,7 @@ fn every_refusal_says_why_and_is_recorded() {
         &["create", "-f", "-", "-o", "jsonpath={.metadata.uid}"],
         Some(&pod.to_string()),
     );
-    let t = token(
-        &c,
-        &ns,
-        "ray",
-        "rayshape.io",
-        Some(("leaving", &leaving_uid)),
-    );
+    let t = c.token(&ns, "ray", "rayshape.io", Some(("leaving", &leaving_uid)));
     c.ok(
         &["delete", "pod", "leaving", "-n", &ns, "--wait=false"],
         None,
@@ -300,14 +269,8 @@ fn allow_lists_are_enforced() {
     sa(&c, &ns, "other");
     let uid = ray_pod(&c, &ns, "ray-1", "ray");
     let other_uid = ray_pod(&c, &ns, "other-1", "other");
-    let t = token(&c, &ns, "ray", "rayshape.io", Some(("ray-1", &uid)));
-    let t_other = token(
-        &c,
-        &ns,
-        "other",
-        "rayshape.io",
-        Some(("other-1", &other_uid)),
-    );
+    let t = c.token(&ns, "ray", "rayshape.io", Some(("ray-1", &uid)));
+    let t_other = c.token(&ns, "other", "rayshape.io", Some(("other-1", &other_uid)));
     c.set_webhook_settings(&format!(
         "{}bootstrap:\n  namespaces: [somewhere-else]\n  cacheSeconds: 0\n",
         c.default_settings()
@@ -346,7 +309,7 @@ fn a_missing_permission_is_named() {
     let ns = c.namespace("bootstrap-rbac");
     sa(&c, &ns, "ray");
     let uid = ray_pod(&c, &ns, "ray-1", "ray");
-    let t = token(&c, &ns, "ray", "rayshape.io", Some(("ray-1", &uid)));
+    let t = c.token(&ns, "ray", "rayshape.io", Some(("ray-1", &uid)));
     let role = c.json(&["get", "clusterrole", "rayshape-webhook"]);
     // Take `get pods` away.
     let fewer: Vec<Value> = role["rules"]

@@ -135,28 +135,7 @@ fn pod_token(c: &Cluster, pod: &Value, audience: &str) -> String {
     let sa = pod["spec"]["serviceAccountName"]
         .as_str()
         .unwrap_or("default");
-    c.ok(
-        &[
-            "create",
-            "token",
-            sa,
-            "-n",
-            ns,
-            "--audience",
-            audience,
-            "--duration",
-            "10m",
-            "--bound-object-kind",
-            "Pod",
-            "--bound-object-name",
-            name,
-            "--bound-object-uid",
-            uid,
-        ],
-        None,
-    )
-    .trim()
-    .to_string()
+    c.token(ns, sa, audience, Some((name, uid)))
 }
 
 /// Write a token the way the kubelet rotates it: a new file swapped in whole.
