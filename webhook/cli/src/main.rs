@@ -138,6 +138,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
+    alloc::purge_at_once();
     // A bug is reported in one line, not a backtrace; `mutate` then exits 2 and `serve`
     // answers the one review with 500.
     std::panic::set_hook(Box::new(|info| eprintln!("internal error: {info}")));
