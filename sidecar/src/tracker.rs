@@ -634,10 +634,7 @@ impl Tracker {
         let id = ck.take_id();
         let head = read_head(&file, HEAD).unwrap_or_default();
         let d = &self.dirs[dir];
-        // The listing's string itself, kept: names allocated one after another, while the
-        // directory is listed, sit together in memory; allocated here, between this file's
-        // transient buffers, they would be scattered over pages the allocator cannot give
-        // back (half the resident heap with ten thousand files).
+        // The listing's string itself, kept rather than copied.
         let rel = if d.rel.is_empty() {
             name
         } else {
