@@ -18,6 +18,7 @@
 //! keeps them (the page cache survives it), and losing them to a power cut only makes the
 //! count of lost bytes lower than the truth.
 
+use crate::idmap::IdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -94,7 +95,7 @@ pub struct Checkpoint {
     pub sequences: BTreeMap<String, u64>,
     /// Followed files, by id (stable within the checkpoint; names the file's stream in the
     /// store, `<name>~<epoch>.<id>`).
-    pub files: BTreeMap<u64, FileState>,
+    pub files: IdMap<FileState>,
     pub pending: Option<Plan>,
     /// Bytes removed (by rotation or truncation) before they could be read, all time.
     pub lost_bytes: u64,
@@ -171,7 +172,7 @@ impl Checkpoint {
             sink,
             next_id: 0,
             sequences: BTreeMap::new(),
-            files: BTreeMap::new(),
+            files: IdMap::new(),
             pending: None,
             lost_bytes: 0,
         })

@@ -13,6 +13,7 @@
 pub mod bootstrap;
 pub mod checkpoint;
 pub mod config;
+pub mod idmap;
 #[cfg(feature = "ship")]
 pub mod logs;
 #[cfg(feature = "ship")]

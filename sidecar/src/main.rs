@@ -89,6 +89,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     rayshape_telemetry::init_logging(env::LOG);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One malloc arena, the main heap's, for both threads: glibc's `malloc_trim`, which the
+    // shipper calls once memory settles, returns free pages from anywhere in the main heap
+    // but never the top of another thread's arena, where a segment's buffers were freed.
+    // With 10,000 files that is 1.5 MiB resident for nothing. The threads rarely allocate
+    // at the same moment, so sharing the arena's lock costs nothing measurable.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     // One thread serves metrics and talks to the store; file work (scans, compression,
     // checkpoint writes) goes to one blocking thread at a time, which it never needs more
     // of: a thread per task would give each its own malloc arena, and with ten thousand

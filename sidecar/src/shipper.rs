@@ -154,6 +154,10 @@ pub struct Shipper {
     failures: u32,
     /// Files followed when freed memory was last given back.
     trimmed_at: usize,
+    /// When freed memory was last given back.
+    trimmed: Instant,
+    /// Segments went out since freed memory was last given back.
+    shipped_since_trim: bool,
     backoff: Duration,
     next_attempt: Instant,
     /// Set when a stop is first seen: the final flush must end by then.
@@ -184,6 +188,8 @@ impl Shipper {
             built: None,
             failures: 0,
             trimmed_at: 0,
+            trimmed: Instant::now(),
+            shipped_since_trim: false,
             backoff,
             next_attempt: Instant::now(),
             deadline: None,
@@ -214,6 +220,7 @@ impl Shipper {
                     }
                     Ok(Progress::Idle) => {
                         self.succeeded();
+                        self.settle_memory();
                         if stopping {
                             tracing::info!("everything shipped");
                             return Ok(());
@@ -515,15 +522,9 @@ impl Shipper {
         let now = Instant::now();
         // The final flush looks at every file: quiet ones may have had a last word.
         let thorough = self.deadline.is_some();
-        let trimmed_at = self.trimmed_at;
         let (report, saved) = self
             .blocking(move |inner| {
                 let r = inner.tracker.scan(&mut inner.ck, now, thorough);
-                if inner.ck.files.len() >= trimmed_at + 256 {
-                    // Files are added one by one in id order, which leaves the map's nodes
-                    // half full; built from a sorted iterator, they are packed.
-                    inner.ck.files = std::mem::take(&mut inner.ck.files).into_iter().collect();
-                }
                 inner.ck.lost_bytes += r.lost;
                 // Sizes and new files need not survive a power cut: no fsync.
                 let saved = (r.changed || r.lost > 0)
@@ -574,11 +575,21 @@ impl Shipper {
             return;
         }
         self.trimmed_at = files;
-        #[cfg(target_env = "gnu")]
-        // SAFETY: malloc_trim only returns free memory to the system; it takes no pointers
-        // and is safe to call from any thread at any time.
-        unsafe {
-            libc::malloc_trim(0);
+        trim_heap();
+        self.trimmed = Instant::now();
+    }
+
+    /// Nothing is due after segments went out: give back what building them took (the
+    /// compressor's tables, the segment), at most every [`TRIM_EVERY`]. glibc keeps freed
+    /// memory at the top of its heap for the next allocation, and after large buffers were
+    /// freed it raises the bar for giving any back to twice their size; an idle sidecar
+    /// would otherwise hold a segment's worth of pages it no longer uses (1.5 MiB with
+    /// 10,000 files shipped).
+    fn settle_memory(&mut self) {
+        if self.shipped_since_trim && self.trimmed.elapsed() >= TRIM_EVERY {
+            self.shipped_since_trim = false;
+            trim_heap();
+            self.trimmed = Instant::now();
         }
     }
 
@@ -940,12 +951,28 @@ impl Shipper {
                 self.show_state(Some(&e.to_string()));
             }
         }
+        self.shipped_since_trim = true;
         self.metrics.segments.inc();
         self.metrics.bytes_shipped.inc_by(raw);
         self.metrics.bytes_uploaded.inc_by(compressed);
         self.update_gauges();
         tracing::debug!(session = %session, sequence, bytes = raw, compressed, "segment shipped");
         Ok(())
+    }
+}
+
+/// Free memory is given back after shipping at most this often: the next segment faults
+/// those pages in again.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
+
+/// Return the allocator's free pages to the system (glibc: every arena's free chunks, and
+/// the top of the main heap, where the sidecar allocates: see `main`).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system; it takes no pointers
+    // and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

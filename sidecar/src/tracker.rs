@@ -28,6 +28,7 @@
 //!   current are counted in `ScanReport::closed_removed`.
 
 use crate::checkpoint::{self, Checkpoint, FileState, HEAD};
+use crate::idmap::IdMap;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt};
@@ -153,7 +154,7 @@ struct Failed {
 pub struct Tracker {
     root: PathBuf,
     settings: Settings,
-    entries: HashMap<u64, Entry>,
+    entries: IdMap<Entry>,
     by_inode: HashMap<(u64, u64), u64>,
     /// A file's name in its directory, when that is not the one it was first seen with.
     renamed: HashMap<u64, Box<str>>,
@@ -238,7 +239,7 @@ impl Tracker {
         let mut t = Tracker {
             root: root.to_path_buf(),
             settings,
-            entries: HashMap::with_capacity(ck.files.len()),
+            entries: IdMap::with_capacity(ck.files.len()),
             by_inode: HashMap::with_capacity(ck.files.len()),
             renamed: HashMap::new(),
             aliases: HashMap::new(),
@@ -511,7 +512,7 @@ impl Tracker {
             }
         }
         for (name, key) in found {
-            self.discover(ck, pending, i, &name, key, now, r);
+            self.discover(ck, pending, i, name, key, now, r);
         }
     }
 
@@ -554,25 +555,25 @@ impl Tracker {
         ck: &mut Checkpoint,
         pending: &HashSet<u64>,
         dir: usize,
-        name: &str,
+        name: String,
         key: (u64, u64),
         now: Instant,
         r: &mut ScanReport,
     ) {
-        let path = self.dirs[dir].path.join(name);
+        let path = self.dirs[dir].path.join(&name);
         let file = match File::open(&path) {
             Ok(f) => f,
             // Gone between the listing and the open: nothing to follow.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => {
-                self.unreadable(path, dir, name, e, now, r);
+                self.unreadable(path, dir, &name, e, now, r);
                 return;
             }
         };
         let m = match file.metadata() {
             Ok(m) => m,
             Err(e) => {
-                self.unreadable(path, dir, name, e, now, r);
+                self.unreadable(path, dir, &name, e, now, r);
                 return;
             }
         };
@@ -589,12 +590,12 @@ impl Tracker {
             let Some(st) = ck.files.get(&id) else { return };
             if verified {
                 if real == key || real.1 == key.1 {
-                    self.sighted(ck, id, dir, name, now);
+                    self.sighted(ck, id, dir, &name, now);
                 }
                 return;
             }
             if is_same(st, &file, &m) {
-                self.sighted(ck, id, dir, name, now);
+                self.sighted(ck, id, dir, &name, now);
                 let t = self.tick(now);
                 if let Some(e) = self.entries.get_mut(&id) {
                     e.verified = true;
@@ -624,7 +625,7 @@ impl Tracker {
         &mut self,
         ck: &mut Checkpoint,
         dir: usize,
-        name: &str,
+        name: String,
         file: File,
         m: &std::fs::Metadata,
         key: (u64, u64),
@@ -633,8 +634,9 @@ impl Tracker {
         let id = ck.take_id();
         let head = read_head(&file, HEAD).unwrap_or_default();
         let d = &self.dirs[dir];
+        // The listing's string itself, kept rather than copied.
         let rel = if d.rel.is_empty() {
-            name.to_string()
+            name
         } else {
             format!("{}/{name}", d.rel)
         };
@@ -739,7 +741,7 @@ impl Tracker {
                         self.failed.remove(&path);
                         continue;
                     }
-                    self.discover(ck, pending, dir, &name, key, now, r);
+                    self.discover(ck, pending, dir, name, key, now, r);
                 }
                 _ => {
                     self.failed.remove(&path);
@@ -961,15 +963,47 @@ impl Tracker {
                 d.dirty = true;
             }
         }
-        for (id, closed_quiet) in gone {
-            if let Some(st) = self.forget(ck, id) {
-                r.lost += st.size.saturating_sub(st.shipped);
-            }
-            if closed_quiet {
-                r.closed_removed += 1;
-            }
-            r.changed = true;
+        if gone.is_empty() {
+            return;
         }
+        r.closed_removed += gone.iter().filter(|(_, q)| *q).count() as u64;
+        let gone: Vec<u64> = gone.into_iter().map(|(id, _)| id).collect();
+        r.lost += self.forget_all(ck, &gone);
+        r.changed = true;
+    }
+
+    /// [`Tracker::forget`] for many files at once (a session's directory removed): one pass
+    /// over the maps, not one per file. `gone` is sorted. Returns their unshipped bytes.
+    fn forget_all(&mut self, ck: &mut Checkpoint, gone: &[u64]) -> u64 {
+        let is_gone = |id: &u64| gone.binary_search(id).is_ok();
+        let mut lost = 0;
+        let by_inode = &mut self.by_inode;
+        ck.files.retain(|id, st| {
+            if !is_gone(id) {
+                return true;
+            }
+            lost += st.size.saturating_sub(st.shipped);
+            if by_inode.get(&(st.dev, st.ino)) == Some(id) {
+                by_inode.remove(&(st.dev, st.ino));
+            }
+            false
+        });
+        let mut closed = 0;
+        self.entries.retain(|id, e| {
+            if !is_gone(id) {
+                return true;
+            }
+            closed += usize::from(e.file.is_some());
+            false
+        });
+        self.open -= closed;
+        for id in gone {
+            if let Some(a) = self.aliases.remove(id) {
+                self.by_inode.remove(&a);
+            }
+            self.renamed.remove(id);
+        }
+        lost
     }
 
     /// Close what needs no descriptor, open what has bytes to read, within the cap.
