@@ -66,6 +66,7 @@ command -v valgrind >/dev/null || need+=(valgrind)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v nm >/dev/null || need+=(binutils)
+command -v perf >/dev/null || need+=(linux-perf)
 if [ "$WHAT" = webhook ]; then
   command -v h2load >/dev/null || need+=(nghttp2-client)
   command -v openssl >/dev/null || need+=(openssl)
@@ -92,6 +93,11 @@ VG=(valgrind --tool=callgrind --callgrind-out-file="$OUT" --demangle=no --compre
   --compress-pos=no --dump-instr=no --dump-line=no)
 dump() { callgrind_control -d "$1" >/dev/null 2>&1; }
 keep() { [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$OUT".* "$KEEP/"; }; }
+# The binary's functions perf sampled in the native run, one a line.
+native() {
+  perf script -i "$WORK/perf.data" -F ip,sym,dso --no-demangle 2>/dev/null \
+    | awk -v b="$(basename "$1")" 'index($NF, b) {print $2}' | sort -u >"$WORK/native.txt"
+}
 
 if [ "$WHAT" = webhook ]; then
   build webhook
@@ -110,42 +116,57 @@ review["request"]["uid"] = "bench-gpu-worker"
 review["request"]["object"] = pod
 json.dump(review, open(sys.argv[3], "w"), indent=2)
 EOF
-  p=$(port) mp=$(port)
-  RAYSHAPE_LOG=warn "${VG[@]}" "$WEBHOOK" serve --config "$WORK/config" --tls-cert "$WORK/tls.crt" \
-    --tls-key "$WORK/tls.key" --listen "127.0.0.1:$p" --metrics-listen "127.0.0.1:$mp" 2>"$WORK/server.log" &
-  SERVER=$!
-  PIDS+=("$SERVER")
-  probe() {
-    curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null
-    curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/readyz" >/dev/null
-    curl -sf "http://127.0.0.1:$mp/metrics" >/dev/null
-  }
-  ok=""
-  for _ in $(seq 600); do
-    if curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "$SERVER" 2>/dev/null || break
-    sleep 0.2
+  # Run 1 under callgrind, one profile per phase; run 2 natively under perf, sampling which
+  # functions run on this CPU (valgrind's lacks AVX-512, SHA and ADX: aws-lc and sha2 pick
+  # other implementations there).
+  for run in callgrind perf; do
+    p=$(port) mp=$(port)
+    case $run in
+      callgrind) wrap=("${VG[@]}") ;;
+      perf) wrap=(perf record -q -e cpu-clock:u -c 20000 -o "$WORK/perf.data" --) ;;
+    esac
+    RAYSHAPE_LOG=warn "${wrap[@]}" "$WEBHOOK" serve --config "$WORK/config" --tls-cert "$WORK/tls.crt" \
+      --tls-key "$WORK/tls.key" --listen "127.0.0.1:$p" --metrics-listen "127.0.0.1:$mp" 2>"$WORK/server.log" &
+    SERVER=$!
+    PIDS+=("$SERVER")
+    probe() {
+      curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null
+      curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/readyz" >/dev/null
+      curl -sf "http://127.0.0.1:$mp/metrics" >/dev/null
+    }
+    ok=""
+    for _ in $(seq 600); do
+      if curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null 2>&1; then ok=1; break; fi
+      kill -0 "$SERVER" 2>/dev/null || break
+      sleep 0.2
+    done
+    [ -n "$ok" ] || { cat "$WORK/server.log" >&2; die "the webhook did not come up under $run"; }
+    [ $run != callgrind ] || dump "$SERVER"                  # .1: start-up
+    for review in cpu gpu cpu; do
+      h2load -d "$WORK/review-$review.json" -H 'content-type: application/json' -c 8 -m 10 -t 1 -n 2000 \
+        "https://127.0.0.1:$p/mutate" >"$WORK/h2.out" 2>&1 || { cat "$WORK/h2.out" >&2; die "h2load failed"; }
+      grep -q 'requests: 2000 total, 2000 started, 2000 done, 2000 succeeded' "$WORK/h2.out" \
+        || { cat "$WORK/h2.out" >&2; die "not every admission succeeded"; }
+      probe
+    done
+    # An HTTP/1.1 client and a malformed review: the error path is part of serving too.
+    curl -sf --cacert "$WORK/tls.crt" -H 'content-type: application/json' --data-binary @"$WORK/review-cpu.json" \
+      "https://localhost:$p/mutate" >/dev/null
+    curl -s --cacert "$WORK/tls.crt" -H 'content-type: application/json' --data-binary '{"request":' \
+      "https://localhost:$p/mutate" >/dev/null || true
+    [ $run != callgrind ] || dump "$SERVER"                  # .2: serving
+    for _ in $(seq 10); do probe; sleep 1; done
+    [ $run != callgrind ] || dump "$SERVER"                  # .3: idle
+    if [ $run = perf ]; then
+      kill "$(pgrep -P "$SERVER")" 2>/dev/null || true       # the server; perf then writes its data
+    else
+      kill "$SERVER"
+    fi
+    wait "$SERVER" 2>/dev/null || true
   done
-  [ -n "$ok" ] || { cat "$WORK/server.log" >&2; die "the webhook did not come up under valgrind"; }
-  dump "$SERVER"                                             # .1: start-up
-  for review in cpu gpu cpu; do
-    h2load -d "$WORK/review-$review.json" -H 'content-type: application/json' -c 8 -m 10 -t 1 -n 2000 \
-      "https://127.0.0.1:$p/mutate" >"$WORK/h2.out" 2>&1 || { cat "$WORK/h2.out" >&2; die "h2load failed"; }
-    grep -q 'requests: 2000 total, 2000 started, 2000 done, 2000 succeeded' "$WORK/h2.out" \
-      || { cat "$WORK/h2.out" >&2; die "not every admission succeeded"; }
-    probe
-  done
-  # An HTTP/1.1 client and a malformed review: the error path is part of serving too.
-  curl -sf --cacert "$WORK/tls.crt" -H 'content-type: application/json' --data-binary @"$WORK/review-cpu.json" \
-    "https://localhost:$p/mutate" >/dev/null
-  curl -s --cacert "$WORK/tls.crt" -H 'content-type: application/json' --data-binary '{"request":' \
-    "https://localhost:$p/mutate" >/dev/null || true
-  dump "$SERVER"                                             # .2: serving
-  for _ in $(seq 10); do probe; sleep 1; done
-  dump "$SERVER"                                             # .3: idle
-  kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
   keep
-  python3 bench/symbol_order.py "$WEBHOOK" "$WEBHOOK_ORDER" "$OUT.2" "$OUT.3" -- "$OUT.1"
+  native "$WEBHOOK"
+  python3 bench/symbol_order.py "$WEBHOOK" "$WEBHOOK_ORDER" "$OUT.2" "$OUT.3" -- "$OUT.1" -- "$WORK/native.txt"
   echo "wrote $WEBHOOK_ORDER"
   exit 0
 fi
@@ -162,9 +183,9 @@ mkdir -p "$WORK/s3/bench"
 "$S3S" --host 127.0.0.1 --port "$SPORT" --access-key AK --secret-key SKSKSKSK "$WORK/s3" >/dev/null 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$SPORT) 2>/dev/null && break; sleep 0.05; done
-LOGS=$WORK/ray
 N=2000
-python3 - "$LOGS" "$N" <<'PY'
+gen() { # root
+python3 - "$1" "$N" <<'PY'
 import os, random, sys
 root, n = sys.argv[1], int(sys.argv[2])
 d = os.path.join(root, "session_2026-11-22_12-00-00_000001_1", "logs")
@@ -182,6 +203,7 @@ for name in ["raylet.out", "raylet.err", "gcs_server.out", "dashboard.log", "mon
         for _ in range(20000):
             f.write(f"[2026-11-22 12:{rnd.randrange(60):02d}:{rnd.randrange(60):02d},{rnd.randrange(1000):03d} I {rnd.randrange(100,999)} {rnd.randrange(1000,9999)}] node_manager.cc:{rnd.randrange(100,3000)}: task {rnd.getrandbits(64):016x} lease granted\n")
 PY
+}
 MP=$(port)
 metric() { { curl -s "127.0.0.1:$MP/metrics" || true; } | awk -v m="$1" '$1==m {print $2}'; }
 wait_shipped() { # at least this many files tracked
@@ -195,32 +217,47 @@ wait_shipped() { # at least this many files tracked
   done
   die "the sidecar did not ship everything"
 }
-RAYSHAPE_SINK_URL=s3://bench/logs \
-  RAYSHAPE_SINK_OPTIONS="aws_endpoint=http://127.0.0.1:$SPORT,aws_allow_http=true,aws_region=us-east-1,aws_access_key_id=AK,aws_secret_access_key=SKSKSKSK" \
-  RAYSHAPE_LOG=warn RAYSHAPE_FLUSH_AGE=1s RAYSHAPE_POD_NAME=order RAYSHAPE_POD_UID=1 RAYSHAPE_LOG_ROOT="$LOGS" \
-  RAYSHAPE_METRICS_LISTEN="127.0.0.1:$MP" "${VG[@]}" "$SIDECAR" run 2>"$WORK/sidecar.log" &
-SC=$!
-PIDS+=("$SC")
-for _ in $(seq 600); do
-  curl -sf "127.0.0.1:$MP/metrics" >/dev/null 2>&1 && break
-  kill -0 "$SC" 2>/dev/null || { cat "$WORK/sidecar.log" >&2; die "the sidecar exited"; }
-  sleep 0.2
+# Run 1 under callgrind, one profile per phase; run 2 natively under perf (see the webhook's).
+for run in callgrind perf; do
+  LOGS=$WORK/ray-$run
+  gen "$LOGS"
+  case $run in
+    callgrind) wrap=("${VG[@]}") ;;
+    perf) wrap=(perf record -q -e cpu-clock:u -c 20000 -o "$WORK/perf.data" --) ;;
+  esac
+  RAYSHAPE_SINK_URL=s3://bench/logs \
+    RAYSHAPE_SINK_OPTIONS="aws_endpoint=http://127.0.0.1:$SPORT,aws_allow_http=true,aws_region=us-east-1,aws_access_key_id=AK,aws_secret_access_key=SKSKSKSK" \
+    RAYSHAPE_LOG=warn RAYSHAPE_FLUSH_AGE=1s RAYSHAPE_POD_NAME=order RAYSHAPE_POD_UID=$run RAYSHAPE_LOG_ROOT="$LOGS" \
+    RAYSHAPE_METRICS_LISTEN="127.0.0.1:$MP" "${wrap[@]}" "$SIDECAR" run 2>"$WORK/sidecar.log" &
+  SC=$!
+  PIDS+=("$SC")
+  for _ in $(seq 600); do
+    curl -sf "127.0.0.1:$MP/metrics" >/dev/null 2>&1 && break
+    kill -0 "$SC" 2>/dev/null || { cat "$WORK/sidecar.log" >&2; die "the sidecar exited"; }
+    sleep 0.2
+  done
+  [ $run != callgrind ] || dump "$SC"                        # .1: start-up
+  wait_shipped $((N + 10))
+  [ $run != callgrind ] || dump "$SC"                        # .2: shipping
+  # Idle: most files quiet, a few written to now and then, one rotated, metrics scraped.
+  D=$LOGS/session_2026-11-22_12-00-00_000001_1/logs
+  for i in $(seq 40); do
+    [ "$i" != 20 ] || mv "$D/raylet.out" "$D/raylet.out.1"
+    echo "[2026-11-22 12:30:00,000 I 1 2] more line $i" >>"$D/raylet.out"
+    [ $((i % 5)) != 0 ] || echo "[2026-11-22 12:30:00,000 I 1 2] worker line $i" >>"$D/worker-$(printf '%040x' $i)-01000000-$((1000 + i)).out"
+    metric rayshape_sidecar_files_tracked >/dev/null
+    sleep 1
+  done
+  wait_shipped $((N + 10))
+  [ $run != callgrind ] || dump "$SC"                        # .3: idle with a few writes
+  if [ $run = perf ]; then
+    kill -TERM "$(pgrep -P "$SC")" 2>/dev/null || true
+  else
+    kill -TERM "$SC"
+  fi
+  wait "$SC" 2>/dev/null || true
 done
-dump "$SC"                                                   # .1: start-up
-wait_shipped $((N + 10))
-dump "$SC"                                                   # .2: shipping
-# Idle: most files quiet, a few written to now and then, one rotated, metrics scraped.
-D=$LOGS/session_2026-11-22_12-00-00_000001_1/logs
-for i in $(seq 40); do
-  [ "$i" != 20 ] || mv "$D/raylet.out" "$D/raylet.out.1"
-  echo "[2026-11-22 12:30:00,000 I 1 2] more line $i" >>"$D/raylet.out"
-  [ $((i % 5)) != 0 ] || echo "[2026-11-22 12:30:00,000 I 1 2] worker line $i" >>"$D/worker-$(printf '%040x' $i)-01000000-$((1000 + i)).out"
-  metric rayshape_sidecar_files_tracked >/dev/null
-  sleep 1
-done
-wait_shipped $((N + 10))
-dump "$SC"                                                   # .3: idle with a few writes
-kill -TERM "$SC"; wait "$SC" 2>/dev/null || true
 keep
-python3 bench/symbol_order.py "$SIDECAR" "$SIDECAR_ORDER" "$OUT.2" "$OUT.3" -- "$OUT.1"
+native "$SIDECAR"
+python3 bench/symbol_order.py "$SIDECAR" "$SIDECAR_ORDER" "$OUT.2" "$OUT.3" -- "$OUT.1" -- "$WORK/native.txt"
 echo "wrote $SIDECAR_ORDER"
