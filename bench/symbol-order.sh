@@ -2,19 +2,22 @@
 # Regenerates the linker's symbol-ordering files, which lay out the code the binaries run
 # contiguously at the start of .text (README, Development: "Code laid out by use";
 # BENCHMARKS.md: "Code laid out by use (symbol ordering)"):
-#   webhook  webhook/cli/symbol-order.txt   `rayshape-webhook serve` under callgrind: start-up
-#            with the built-in configuration and a throw-away certificate, then CPU- and
-#            GPU-worker reviews over HTTP/2 + TLS (h2load), health, readiness and metrics
-#            requests, then idle with probes;
-#   sidecar  sidecar/symbol-order.txt       `rayshape-sidecar run` under callgrind shipping to
-#            s3s-fs: start-up, shipping 2,000 small and 10 larger files, then idle with
-#            appends to a few files and metrics scrapes.
+#   webhook  webhook/cli/symbol-order.txt   `rayshape-webhook serve`: start-up with the
+#            built-in configuration and a throw-away certificate, then CPU- and GPU-worker
+#            reviews over HTTP/2 + TLS (h2load), health, readiness and metrics requests,
+#            then idle with probes;
+#   sidecar  sidecar/symbol-order.txt       `rayshape-sidecar run` shipping to s3s-fs:
+#            start-up, shipping 2,000 small and 10 larger files, then idle with appends to
+#            a few files, a rotation and metrics scrapes.
+#   Each runs twice: under callgrind, one profile per phase, and natively under perf
+#   record, which samples the functions that only run on a real CPU (valgrind's has no
+#   AVX-512, SHA or ADX, and aws-lc and sha2 choose their code by CPU).
 #   check    how many of each file's names the built binaries still have (a dependency
 #            update or another rustc renames symbols: stale names are ignored by the
 #            linker, which only makes the layout less good), and whether .text starts with
 #            them.
-# The functions that ran while serving, idle or shipping come first, hottest first; those
-# that ran only at start-up follow. Binaries are built as images/Dockerfile builds them (the
+# The functions that ran while serving, idle or shipping come first, hottest first, then
+# those only perf saw, then those that ran only at start-up. Binaries are built as images/Dockerfile builds them (the
 # names carry a hash of the profile, the dependency set and the rustc version, so the
 # profiled build must be the shipped one); the release profiles keep their symbol table
 # (strip = "debuginfo") for that.
