@@ -6,6 +6,8 @@
 # tree's with the sidecar profile, as images/Dockerfile builds it) and measured in the same
 # run, side by side, with the ratio. Prints a Markdown table for BENCHMARKS.md.
 # Usage: bench/sidecar-files.sh [BASELINE_REV_OR_DIR] [IDLE_SECONDS, default 60]
+# Environment: BASELINE_BIN (a built baseline sidecar instead of BASELINE_REV_OR_DIR),
+#   NO_BUILD=1 (use this tree's built target/sidecar/rayshape-sidecar).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -18,9 +20,11 @@ S3S=tests/.tools/bin/s3s-fs
 if [ ! -x "$S3S" ]; then
   CARGO_TARGET_DIR="$WORK/s3s-target" cargo install s3s-fs --version 0.14.1 --features binary --locked --root tests/.tools --quiet
 fi
-cargo build --profile sidecar --locked -q -p rayshape-sidecar
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --profile sidecar --locked -q -p rayshape-sidecar
 bins=("this tree=$ROOT/target/sidecar/rayshape-sidecar")
-if [ -n "$BASE_REV" ]; then
+if [ -n "${BASELINE_BIN:-}" ]; then
+  bins=("baseline=$BASELINE_BIN" "${bins[@]}")
+elif [ -n "$BASE_REV" ]; then
   # Built beside this tree's target, so that a second run is incremental.
   if [ -d "$BASE_REV" ]; then
     src=$(cd "$BASE_REV" && pwd)

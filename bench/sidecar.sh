@@ -7,6 +7,7 @@
 #  - CPU used while idle (50 files, nothing new), in ms per second;
 #  - objects written per minute while 50 files are appended to steadily.
 # Usage: bench/sidecar.sh [MB of input, default 400]
+# Environment: SIDECAR_BIN (another built sidecar, e.g. a baseline: skips the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-400}
@@ -17,8 +18,8 @@ S3S=tests/.tools/bin/s3s-fs
 if [ ! -x "$S3S" ]; then
   CARGO_TARGET_DIR="$WORK/s3s-target" cargo install s3s-fs --version 0.14.1 --features binary --locked --root tests/.tools --quiet
 fi
-cargo build --profile sidecar --locked -q -p rayshape-sidecar
-BIN=target/sidecar/rayshape-sidecar
+[ -n "${SIDECAR_BIN:-}" ] || cargo build --profile sidecar --locked -q -p rayshape-sidecar
+BIN=${SIDECAR_BIN:-target/sidecar/rayshape-sidecar}
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SPORT=$(port)
 mkdir -p "$WORK/s3/bench"
