@@ -194,13 +194,16 @@ measure() {
   t1=$(cpu_ticks "$pid")
   PEAK[$name]=$peak
   kill -0 "$pid" 2>/dev/null || { cat "$WORK/$name.log" >&2; die "$name died under load"; }
-  local rps ok bad xx
+  local rps ok bad xx other
   rps=$(awk '/^finished in/ {for (i=1;i<=NF;i++) if ($i=="req/s,") print $(i-1)}' "$out")
   ok=$(awk '/^requests:/ {for (i=1;i<=NF;i++) if ($i=="succeeded,") print $(i-1)}' "$out")
   bad=$(awk '/^requests:/ {for (i=1;i<=NF;i++) if ($i=="failed,") print $(i-1)}' "$out")
   xx=$(awk '/^status codes:/ {print $3}' "$out")
+  other=$(awk '/^status codes:/ {print $5 + $7 + $9}' "$out")
   [ -n "$ok" ] && [ "$ok" -gt 0 ] || { cat "$out" >&2; die "no request succeeded against $name"; }
-  [ "$bad" = 0 ] && [ "$xx" = "$ok" ] || { cat "$out" >&2; die "$name: $bad failed requests, $xx of $ok answered 2xx"; }
+  # In a timed run h2load counts the status of answers that arrive after its clock stopped,
+  # but not their requests: more 2xx than requests done is not an error, a non-2xx is.
+  [ "$bad" = 0 ] && [ "$other" = 0 ] && [ "$xx" -ge "$ok" ] || { cat "$out" >&2; die "$name: $bad failed requests, $other answered other than 2xx, $xx 2xx for $ok done"; }
   # Percentiles of the per-request durations (third column, µs).
   local pcts
   pcts=$(sort -n -k3 "$log" | awk '{v[NR]=$3} END {
