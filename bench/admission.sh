@@ -93,24 +93,9 @@ for b in "${BINS[@]}"; do [ -x "$b" ] || die "$b is not built"; done
 taskset -pc "$LOAD_CPU" $$ >/dev/null || die "cannot pin to CPU $LOAD_CPU"
 
 # --- inputs -----------------------------------------------------------------------------
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
-mkdir -p "$WORK/config"
-FIX=tests/fixtures/kuberay
-cp "$FIX/admissionreview-cpu-worker-instance-type.json" "$WORK/review-cpu.json"
-# The GPU worker in the same envelope as the CPU review (kube's AdmissionRequest needs
-# resource and userInfo), labelled as webhook/engine/benches/shape.rs labels it.
-python3 - "$FIX/admissionreview-cpu-worker-instance-type.json" "$FIX/gpu-worker.json" "$WORK/review-gpu.json" <<'EOF'
-import json, sys
-review = json.load(open(sys.argv[1]))
-pod = json.load(open(sys.argv[2]))
-pod["metadata"].setdefault("labels", {})["rayshape.io/instance-type"] = "8CPU-32GB-1xT4"
-review["request"]["uid"] = "bench-gpu-worker"
-review["request"]["object"] = pod
-json.dump(review, open(sys.argv[3], "w"), indent=2)
-EOF
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/inputs.sh
+. bench/inputs.sh
+webhook_inputs "$WORK"
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime (fields after "(comm)" have no spaces here)
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }

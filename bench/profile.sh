@@ -52,25 +52,14 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
   [ -n "${BASELINE_BIN:-}" ] || cargo build --release --locked -q --manifest-path bench/baseline/Cargo.toml --target-dir target/bench-baseline-prof
 fi
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
-mkdir -p "$WORK/config"
-FIX=tests/fixtures/kuberay
 case $REVIEW in
-  cpu) cp "$FIX/admissionreview-cpu-worker-instance-type.json" "$WORK/review.json" ;;
-  gpu) python3 - "$FIX/admissionreview-cpu-worker-instance-type.json" "$FIX/gpu-worker.json" "$WORK/review.json" <<'EOF'
-import json, sys
-review = json.load(open(sys.argv[1]))
-pod = json.load(open(sys.argv[2]))
-pod["metadata"].setdefault("labels", {})["rayshape.io/instance-type"] = "8CPU-32GB-1xT4"
-review["request"]["uid"] = "bench-gpu-worker"
-review["request"]["object"] = pod
-json.dump(review, open(sys.argv[3], "w"), indent=2)
-EOF
-  ;;
+  cpu | gpu) ;;
   *) die "unknown review '$REVIEW' (cpu, gpu)" ;;
 esac
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/inputs.sh
+. bench/inputs.sh
+webhook_inputs "$WORK"
+cp "$WORK/review-$REVIEW.json" "$WORK/review.json"
 
 for name in $SERVERS; do
   p=$(port)

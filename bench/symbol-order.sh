@@ -89,7 +89,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# port, webhook_inputs
+# shellcheck source=bench/inputs.sh
+. bench/inputs.sh
 OUT=$WORK/callgrind.out
 # Mangled names, as the linker sees them; one profile per phase (callgrind_control -d).
 VG=(valgrind --tool=callgrind --callgrind-out-file="$OUT" --demangle=no --compress-strings=no
@@ -105,20 +107,7 @@ native() {
 if [ "$WHAT" = webhook ]; then
   build webhook
   [ -x "$WEBHOOK" ] || die "$WEBHOOK is not built"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
-  mkdir -p "$WORK/config"
-  FIX=tests/fixtures/kuberay
-  cp "$FIX/admissionreview-cpu-worker-instance-type.json" "$WORK/review-cpu.json"
-  python3 - "$FIX/admissionreview-cpu-worker-instance-type.json" "$FIX/gpu-worker.json" "$WORK/review-gpu.json" <<'EOF'
-import json, sys
-review = json.load(open(sys.argv[1]))
-pod = json.load(open(sys.argv[2]))
-pod["metadata"].setdefault("labels", {})["rayshape.io/instance-type"] = "8CPU-32GB-1xT4"
-review["request"]["uid"] = "bench-gpu-worker"
-review["request"]["object"] = pod
-json.dump(review, open(sys.argv[3], "w"), indent=2)
-EOF
+  webhook_inputs "$WORK"
   # Run 1 under callgrind, one profile per phase; run 2 natively under perf, sampling which
   # functions run on this CPU (valgrind's lacks AVX-512, SHA and ADX: aws-lc and sha2 pick
   # other implementations there).

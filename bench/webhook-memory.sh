@@ -26,21 +26,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 for c in h2load openssl curl python3; do command -v $c >/dev/null || die "$c is needed (h2load: nghttp2-client)"; done
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
-mkdir -p "$WORK/config"
-FIX=tests/fixtures/kuberay
-cp "$FIX/admissionreview-cpu-worker-instance-type.json" "$WORK/review-cpu.json"
-python3 - "$FIX/admissionreview-cpu-worker-instance-type.json" "$FIX/gpu-worker.json" "$WORK/review-gpu.json" <<'EOF'
-import json, sys
-review = json.load(open(sys.argv[1]))
-pod = json.load(open(sys.argv[2]))
-pod["metadata"].setdefault("labels", {})["rayshape.io/instance-type"] = "8CPU-32GB-1xT4"
-review["request"]["uid"] = "bench-gpu-worker"
-review["request"]["object"] = pod
-json.dump(review, open(sys.argv[3], "w"), indent=2)
-EOF
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/inputs.sh
+. bench/inputs.sh
+webhook_inputs "$WORK"
 
 # "rss anon file code ro libs hwm" in MiB, from /proc/PID/smaps.
 sample() { # pid binary

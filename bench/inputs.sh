@@ -1,0 +1,28 @@
+# shellcheck shell=bash
+# Sourced by the webhook benchmarks (admission.sh, profile.sh, webhook-memory.sh,
+# symbol-order.sh): the inputs they all send, written once.
+
+# A free TCP port on 127.0.0.1.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Into DIR: a throw-away certificate for localhost (tls.crt, tls.key), an empty
+# configuration directory (config: the built-in configuration), the KubeRay CPU-worker
+# review (review-cpu.json) and the GPU worker in the same envelope (review-gpu.json; kube's
+# AdmissionRequest needs resource and userInfo), labelled as webhook/engine/benches/shape.rs
+# labels it. Run from the repository's root.
+webhook_inputs() {
+  local dir=$1 fix=tests/fixtures/kuberay
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
+  mkdir -p "$dir/config"
+  cp "$fix/admissionreview-cpu-worker-instance-type.json" "$dir/review-cpu.json"
+  python3 - "$fix/admissionreview-cpu-worker-instance-type.json" "$fix/gpu-worker.json" "$dir/review-gpu.json" <<'PY'
+import json, sys
+review = json.load(open(sys.argv[1]))
+pod = json.load(open(sys.argv[2]))
+pod["metadata"].setdefault("labels", {})["rayshape.io/instance-type"] = "8CPU-32GB-1xT4"
+review["request"]["uid"] = "bench-gpu-worker"
+review["request"]["object"] = pod
+json.dump(review, open(sys.argv[3], "w"), indent=2)
+PY
+}
