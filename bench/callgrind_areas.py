@@ -36,6 +36,7 @@ AREAS = [
     ("allocator: mimalloc", r"\|[^|]*mimalloc[^|]*\||\|_?mi_\w+$"),
     ("metrics: prometheus", r"/prometheus-"),
     ("logging: tracing", r"/tracing"),
+    ("JSON: rayshape-json (document, parser)", r"webhook/json/src/"),
     ("engine: decode", r"webhook/engine/src/decode"),
     ("engine: classify", r"webhook/engine/src/classify"),
     ("engine: plan", r"webhook/engine/src/plan"),

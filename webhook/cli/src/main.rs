@@ -3,9 +3,9 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use rayshape_engine::config::{Config, profiles};
 use rayshape_engine::decode::{self as input, Format};
+use rayshape_engine::json::{Value, json};
 use rayshape_engine::review::{Decision, Outcome};
 use rayshape_server as serve;
-use serde_json::{Value, json};
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

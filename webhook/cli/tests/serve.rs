@@ -354,7 +354,7 @@ fn reviews() -> Vec<(String, Value)> {
             else {
                 continue;
             };
-            let doc = &docs[0];
+            let doc = &serde_json::Value::from(docs[0].clone());
             let r = if doc["kind"] == "AdmissionReview" {
                 doc.clone()
             } else {

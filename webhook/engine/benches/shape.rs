@@ -7,7 +7,7 @@
 //! times batches and reports the median and the spread of the per-iteration time.
 
 use rayshape_engine::config::{Config, Sources};
-use serde_json::{Value, json};
+use rayshape_json::{Value, json};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,10 @@ fn gpu_worker_review() -> Value {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/kuberay/gpu-worker.json"
     );
-    let mut pod: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    pod["metadata"]["labels"]["rayshape.io/instance-type"] = json!("8CPU-32GB-1xT4");
-    pod["metadata"]["labels"]["tier"] = json!("t7");
+    let mut pod: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    pod["metadata"]["labels"]["rayshape.io/instance-type"] = "8CPU-32GB-1xT4".into();
+    pod["metadata"]["labels"]["tier"] = "t7".into();
+    let pod = Value::from(pod);
     json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
            "request": {"uid": "bench", "operation": "CREATE", "namespace": "default",
                        "kind": {"group": "", "version": "v1", "kind": "Pod"}, "object": pod}})

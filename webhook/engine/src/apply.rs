@@ -6,7 +6,7 @@ use crate::plan::raycluster::{ClusterPlan, Custom};
 use crate::plan::rayview::OVERRIDE_ENV;
 use crate::plan::{self, Plan, PodPlan};
 use crate::primitives::pod;
-use serde_json::{Value, json};
+use rayshape_json::{Value, json};
 
 /// The result of shaping one object.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,7 +79,7 @@ pub fn write_ray_container(
         .and_then(Value::as_object_mut)
     {
         if let Some(r) = resources {
-            c.insert("resources".into(), r);
+            c.insert("resources", r);
         }
         if let Some(value) = override_env {
             let env = pod::ensure_array(c.entry("env").or_insert_with(|| Value::Array(Vec::new())));
@@ -97,7 +97,7 @@ pub fn write_ray_container(
             .and_then(|v| v.get_mut("emptyDir"))
             .and_then(Value::as_object_mut)
     {
-        empty_dir.insert("sizeLimit".into(), Value::String(size));
+        empty_dir.insert("sizeLimit", Value::from(size));
     }
 }
 
@@ -117,15 +117,15 @@ pub fn cluster(obj: &Value, plan: ClusterPlan<'_>) -> Shaped {
             .and_then(|a| a.first_mut())
             .and_then(Value::as_object_mut)
         {
-            c.insert("resources".into(), g.resources);
+            c.insert("resources", g.resources);
         }
         match g.custom {
             Some(Custom::StartParams(text)) => {
                 pod::ensure_object(pod::ensure_field(group, "rayStartParams"))
-                    .insert("resources".into(), Value::String(text));
+                    .insert("resources", Value::from(text));
             }
             Some(Custom::GroupResources(m)) => {
-                pod::ensure_object(group).insert("resources".into(), Value::Object(m));
+                pod::ensure_object(group).insert("resources", Value::Object(m));
             }
             None => {}
         }

@@ -7,7 +7,7 @@
 use crate::config::settings::Settings;
 use crate::primitives::pod;
 use rayshape_contract::keys;
-use serde_json::Value;
+use rayshape_json::Value;
 
 /// KubeRay's label on every pod it creates.
 pub const KUBERAY_NODE_TYPE: &str = "ray.io/node-type";
@@ -192,7 +192,7 @@ pub fn runs_ray_start(cmd: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use rayshape_json::json;
 
     fn s() -> Settings {
         Settings::default()

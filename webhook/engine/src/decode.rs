@@ -2,7 +2,7 @@
 //! request, or for the preview, JSON or YAML documents, one or a stream.
 
 use crate::primitives::pod;
-use serde_json::Value;
+use rayshape_json::Value;
 use thiserror::Error;
 
 /// A review that cannot be answered (HTTP 400; exit 2 in the preview).
@@ -93,219 +93,11 @@ pub fn review(review: &Value) -> Result<Request<'_>, ReviewError> {
     })
 }
 
-/// Parse an AdmissionReview's body for [`crate::decide`]: the same `Value` as
-/// `serde_json::from_slice`, except that fields [`review`] never reads (`userInfo`,
-/// `resource`, `options`, ...) are checked as JSON and left out. An admission's cost is
-/// mostly this parse; building maps for fields nobody reads, and growing every map and
-/// list one element at a time, was a good part of it. Malformed JSON anywhere, in a field
-/// left out or not, is an error as it is for `from_slice`.
+/// Parse an AdmissionReview's body for [`crate::decide`]: the same value, or the same
+/// error, as `serde_json::from_slice`, built by [`rayshape_json`]'s one-pass parser (an
+/// admission's cost was mostly this parse).
 pub fn parse_review(body: &[u8]) -> Result<Value, serde_json::Error> {
-    // One UTF-8 check of the whole body rather than one per string; a body that fails it
-    // goes through `from_slice` for the same error as ever.
-    let Ok(text) = std::str::from_utf8(body) else {
-        return serde_json::from_slice(body);
-    };
-    let mut stacks = Stacks::with_capacity();
-    let mut de = serde_json::Deserializer::from_str(text);
-    let doc = serde::de::DeserializeSeed::deserialize(
-        Build {
-            keep: Keep::Review,
-            stacks: &mut stacks,
-        },
-        &mut de,
-    )?;
-    de.end()?;
-    Ok(doc)
-}
-
-/// Which fields of a map to build.
-#[derive(Clone, Copy)]
-enum Keep {
-    /// Every field.
-    All,
-    /// The AdmissionReview's fields that [`review`] reads.
-    Review,
-    /// The fields of its `request` that [`review`] reads.
-    Request,
-}
-
-impl Keep {
-    /// How to treat `key` in a map of this kind: build it keeping what, or `None` to only
-    /// check it.
-    fn field(self, key: &str) -> Option<Keep> {
-        match (self, key) {
-            (Keep::All, _) => Some(Keep::All),
-            (Keep::Review, "request") => Some(Keep::Request),
-            (Keep::Review, "apiVersion" | "kind") => Some(Keep::All),
-            (
-                Keep::Request,
-                "uid" | "operation" | "kind" | "namespace" | "name" | "subResource" | "dryRun"
-                | "object" | "oldObject",
-            ) => Some(Keep::All),
-            (Keep::Review | Keep::Request, _) => None,
-        }
-    }
-}
-
-/// Entries and elements of the maps and lists being parsed, shared by all levels: each map
-/// and list is then allocated once at its final size.
-struct Stacks {
-    entries: Vec<(String, Value)>,
-    elements: Vec<Value>,
-}
-
-impl Stacks {
-    /// Room for a pod's nesting of maps and lists without growing.
-    fn with_capacity() -> Stacks {
-        Stacks {
-            entries: Vec::with_capacity(64),
-            elements: Vec::with_capacity(32),
-        }
-    }
-}
-
-/// Builds a `Value` as serde_json's own `Deserialize` does, into maps and lists of the
-/// right size.
-struct Build<'s> {
-    keep: Keep,
-    stacks: &'s mut Stacks,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Build<'_> {
-    type Value = Value;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Build<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any valid JSON value")
-    }
-
-    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
-        Ok(Value::Bool(b))
-    }
-
-    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-
-    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
-        Ok(Value::Number(n.into()))
-    }
-
-    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::String(s.to_owned()))
-    }
-
-    fn visit_string<E>(self, s: String) -> Result<Value, E> {
-        Ok(Value::String(s))
-    }
-
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let start = self.stacks.elements.len();
-        while let Some(v) = seq.next_element_seed(Build {
-            keep: Keep::All,
-            stacks: &mut *self.stacks,
-        })? {
-            self.stacks.elements.push(v);
-        }
-        Ok(Value::Array(self.stacks.elements.drain(start..).collect()))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let start = self.stacks.entries.len();
-        while let Some(key) = map.next_key::<String>()? {
-            match self.keep.field(&key) {
-                Some(keep) => {
-                    let v = map.next_value_seed(Build {
-                        keep,
-                        stacks: &mut *self.stacks,
-                    })?;
-                    self.stacks.entries.push((key, v));
-                }
-                None => map.next_value::<Check>().map(drop)?,
-            }
-        }
-        // Collected as serde_json inserts: a repeated key keeps its first place and its
-        // last value.
-        Ok(Value::Object(self.stacks.entries.drain(start..).collect()))
-    }
-}
-
-/// A JSON value checked as strictly as parsing it into a `Value` would (numbers in range,
-/// strings well escaped, the same depth limit), and not kept. serde's `IgnoredAny` is
-/// laxer: serde_json skips its numbers and strings without converting them.
-struct Check;
-
-impl<'de> serde::Deserialize<'de> for Check {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Check, D::Error> {
-        d.deserialize_any(Check)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Check {
-    type Value = Check;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any valid JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<Check, E> {
-        Ok(Check)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<Check, E> {
-        Ok(Check)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<Check, E> {
-        Ok(Check)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<Check, E> {
-        Ok(Check)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<Check, E> {
-        Ok(Check)
-    }
-
-    fn visit_unit<E>(self) -> Result<Check, E> {
-        Ok(Check)
-    }
-
-    fn visit_none<E>(self) -> Result<Check, E> {
-        Ok(Check)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Check, A::Error> {
-        while seq.next_element::<Check>()?.is_some() {}
-        Ok(Check)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Check, A::Error> {
-        while map.next_key::<Check>()?.is_some() {
-            map.next_value::<Check>()?;
-        }
-        Ok(Check)
-    }
+    rayshape_json::from_slice(body)
 }
 
 /// The API server's limit on a request body; nothing larger can be a real object.
@@ -438,40 +230,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// What `parse_review` should give: the whole parse, less the fields never read.
-    fn slimmed(mut v: Value) -> Value {
-        if let Value::Object(top) = &mut v {
-            top.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "request"));
-            if let Some(Value::Object(req)) = top.get_mut("request") {
-                req.retain(|k, _| {
-                    matches!(
-                        k.as_str(),
-                        "uid"
-                            | "operation"
-                            | "kind"
-                            | "namespace"
-                            | "name"
-                            | "subResource"
-                            | "dryRun"
-                            | "object"
-                            | "oldObject"
-                    )
-                });
-            }
-        }
-        v
-    }
-
     fn same_as_from_slice(body: &[u8]) {
-        let ours = parse_review(body).map_err(|e| e.to_string());
-        let theirs = serde_json::from_slice::<Value>(body)
-            .map(slimmed)
+        let ours = parse_review(body)
+            .map(|v| v.to_string())
+            .map_err(|e| e.to_string());
+        let theirs = serde_json::from_slice::<serde_json::Value>(body)
+            .map(|v| v.to_string())
             .map_err(|e| e.to_string());
         assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(body));
     }
 
     #[test]
-    fn parse_review_is_from_slice_less_unread_fields() {
+    fn parse_review_is_from_slice() {
         let fixtures = rayshape_testkit::repo().join("tests/fixtures/kuberay");
         let mut n = 0;
         for e in std::fs::read_dir(fixtures).unwrap() {
@@ -523,7 +293,7 @@ mod tests {
             any::<i64>().prop_map(Value::from),
             any::<u64>().prop_map(Value::from),
             any::<f64>().prop_map(Value::from),
-            ".{0,6}".prop_map(Value::String),
+            ".{0,6}".prop_map(Value::from),
         ];
         leaf.prop_recursive(5, 64, 6, |inner| {
             let key = prop::sample::select(
@@ -595,7 +365,7 @@ mod tests {
         // KubeRay's own samples write `defaultMode: 0777`.
         let text = b"kind: Pod\nvolumes:\n- configMap: {name: x, defaultMode: 0777}\na: 1e3\nb: 08\nc: 1.5\nd: 0x1F\ne: 1_000\nf: '0777'\ng: yes\nh: -0\n";
         let (d, _) = parse_documents(text).unwrap();
-        let want = serde_json::json!({"kind": "Pod", "volumes": [{"configMap": {"name": "x", "defaultMode": 511}}],
+        let want = rayshape_json::json!({"kind": "Pod", "volumes": [{"configMap": {"name": "x", "defaultMode": 511}}],
             "a": 1000, "b": 8, "c": 1.5, "d": 31, "e": 1000, "f": "0777", "g": true, "h": 0});
         assert_eq!(d[0], want);
         assert!(
@@ -604,12 +374,12 @@ mod tests {
         );
         // JSON input is taken as it is.
         let (d, _) = parse_documents(b"{\"kind\": \"Pod\", \"a\": 1.0}").unwrap();
-        assert_eq!(d[0]["a"], serde_json::json!(1.0));
+        assert_eq!(d[0]["a"], rayshape_json::json!(1.0));
     }
 
     #[test]
     fn yaml_output_round_trips_tricky_strings() {
-        let v: Value = serde_json::json!({"kind": "Pod", "a": "true", "b": "1", "c": "on", "d": "null", "e": "8Gi", "f": "", "g": "0x10", "h": "- x", "i": "a: b"});
+        let v: Value = rayshape_json::json!({"kind": "Pod", "a": "true", "b": "1", "c": "on", "d": "null", "e": "8Gi", "f": "", "g": "0x10", "h": "- x", "i": "a: b"});
         let text = render(std::slice::from_ref(&v), Format::Yaml);
         let (back, _) = parse_documents(text.as_bytes()).unwrap();
         assert_eq!(back[0], v, "{text}");

@@ -6,7 +6,7 @@
 //! was a quarter of the cost of an admission. [`diff_json`] writes the patch's JSON straight
 //! from the shaped object, without copying the values it adds.
 
-use serde_json::{Map, Value};
+use rayshape_json::{Map, Value};
 
 enum Seg<'a> {
     Key(&'a str),
@@ -90,7 +90,7 @@ fn decimal(out: &mut String, mut n: usize) {
 }
 
 /// Equality that walks both maps in step while their keys agree, as they do when `right` is
-/// an edited copy of `left`, and only then falls back to hashed lookups.
+/// an edited copy of `left`, and only then falls back to looking keys up.
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
@@ -125,20 +125,16 @@ fn walk<'a>(left: &'a Value, right: &'a Value, path: &mut Vec<Seg<'a>>, sink: &m
     }
 }
 
-fn object<'a>(
-    l: &'a Map<String, Value>,
-    r: &'a Map<String, Value>,
-    path: &mut Vec<Seg<'a>>,
-    sink: &mut impl Sink,
-) {
+fn object<'a>(l: &'a Map, r: &'a Map, path: &mut Vec<Seg<'a>>, sink: &mut impl Sink) {
     // `r` is mostly `l` edited, its keys at the same places: each key is looked for at its
-    // own index first, and only hashed (SipHash) when it is not there.
+    // own index first, and only looked up when it is not there.
+    let mut in_l = l.lookup();
     let mut same_place = l.iter();
     for (k, rv) in r {
         path.push(Seg::Key(k));
         let lv = match same_place.next() {
             Some((lk, lv)) if lk == k => Some(lv),
-            _ => l.get(k),
+            _ => in_l.get(k),
         };
         match lv {
             Some(lv) => walk(lv, rv, path, sink),
@@ -146,9 +142,10 @@ fn object<'a>(
         }
         path.pop();
     }
+    let mut in_r = r.lookup();
     let mut same_place = r.keys();
     for k in l.keys() {
-        let kept = same_place.next() == Some(k) || r.contains_key(k);
+        let kept = same_place.next() == Some(k) || in_r.get(k).is_some();
         if !kept {
             path.push(Seg::Key(k));
             sink.op("remove", path, None);
@@ -191,7 +188,7 @@ mod tests {
                     Seg::Key(k) => Token::new(*k),
                     Seg::Index(i) => Token::from(*i),
                 }));
-                let value = || value.cloned().unwrap_or(Value::Null);
+                let value = || serde_json::Value::from(value.cloned().unwrap_or(Value::Null));
                 self.0.push(match op {
                     "add" => PatchOperation::Add(AddOperation {
                         path,
@@ -211,7 +208,7 @@ mod tests {
     }
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
+    use rayshape_json::json;
 
     fn value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
@@ -237,13 +234,14 @@ mod tests {
         #[test]
         fn same_as_json_patch_and_applies(a in value(), b in value()) {
             let ours = diff(&a, &b);
-            prop_assert_eq!(&ours, &json_patch::diff(&a, &b));
+            let (sa, sb) = (serde_json::Value::from(a.clone()), serde_json::Value::from(b.clone()));
+            prop_assert_eq!(&ours, &json_patch::diff(&sa, &sb));
             let (bytes, n) = diff_json(&a, &b);
             let parsed: Patch = serde_json::from_slice(&bytes).unwrap();
             prop_assert_eq!((&parsed, n), (&ours, ours.0.len()));
-            let mut applied = a.clone();
+            let mut applied = sa;
             json_patch::patch(&mut applied, &ours).unwrap();
-            prop_assert_eq!(applied, b);
+            prop_assert_eq!(applied, sb);
         }
     }
 

@@ -6,40 +6,40 @@ use crate::config::Config;
 use crate::plan::raycluster::ClusterPlan;
 use crate::plan::{self, PodPlan, rules};
 use crate::primitives::{pod, quantity::Quantity};
-use serde_json::{Map, Value, json};
+use rayshape_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
 /// The plan for `obj`, explained as a document.
 pub fn explain(obj: &Value, namespace: Option<&str>, cfg: &Config) -> Value {
     let mut out = Map::new();
-    out.insert("object".into(), json!(describe(obj, namespace)));
-    out.insert("config".into(), json!(cfg.fingerprint));
+    out.insert("object", json!(describe(obj, namespace)));
+    out.insert("config", json!(cfg.fingerprint));
     match classify::classify(obj, namespace, &cfg.settings) {
         Class::NotRay(why) => {
-            out.insert("decision".into(), json!(format!("unchanged: {why}")));
+            out.insert("decision", json!(format!("unchanged: {why}")));
         }
         Class::Invalid(message) => {
-            out.insert("decision".into(), json!(format!("denied: {message}")));
+            out.insert("decision", json!(format!("denied: {message}")));
         }
         Class::Ray(ray) => {
             let container = pod::containers(obj)
                 .get(ray.ray_container)
                 .map_or("", pod::name);
             out.insert(
-                "rayContainer".into(),
+                "rayContainer",
                 json!({"name": container, "index": ray.ray_container, "why": plan::explain_ray(&ray)}),
             );
             match plan::pod(obj, ray, cfg) {
                 Ok(p) => pod_plan(&p, cfg, &mut out),
                 Err(d) => {
-                    out.insert("decision".into(), json!(format!("denied: {}", d.message)));
+                    out.insert("decision", json!(format!("denied: {}", d.message)));
                 }
             }
         }
         Class::Cluster(kind) => match plan::raycluster::plan(obj, None, kind, cfg) {
             Ok(p) => cluster_plan(&p, &mut out),
             Err(d) => {
-                out.insert("decision".into(), json!(format!("denied: {}", d.message)));
+                out.insert("decision", json!(format!("denied: {}", d.message)));
             }
         },
     }
@@ -71,20 +71,20 @@ fn resources(m: &BTreeMap<String, Quantity>) -> Value {
     )
 }
 
-fn pod_plan(p: &PodPlan<'_>, cfg: &Config, out: &mut Map<String, Value>) {
-    out.insert("decision".into(), json!("admitted"));
+fn pod_plan(p: &PodPlan<'_>, cfg: &Config, out: &mut Map) {
+    out.insert("decision", json!("admitted"));
     let v = &p.vocabulary;
     out.insert(
-        "instanceType".into(),
+        "instanceType",
         match v.instance_type {
             Some(t) => json!({"name": t.name, "shape": t.describe(), "accelerator": t.accelerator}),
             None => json!(null),
         },
     );
-    out.insert("marketType".into(), json!(v.market));
-    out.insert("zone".into(), json!(v.zone));
+    out.insert("marketType", json!(v.market));
+    out.insert("zone", json!(v.zone));
     out.insert(
-        "sidecar".into(),
+        "sidecar",
         match &p.sidecar {
             Some(s) => json!({"injected": true, "in": s.list, "logsVolume": s.logs_volume,
                               "logsVolumeAdded": s.logs_volume_added}),
@@ -108,7 +108,7 @@ fn pod_plan(p: &PodPlan<'_>, cfg: &Config, out: &mut Map<String, Value>) {
             json!({"name": rule.name, "selector": rule.selector.to_string(), "result": result})
         })
         .collect();
-    out.insert("rules".into(), Value::Array(rules));
+    out.insert("rules", Value::Array(rules));
     if let Some(s) = &p.sizing {
         let mut containers =
             vec![json!({"name": p.ray_name, "role": "ray", "gets": resources(&s.ray)})];
@@ -123,10 +123,10 @@ fn pod_plan(p: &PodPlan<'_>, cfg: &Config, out: &mut Map<String, Value>) {
             };
             containers.push(json!({"name": name, "role": role, "takes": resources(takes)}));
         }
-        out.insert("containers".into(), Value::Array(containers));
+        out.insert("containers", Value::Array(containers));
     } else {
         out.insert(
-            "containers".into(),
+            "containers",
             json!(format!(
                 "not sized: the pod has no {} label",
                 cfg.settings.key(rayshape_contract::keys::INSTANCE_TYPE)
@@ -135,21 +135,18 @@ fn pod_plan(p: &PodPlan<'_>, cfg: &Config, out: &mut Map<String, Value>) {
     }
     let mut ray = Map::new();
     if let Some(e) = &p.ray_view.override_env {
-        ray.insert(crate::plan::rayview::OVERRIDE_ENV.into(), json!(e));
+        ray.insert(crate::plan::rayview::OVERRIDE_ENV, json!(e));
     }
     if let Some((volume, size)) = &p.ray_view.shm {
-        ray.insert(
-            "/dev/shm".into(),
-            json!({"volume": volume, "sizeLimit": size}),
-        );
+        ray.insert("/dev/shm", json!({"volume": volume, "sizeLimit": size}));
     }
-    out.insert("rayView".into(), Value::Object(ray));
-    out.insert("warnings".into(), json!(p.warnings));
+    out.insert("rayView", Value::Object(ray));
+    out.insert("warnings", json!(p.warnings));
 }
 
-fn cluster_plan(p: &ClusterPlan<'_>, out: &mut Map<String, Value>) {
+fn cluster_plan(p: &ClusterPlan<'_>, out: &mut Map) {
     out.insert(
-        "decision".into(),
+        "decision",
         json!(match p.skipped {
             Some(why) => format!("unchanged: {why}"),
             None => "admitted".to_string(),
@@ -169,8 +166,8 @@ fn cluster_plan(p: &ClusterPlan<'_>, out: &mut Map<String, Value>) {
                    "changed": g.changed})
         })
         .collect();
-    out.insert("groups".into(), Value::Array(groups));
-    out.insert("warnings".into(), json!(p.warnings));
+    out.insert("groups", Value::Array(groups));
+    out.insert("warnings", json!(p.warnings));
 }
 
 #[cfg(test)]

@@ -16,13 +16,16 @@ pub mod plan;
 pub mod primitives;
 pub mod review;
 
+/// The JSON document the engine works on.
+pub use rayshape_json as json;
+
 use apply::Shaped;
 use classify::Class;
 use config::Config;
 use decode::ReviewError;
 use plan::{Denial, Plan};
+use rayshape_json::Value;
 use review::{Decision, Outcome};
-use serde_json::Value;
 
 /// Plan what to do to any object: Ray pods and KubeRay objects are planned, everything
 /// else is left alone. `old` is the stored object on UPDATE; `namespace` is the request's,

@@ -5,7 +5,7 @@ use crate::apply::Shaped;
 use crate::decode::Request;
 use crate::plan::Denial;
 use base64::Engine;
-use serde_json::{Value, json};
+use rayshape_json::{Value, json};
 
 /// What the webhook decided about one review.
 #[derive(Debug)]
@@ -50,25 +50,25 @@ impl Decision {
 
     /// The AdmissionReview to send back.
     pub fn response(&self) -> Value {
-        let mut resp = serde_json::Map::new();
-        resp.insert("uid".into(), json!(self.uid));
+        let mut resp = rayshape_json::Map::new();
+        resp.insert("uid", json!(self.uid));
         match &self.outcome {
             Outcome::Allowed { patch, ops, shaped } => {
-                resp.insert("allowed".into(), json!(true));
+                resp.insert("allowed", json!(true));
                 if *ops > 0 {
-                    resp.insert("patchType".into(), json!("JSONPatch"));
+                    resp.insert("patchType", json!("JSONPatch"));
                     resp.insert(
-                        "patch".into(),
+                        "patch",
                         json!(base64::engine::general_purpose::STANDARD.encode(patch)),
                     );
                 }
                 if !shaped.warnings.is_empty() {
-                    resp.insert("warnings".into(), json!(shaped.warnings));
+                    resp.insert("warnings", json!(shaped.warnings));
                 }
             }
             Outcome::Denied(d) => {
-                resp.insert("allowed".into(), json!(false));
-                resp.insert("status".into(), json!({"code": 403, "reason": "Forbidden", "message": format!("rayshape: {}", d.message)}));
+                resp.insert("allowed", json!(false));
+                resp.insert("status", json!({"code": 403, "reason": "Forbidden", "message": format!("rayshape: {}", d.message)}));
             }
         }
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp})

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::Sources;
-use serde_json::json;
+use rayshape_json::json;
 
 fn cfg(patches: &str) -> Config {
     Config::from_sources(&Sources {

@@ -8,7 +8,7 @@
 use rayshape_engine::config::Config;
 use rayshape_engine::decode;
 use rayshape_engine::review::Outcome;
-use serde_json::{Value, json};
+use rayshape_json::{Value, json};
 use std::path::{Path, PathBuf};
 
 use rayshape_testkit::repo;
@@ -86,7 +86,7 @@ fn golden() {
             let got = match &d.outcome {
                 Outcome::Allowed { patch, shaped, .. } => {
                     // The patch must turn the input into exactly the shaped object...
-                    let mut applied = object.clone();
+                    let mut applied = serde_json::Value::from(object.clone());
                     json_patch::patch(
                         &mut applied,
                         &serde_json::from_slice::<json_patch::Patch>(patch).unwrap(),
@@ -95,7 +95,7 @@ fn golden() {
                         panic!("{cname}/{}: patch does not apply: {e}", fx.display())
                     });
                     assert_eq!(
-                        applied,
+                        Value::from(applied),
                         shaped.object,
                         "{cname}/{}: patch result differs",
                         fx.display()

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use rayshape_engine::config::Config;
 use rayshape_engine::primitives::pod;
 use rayshape_engine::review::Outcome;
-use serde_json::{Value, json};
+use rayshape_json::{Value, json};
 use std::io::Write;
 use std::sync::{LazyLock, Mutex};
 
@@ -59,37 +59,37 @@ fn resources() -> impl Strategy<Value = Value> {
         prop::option::of(prop::sample::select(&["1", "2"][..])),
     )
         .prop_map(|(cpu, mem, limits, lcpu, lmem, gpu)| {
-            let mut req = serde_json::Map::new();
+            let mut req = rayshape_json::Map::new();
             if let Some(c) = cpu {
-                req.insert("cpu".into(), json!(c));
+                req.insert("cpu", json!(c));
             }
             if let Some(m) = mem {
-                req.insert("memory".into(), json!(m));
+                req.insert("memory", json!(m));
             }
             let mut lim = match limits {
                 "same" => req.clone(),
                 "above" | "only" => {
-                    let mut l = serde_json::Map::new();
+                    let mut l = rayshape_json::Map::new();
                     for (k, v) in [("cpu", lcpu), ("memory", lmem)] {
                         if let Some(v) = v {
-                            l.insert(k.into(), json!(v));
+                            l.insert(k, json!(v));
                         }
                     }
                     l
                 }
-                _ => serde_json::Map::new(),
+                _ => rayshape_json::Map::new(),
             };
             if limits != "none"
                 && let Some(g) = gpu
             {
-                lim.insert("nvidia.com/gpu".into(), json!(g));
+                lim.insert("nvidia.com/gpu", json!(g));
             }
-            let mut out = serde_json::Map::new();
+            let mut out = rayshape_json::Map::new();
             if limits != "only" {
-                out.insert("requests".into(), Value::Object(req));
+                out.insert("requests", Value::Object(req));
             }
             if !lim.is_empty() {
-                out.insert("limits".into(), Value::Object(lim));
+                out.insert("limits", Value::Object(lim));
             }
             Value::Object(out)
         })
@@ -99,7 +99,7 @@ fn resources() -> impl Strategy<Value = Value> {
 /// generator and the instance types use (`250m`, `2`, `1500m`, `64Mi`, `8Gi`, `8589934592`).
 fn millis(q: &Value) -> i128 {
     let text = match q {
-        Value::String(s) => s.clone(),
+        Value::String(s) => s.to_string(),
         other => other.to_string(),
     };
     let (num, mult): (&str, i128) = if let Some(n) = text.strip_suffix('m') {
@@ -198,10 +198,10 @@ fn pod() -> impl Strategy<Value = Value> {
             let containers: Vec<_> = (0..n).map(|i| container(i, i == ray_pos).boxed()).collect();
             (containers, resources()).prop_map(move |(containers, init_res)| {
                 let prefix = if origin == "other" { "anyscale.com" } else { "rayshape.io" };
-                let mut labels = serde_json::Map::new();
+                let mut labels = rayshape_json::Map::new();
                 if origin == "kuberay" {
-                    labels.insert("ray.io/node-type".into(), json!("worker"));
-                    labels.insert("ray.io/cluster".into(), json!("rc"));
+                    labels.insert("ray.io/node-type", json!("worker"));
+                    labels.insert("ray.io/cluster", json!("rc"));
                 }
                 if let Some(t) = ty {
                     labels.insert(format!("{prefix}/instance-type"), json!(t));
@@ -289,12 +289,13 @@ fn check(p: &Value, which: usize, tally: &mut Tally) -> Result<(), TestCaseError
         return Ok(());
     };
 
-    let mut applied = p.clone();
+    let mut applied = serde_json::Value::from(p.clone());
     json_patch::patch(
         &mut applied,
         &serde_json::from_slice::<json_patch::Patch>(patch).unwrap(),
     )
     .unwrap();
+    let applied = Value::from(applied);
     prop_assert_eq!(&applied, &shaped.object);
 
     let again = rayshape_engine::decide(&review_of(&shaped.object), cfg).unwrap();

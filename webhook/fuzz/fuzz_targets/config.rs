@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             .next()
             .cloned()
             .unwrap_or_default();
-        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        let pod = rayshape_engine::json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"labels": {"ray.io/node-type": "worker", "rayshape.io/instance-type": name}},
             "spec": {"containers": [{"name": "ray", "image": "rayproject/ray"}]}});
         let _ = rayshape_engine::shape(&pod, Some("default"), &cfg);

@@ -7,7 +7,7 @@
 use arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use rayshape_engine::config::{Config, Sources};
-use serde_json::{Map, Value, json};
+use rayshape_engine::json::{Map, Value, json};
 use std::sync::LazyLock;
 
 static CONFIGS: LazyLock<Vec<Config>> = LazyLock::new(|| {
@@ -203,7 +203,7 @@ fn labels(u: &mut Unstructured<'_>) -> Result<Value> {
         "rayshape.io/sidecar",
     ] {
         if u.ratio(1, 2)? {
-            m.insert(k.into(), or_any(u, string)?);
+            m.insert(k, or_any(u, string)?);
         }
     }
     Ok(Value::Object(m))
@@ -362,8 +362,8 @@ fuzz_target!(|data: &[u8]| {
             Value::Object(m) => m,
             _ => Map::new(),
         };
-        o.insert("apiVersion".into(), json!(api));
-        o.insert("kind".into(), json!(kind));
+        o.insert("apiVersion", json!(api));
+        o.insert("kind", json!(kind));
         Ok(Value::Object(o))
     };
     let Ok(object) = build(&mut u) else { return };
@@ -375,7 +375,7 @@ fuzz_target!(|data: &[u8]| {
     let mut request = json!({"uid": "fuzz", "operation": if update { "UPDATE" } else { "CREATE" },
         "namespace": "default", "kind": {"group": "", "version": "v1", "kind": kind}, "object": object});
     if let (Some(old), Some(m)) = (old, request.as_object_mut()) {
-        m.insert("oldObject".into(), old);
+        m.insert("oldObject", old);
     }
     let review =
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request});

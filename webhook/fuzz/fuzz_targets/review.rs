@@ -1,5 +1,6 @@
 //! Arbitrary bytes where the API server sends an AdmissionReview, and where `mutate` reads
-//! its input: answered or refused, never a panic.
+//! its input: answered or refused, never a panic; and the server's parser reads them as
+//! serde_json does (the same value, or the same error).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,10 +11,16 @@ static CONFIG: LazyLock<Config> = LazyLock::new(Config::builtin);
 
 fuzz_target!(|data: &[u8]| {
     // The server's path: JSON, then a decision and its response.
-    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(data)
+    let parsed = rayshape_engine::decode::parse_review(data);
+    let ours = parsed.as_ref().map(|v| v.to_string()).map_err(|e| e.to_string());
+    let theirs = serde_json::from_slice::<serde_json::Value>(data)
+        .map(|v| v.to_string())
+        .map_err(|e| e.to_string());
+    assert_eq!(ours, theirs, "parse_review and serde_json differ");
+    if let Ok(doc) = parsed
         && let Ok(d) = rayshape_engine::decide(&doc, &CONFIG)
     {
-        let _ = serde_json::to_vec(&d.response());
+        let _ = d.response_bytes();
     }
     // The preview's path: JSON or YAML documents, each shaped.
     if let Ok((docs, _)) = rayshape_engine::decode::parse_documents(data) {

@@ -208,7 +208,7 @@ where
 }
 
 /// The engine's entry point, as the server calls it.
-type Decide = fn(&serde_json::Value, &Config) -> Result<Decision, ReviewError>;
+type Decide = fn(&rayshape_engine::json::Value, &Config) -> Result<Decision, ReviewError>;
 
 /// Decide one review's body and answer it. A panic while deciding answers this review
 /// with 500 and leaves the server serving.
@@ -231,7 +231,7 @@ async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
         Err(panic) => {
             let uid = doc
                 .pointer("/request/uid")
-                .and_then(serde_json::Value::as_str)
+                .and_then(rayshape_engine::json::Value::as_str)
                 .unwrap_or("");
             let what = panic
                 .downcast_ref::<&str>()
@@ -359,7 +359,7 @@ fn bad_request(state: &State, msg: String) -> Response<Body> {
 mod tests {
     use super::*;
 
-    fn panicking(_: &serde_json::Value, _: &Config) -> Result<Decision, ReviewError> {
+    fn panicking(_: &rayshape_engine::json::Value, _: &Config) -> Result<Decision, ReviewError> {
         panic!("a bug in the engine")
     }
 

@@ -10,7 +10,7 @@
 use super::problems::Report;
 use super::settings::{Settings, is_label_key, is_label_value, is_resource_name};
 use crate::primitives::quantity::Quantity;
-use serde_json::{Map, Value};
+use rayshape_json::{Map, Value};
 use serde_saphyr::Spanned;
 use std::collections::BTreeMap;
 
@@ -41,7 +41,7 @@ pub struct InstanceType {
     pub ray_resources: BTreeMap<String, f64>,
     /// The Ray accelerator name (`T4`, `A100-80G`, ...).
     pub accelerator: Option<String>,
-    pub node_selector: Map<String, Value>,
+    pub node_selector: Map,
     pub tolerations: Vec<Value>,
 }
 
@@ -50,7 +50,7 @@ impl InstanceType {
     /// of a type shaped an object, and a changed definition is noticed.
     pub fn definition(&self) -> String {
         use sha2::{Digest, Sha256};
-        let canonical = serde_json::json!({
+        let canonical = rayshape_json::json!({
             "shape": self.shape.iter().map(|(k, q)| (k.clone(), q.millis().to_string())).collect::<BTreeMap<_, _>>(),
             "ray": self.ray_resources,
             "accelerator": self.accelerator,
@@ -177,7 +177,7 @@ fn parse_one(
             "cpuArchitecture" => match val.as_str() {
                 Some(arch @ ("amd64" | "arm64")) => {
                     t.node_selector
-                        .insert("kubernetes.io/arch".into(), Value::String(arch.into()));
+                        .insert("kubernetes.io/arch", Value::String(arch.into()));
                 }
                 _ => err(
                     place,
@@ -234,7 +234,7 @@ fn parse_one(
             }
             "ephemeral-storage" => {
                 if let Some(q) = quantity(&mut err) {
-                    t.shape.insert(k.clone(), q);
+                    t.shape.insert(k.to_string(), q);
                 }
             }
             "GPU" => {

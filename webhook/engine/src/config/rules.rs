@@ -13,7 +13,7 @@
 use super::problems::Report;
 use crate::primitives::rfc6902::Op;
 use crate::primitives::selector::Selector;
-use serde_json::Value;
+use rayshape_json::Value;
 use serde_saphyr::Spanned;
 
 pub const FILE: &str = "patches.yaml";

@@ -6,7 +6,7 @@
 
 use super::settings::Settings;
 use rayshape_contract::{self as contract, env};
-use serde_json::{Value, json};
+use rayshape_json::{Map, Value, json};
 
 /// The name of the projected token volume.
 pub const TOKEN_VOLUME: &str = "rayshape-token";
@@ -50,10 +50,10 @@ fn field_env(name: &str, path: &str) -> Value {
 
 fn container(s: &Settings, bootstrap_ca: Option<&str>) -> Value {
     let sc = &s.sidecar;
-    let resources: serde_json::Map<String, Value> = sc
+    let resources: Map = sc
         .resources
         .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
         .collect();
     let mut env = vec![
         field_env(env::POD_NAME, "metadata.name"),
@@ -103,7 +103,7 @@ fn container(s: &Settings, bootstrap_ca: Option<&str>) -> Value {
     if sc.native
         && let Some(m) = c.as_object_mut()
     {
-        m.insert("restartPolicy".into(), json!("Always"));
+        m.insert("restartPolicy", json!("Always"));
     }
     c
 }

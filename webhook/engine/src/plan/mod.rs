@@ -18,7 +18,7 @@ use crate::classify::{FoundBy, RayPod};
 use crate::config::Config;
 use crate::primitives::pod;
 use rayshape_contract::keys;
-use serde_json::Value;
+use rayshape_json::Value;
 use sha2::{Digest, Sha256};
 
 /// The webhook refuses the object; the message says what is wrong and what would be accepted.

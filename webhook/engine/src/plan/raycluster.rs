@@ -23,7 +23,7 @@ use crate::config::instance_types::{InstanceType, is_gpu_resource};
 use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
 use rayshape_contract::keys;
-use serde_json::{Map, Value, json};
+use rayshape_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
 /// KubeRay's default autoscaler container resources (`BuildAutoscalerContainer`).
@@ -74,7 +74,7 @@ pub enum Custom {
     /// `rayStartParams.resources`, as JSON in single quotes (the form KubeRay writes).
     StartParams(String),
     /// The group's `resources` field (KubeRay ≥ 1.5).
-    GroupResources(Map<String, Value>),
+    GroupResources(Map),
 }
 
 /// Plan the sizing of a KubeRay object's groups; `old` is the stored object on UPDATE.
@@ -221,7 +221,7 @@ fn same_group(a: &Value, b: &Value) -> bool {
 }
 
 /// The per-group entries of a record annotation.
-fn record_of(obj: &Value, key: &str) -> Option<Map<String, Value>> {
+fn record_of(obj: &Value, key: &str) -> Option<Map> {
     let text = pod::annotations(obj)?.get(key)?.as_str()?;
     let v: Value = serde_json::from_str(text).ok()?;
     v.get("groups")?.as_object().cloned()
@@ -312,7 +312,7 @@ fn plan_group<'c>(
         );
     }
     if cfg.settings.sidecar.enabled && !sidecar::opted_out(template, &cfg.settings) {
-        let r: Map<String, Value> = cfg
+        let r: Map = cfg
             .settings
             .sidecar
             .resources
@@ -481,7 +481,7 @@ fn custom_resources(
         return (merged != *existing).then_some(Custom::GroupResources(merged));
     }
     let current = pod::at(group, &["rayStartParams", "resources"]).and_then(Value::as_str);
-    let mut merged: Map<String, Value> = match current {
+    let mut merged: Map = match current {
         None => Map::new(),
         Some(text) => match start_param_resources(text) {
             Some(m) => m,
@@ -503,7 +503,7 @@ fn custom_resources(
 /// `rayStartParams.resources` in any of the forms users write: JSON in single quotes
 /// (`'{"TPU":4}'`, what KubeRay itself writes), in an extra pair of double quotes with
 /// escaped inner quotes (`"{\"TPU\": 4}"`, KubeRay's samples), or plain JSON.
-pub fn start_param_resources(text: &str) -> Option<Map<String, Value>> {
+pub fn start_param_resources(text: &str) -> Option<Map> {
     let t = text.trim();
     let inner = if t.len() >= 2 && t.starts_with('\'') && t.ends_with('\'') {
         t[1..t.len() - 1].to_string()
@@ -525,7 +525,7 @@ pub fn start_param_resources(text: &str) -> Option<Map<String, Value>> {
 /// `ray start --resources='...'`, and the autoscaler (which drops the first and last
 /// character and parses the rest). A key with a single quote in it falls back to the
 /// double-quoted form, which the shell would otherwise cut.
-fn quote_start_param(m: &Map<String, Value>) -> String {
+fn quote_start_param(m: &Map) -> String {
     let json = Value::Object(m.clone()).to_string();
     if json.contains('\'') {
         return format!("\"{}\"", json.replace('"', "\\\""));
@@ -803,11 +803,11 @@ mod tests {
         let kuberay_reads = |t: &str| {
             // getResourcesMap: strings.Trim(s, "'\"` "), then json.Unmarshal.
             let inner = t.trim_matches(|c| "'\"` ".contains(c));
-            serde_json::from_str::<Map<String, Value>>(inner).ok()
+            serde_json::from_str::<Map>(inner).ok()
         };
         let autoscaler_reads = |t: &str| {
             // _get_custom_resources: s[1:-1].replace("\\", ""), then json.loads.
-            serde_json::from_str::<Map<String, Value>>(&t[1..t.len() - 1].replace('\\', "")).ok()
+            serde_json::from_str::<Map>(&t[1..t.len() - 1].replace('\\', "")).ok()
         };
         let sample_form = r#""{\"resource1\": 2}""#;
         assert!(kuberay_reads(sample_form).is_none());

@@ -11,7 +11,7 @@ use super::sizing::{Sizing, kuberay_flags_of};
 use crate::config::instance_types::{InstanceType, is_gpu_resource};
 use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
-use serde_json::{Map, Number, Value};
+use rayshape_json::{Map, Number, Value};
 use std::collections::BTreeMap;
 
 pub const OVERRIDE_ENV: &str = "RAY_OVERRIDE_RESOURCES";
@@ -104,7 +104,7 @@ pub fn plan(
         return out;
     };
     let custom_flags = match flag(&cmd, "resources") {
-        FlagText::Text(t) => serde_json::from_str::<Map<String, Value>>(&t).ok(),
+        FlagText::Text(t) => serde_json::from_str::<Map>(&t).ok(),
         _ => None,
     };
 
@@ -302,7 +302,7 @@ fn number_flag(cmd: &str, name: &str) -> Flag {
 }
 
 /// `Some(map)` for an absent or literal-JSON-object override, `None` when it cannot be read.
-fn existing_override(c: &Value) -> Option<Map<String, Value>> {
+fn existing_override(c: &Value) -> Option<Map> {
     let entry = pod::field(c, "env")
         .and_then(Value::as_array)
         .and_then(|a| {
@@ -339,7 +339,7 @@ fn show(key: &str, v: f64) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use serde_json::json;
+    use rayshape_json::json;
 
     /// Plan sizing and Ray's view, and write both as `apply` does.
     fn run(pod: Value, ty: &str) -> (Value, Vec<String>) {

@@ -10,7 +10,7 @@ use crate::config::instance_types::InstanceType;
 use crate::config::rules::Rule;
 use crate::primitives::pod;
 use crate::primitives::rfc6902::{self, ApplyError, Context, Snapshot};
-use serde_json::Value;
+use rayshape_json::Value;
 
 /// A rule whose selector matched, and what became of it.
 #[derive(Debug, Clone)]

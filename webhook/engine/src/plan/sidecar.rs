@@ -20,7 +20,7 @@ use crate::config::settings::Settings;
 use crate::config::sidecar::TOKEN_VOLUME;
 use crate::primitives::pod;
 use rayshape_contract::{self as contract, env, keys};
-use serde_json::{Map, Value, json};
+use rayshape_json::{Map, Value, json};
 
 const LOGS_VOLUME: &str = "rayshape-ray-logs";
 
@@ -55,7 +55,7 @@ pub fn inject(pod: &mut Value, ray_idx: usize, cfg: &Config) -> Result<Injection
         .and_then(|v| v.get_mut(0))
         .and_then(Value::as_object_mut)
     {
-        m.insert("name".into(), Value::String(logs_volume.clone()));
+        m.insert("name", Value::from(logs_volume.as_str()));
     }
     let (list, other) = if s.sidecar.native {
         ("initContainers", "containers")
@@ -177,12 +177,12 @@ fn ensure_logs_volume(pod: &mut Value, ray_idx: usize) -> (String, bool) {
     (name, true)
 }
 
-fn push(m: &mut Map<String, Value>, key: &str, v: Value) {
+fn push(m: &mut Map, key: &str, v: Value) {
     pod::ensure_array(m.entry(key).or_insert_with(|| Value::Array(Vec::new()))).push(v);
 }
 
 /// Replace the element with the same `name`, or append it.
-fn upsert_by_name(m: &mut Map<String, Value>, key: &str, v: Value) {
+fn upsert_by_name(m: &mut Map, key: &str, v: Value) {
     let name = pod::name(&v).to_string();
     let list = pod::ensure_array(m.entry(key).or_insert_with(|| Value::Array(Vec::new())));
     match list.iter_mut().find(|c| pod::name(c) == name) {

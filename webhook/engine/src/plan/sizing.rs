@@ -8,7 +8,7 @@
 use crate::config::instance_types::{InstanceType, is_gpu_resource};
 use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
-use serde_json::{Map, Value};
+use rayshape_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// The sizing of one pod's Ray container.
@@ -137,12 +137,13 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
         };
         // The type governs cpu, memory, its own resources and every GPU.
         list.retain(|k, _| {
-            ray.contains_key(k) || !(is_gpu_resource(k) || it.shape.contains_key(k))
+            ray.contains_key(k.as_str())
+                || !(is_gpu_resource(k) || it.shape.contains_key(k.as_str()))
         });
         for (res, q) in &ray {
             let same = list.get(res).and_then(|v| Quantity::from_json(v).ok()) == Some(*q);
             if !same {
-                list.insert(res.clone(), Value::String(q.format_for(res)));
+                list.insert(res.clone(), Value::from(q.format_for(res)));
             }
         }
         resources.insert(which.to_string(), Value::Object(list));
@@ -236,7 +237,7 @@ pub fn total(pod: &Value, res: &str) -> Quantity {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use serde_json::json;
+    use rayshape_json::json;
 
     fn t(name: &str) -> InstanceType {
         Config::builtin().instance_types[name].clone()

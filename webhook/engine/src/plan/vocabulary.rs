@@ -8,7 +8,7 @@ use crate::config::instance_types::InstanceType;
 use crate::config::settings::{Settings, is_label_value};
 use crate::primitives::pod;
 use rayshape_contract::keys;
-use serde_json::Value;
+use rayshape_json::Value;
 
 /// Market types a pod may ask for.
 pub const MARKET_TYPES: [&str; 3] = ["ON_DEMAND", "SPOT", "PREFER_SPOT"];

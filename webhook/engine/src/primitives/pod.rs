@@ -1,33 +1,21 @@
 //! Small accessors over a pod (or pod template) held as JSON.
 //!
-//! The engine works on `serde_json::Value` rather than typed structs so that every field it
-//! does not own, including ones newer than our Kubernetes types, passes through untouched.
+//! The engine works on JSON values ([`rayshape_json::Value`]) rather than typed structs so
+//! that every field it does not own, including ones newer than our Kubernetes types, passes
+//! through untouched.
 
 use super::quantity::Quantity;
-use serde_json::{Map, Value};
+use rayshape_json::{Map, Value};
 use std::collections::BTreeMap;
 
-/// Maps up to this size are searched key by key: comparing a few keys (mostly by length
-/// alone) costs less than hashing one with the SipHash of `preserve_order`'s maps, and
-/// most maps in a pod are this small.
-const SCAN: usize = 16;
-
-/// `m[key]`, as `Map::get` finds it.
-pub fn get<'a>(m: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    if m.len() <= SCAN {
-        m.iter().find_map(|(k, v)| (k == key).then_some(v))
-    } else {
-        m.get(key)
-    }
+/// `m[key]`.
+pub fn get<'a>(m: &'a Map, key: &str) -> Option<&'a Value> {
+    m.get(key)
 }
 
-/// `m[key]` for writing, as `Map::get_mut` finds it.
-pub fn get_mut<'a>(m: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Value> {
-    if m.len() <= SCAN {
-        m.iter_mut().find_map(|(k, v)| (k == key).then_some(v))
-    } else {
-        m.get_mut(key)
-    }
+/// `m[key]` for writing.
+pub fn get_mut<'a>(m: &'a mut Map, key: &str) -> Option<&'a mut Value> {
+    m.get_mut(key)
 }
 
 /// `v[key]` when `v` is an object: `Value::get` for a key, found as [`get`] finds it.
@@ -47,11 +35,11 @@ pub fn at_mut<'a>(obj: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
         .try_fold(obj, |v, k| get_mut(v.as_object_mut()?, k))
 }
 
-pub fn labels(obj: &Value) -> Option<&Map<String, Value>> {
+pub fn labels(obj: &Value) -> Option<&Map> {
     at(obj, &["metadata", "labels"])?.as_object()
 }
 
-pub fn annotations(obj: &Value) -> Option<&Map<String, Value>> {
+pub fn annotations(obj: &Value) -> Option<&Map> {
     at(obj, &["metadata", "annotations"])?.as_object()
 }
 
@@ -63,7 +51,7 @@ pub fn vocab<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
         .and_then(Value::as_str)
 }
 
-fn meta_map<'a>(obj: &'a mut Value, which: &str) -> &'a mut Map<String, Value> {
+fn meta_map<'a>(obj: &'a mut Value, which: &str) -> &'a mut Map {
     let root = ensure_object(obj);
     let meta = ensure_object(
         root.entry("metadata")
@@ -76,7 +64,7 @@ fn meta_map<'a>(obj: &'a mut Value, which: &str) -> &'a mut Map<String, Value> {
 }
 
 /// Make `v` an object (replacing null or anything else) and return its map.
-pub fn ensure_object(v: &mut Value) -> &mut Map<String, Value> {
+pub fn ensure_object(v: &mut Value) -> &mut Map {
     if !v.is_object() {
         *v = Value::Object(Map::new());
     }
@@ -100,7 +88,7 @@ pub fn ensure_array(v: &mut Value) -> &mut Vec<Value> {
 /// Record an effective value as both label and annotation.
 pub fn set_vocab(obj: &mut Value, key: &str, value: &str) {
     for which in ["labels", "annotations"] {
-        meta_map(obj, which).insert(key.to_string(), Value::String(value.to_string()));
+        meta_map(obj, which).insert(key, Value::from(value));
     }
 }
 
@@ -114,7 +102,7 @@ pub fn remove_vocab(obj: &mut Value, key: &str) {
 }
 
 pub fn set_annotation(obj: &mut Value, key: &str, value: String) {
-    meta_map(obj, "annotations").insert(key.to_string(), Value::String(value));
+    meta_map(obj, "annotations").insert(key, Value::from(value));
 }
 
 pub fn containers(pod: &Value) -> &[Value] {
@@ -145,7 +133,7 @@ pub fn resource_list(c: &Value, which: &str) -> BTreeMap<String, Quantity> {
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .filter_map(|(k, v)| Quantity::from_json(v).ok().map(|q| (k.clone(), q)))
+                .filter_map(|(k, v)| Quantity::from_json(v).ok().map(|q| (k.to_string(), q)))
                 .collect()
         })
         .unwrap_or_default()

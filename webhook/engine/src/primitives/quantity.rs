@@ -4,6 +4,7 @@
 //! API server accepts (it rejects anything beyond 2^63 units). Sub-milli inputs (`n`, `u`)
 //! round up, the way the API server canonicalises CPU.
 
+use rayshape_json::Value;
 use std::fmt;
 use thiserror::Error;
 
@@ -141,10 +142,10 @@ impl Quantity {
     }
 
     /// Parse a JSON value the way Kubernetes does: strings and plain numbers.
-    pub fn from_json(v: &serde_json::Value) -> Result<Quantity, QuantityError> {
+    pub fn from_json(v: &Value) -> Result<Quantity, QuantityError> {
         match v {
-            serde_json::Value::String(s) => Quantity::parse(s),
-            serde_json::Value::Number(n) => Quantity::parse(&n.to_string()),
+            Value::String(s) => Quantity::parse(s),
+            Value::Number(n) => Quantity::parse(&n.to_string()),
             other => Err(QuantityError {
                 input: other.to_string(),
                 reason: "not a string or number",

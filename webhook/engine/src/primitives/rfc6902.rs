@@ -13,7 +13,7 @@
 //! array: `[name=foo]` (the element whose `name` is `foo`; any field works), `[ray]` (the Ray
 //! container) and `*` (every element; for `add` on a missing or empty array, a new element).
 
-use serde_json::{Map, Value};
+use rayshape_json::{Map, Value};
 use thiserror::Error;
 
 /// A parsed, validated path.
@@ -132,7 +132,7 @@ impl Op {
             .keys()
             .find(|k| !matches!(k.as_str(), "op" | "path" | "value" | "from"))
         {
-            return Err(OpError::UnknownField(k.clone()));
+            return Err(OpError::UnknownField(k.to_string()));
         }
         let op = m
             .get("op")
@@ -577,7 +577,7 @@ fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use rayshape_json::json;
 
     fn op(v: Value) -> Op {
         Op::from_value(&v).unwrap()

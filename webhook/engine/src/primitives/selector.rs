@@ -5,7 +5,7 @@
 //! in the labels first and then in the annotations: rules written for either work.
 
 use super::pod;
-use serde_json::{Map, Value};
+use rayshape_json::{Map, Value};
 use thiserror::Error;
 
 /// A parsed selector: every requirement must hold.
@@ -62,11 +62,7 @@ impl Selector {
     }
 
     /// Whether the object with these labels and annotations is selected.
-    pub fn matches(
-        &self,
-        labels: Option<&Map<String, Value>>,
-        annotations: Option<&Map<String, Value>>,
-    ) -> bool {
+    pub fn matches(&self, labels: Option<&Map>, annotations: Option<&Map>) -> bool {
         let get = |k: &str| -> Option<&str> {
             labels
                 .and_then(|m| pod::get(m, k))
@@ -220,7 +216,7 @@ fn valid_key(k: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use rayshape_json::json;
 
     fn sel(s: &str, labels: Value, annotations: Value) -> bool {
         Selector::parse(s)

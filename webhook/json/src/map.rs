@@ -1,0 +1,309 @@
+//! [`Map`]: a JSON object's members in order, with the semantics of serde_json's
+//! `preserve_order` map (insertion order, a repeated key replacing the value in place,
+//! `remove` by swapping with the last member, equality regardless of order), kept as one
+//! vector: a Kubernetes object's maps are small, and scanning a few keys costs less than
+//! hashing one.
+
+use crate::{Str, Value};
+use std::collections::HashMap;
+
+/// Above this many members, whole-map work (equality, duplicate checks) goes through a
+/// hashed index rather than comparing every pair.
+const SCAN: usize = 16;
+
+/// A JSON object.
+#[derive(Clone, Default)]
+pub struct Map {
+    members: Vec<(Str, Value)>,
+}
+
+impl Map {
+    pub const fn new() -> Map {
+        Map {
+            members: Vec::new(),
+        }
+    }
+
+    pub fn with_capacity(n: usize) -> Map {
+        Map {
+            members: Vec::with_capacity(n),
+        }
+    }
+
+    /// The members in order, where later duplicates of a key replace the earlier value in
+    /// its place, as inserting them one by one would.
+    pub fn from_members(members: Vec<(Str, Value)>) -> Map {
+        if !has_duplicates(&members) {
+            return Map { members };
+        }
+        let mut m = Map::with_capacity(members.len());
+        for (k, v) in members {
+            m.insert(k, v);
+        }
+        m
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.members.iter().position(|(k, _)| k.as_str() == key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.members
+            .iter()
+            .find_map(|(k, v)| (k.as_str() == key).then_some(v))
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.members
+            .iter_mut()
+            .find_map(|(k, v)| (k.as_str() == key).then_some(v))
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Set `key` to `value`: in its place when present (returning the old value), else
+    /// at the end.
+    pub fn insert(&mut self, key: impl Into<Str>, value: Value) -> Option<Value> {
+        let key = key.into();
+        match self.position(&key) {
+            Some(i) => Some(std::mem::replace(&mut self.members[i].1, value)),
+            None => {
+                self.members.push((key, value));
+                None
+            }
+        }
+    }
+
+    /// The value of `key`, for reading or inserting.
+    pub fn entry(&mut self, key: impl Into<Str>) -> Entry<'_> {
+        let key = key.into();
+        match self.position(&key) {
+            Some(i) => Entry::Occupied(&mut self.members[i].1),
+            None => Entry::Vacant(self, key),
+        }
+    }
+
+    /// Remove `key`, moving the last member into its place (serde_json's `remove`).
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        self.swap_remove(key)
+    }
+
+    pub fn swap_remove(&mut self, key: &str) -> Option<Value> {
+        let i = self.position(key)?;
+        Some(self.members.swap_remove(i).1)
+    }
+
+    /// Remove `key`, keeping the order of the others.
+    pub fn shift_remove(&mut self, key: &str) -> Option<Value> {
+        let i = self.position(key)?;
+        Some(self.members.remove(i).1)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&Str, &mut Value) -> bool) {
+        self.members.retain_mut(|(k, v)| keep(k, v));
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Str, &Value)> + ExactSizeIterator {
+        self.members.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn iter_mut(
+        &mut self,
+    ) -> impl DoubleEndedIterator<Item = (&Str, &mut Value)> + ExactSizeIterator {
+        self.members.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Str> + ExactSizeIterator {
+        self.members.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Value> + ExactSizeIterator {
+        self.members.iter().map(|(_, v)| v)
+    }
+
+    pub fn values_mut(
+        &mut self,
+    ) -> impl DoubleEndedIterator<Item = &mut Value> + ExactSizeIterator {
+        self.members.iter_mut().map(|(_, v)| v)
+    }
+
+    /// The members, in order.
+    pub fn members(&self) -> &[(Str, Value)] {
+        &self.members
+    }
+
+    /// A hashed index of the keys, for whole-map work on large maps.
+    fn index(&self) -> HashMap<&str, usize> {
+        self.members
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.as_str(), i))
+            .collect()
+    }
+
+    /// For many lookups in one map: [`Lookup::get`] scans a small map as [`Map::get`]
+    /// does, and hashes the keys of a large one once, so that looking up each key of
+    /// another large map is not quadratic.
+    pub fn lookup(&self) -> Lookup<'_> {
+        Lookup {
+            map: self,
+            index: None,
+        }
+    }
+}
+
+/// Repeated lookups in one [`Map`]; see [`Map::lookup`].
+pub struct Lookup<'a> {
+    map: &'a Map,
+    index: Option<HashMap<&'a str, usize>>,
+}
+
+impl<'a> Lookup<'a> {
+    pub fn get(&mut self, key: &str) -> Option<&'a Value> {
+        let map = self.map;
+        if map.len() <= SCAN {
+            return map.get(key);
+        }
+        let index = self.index.get_or_insert_with(|| map.index());
+        index.get(key).map(|&i| &map.members[i].1)
+    }
+}
+
+fn has_duplicates(members: &[(Str, Value)]) -> bool {
+    if members.len() <= SCAN {
+        return members
+            .iter()
+            .enumerate()
+            .any(|(i, (k, _))| members[..i].iter().any(|(j, _)| j == k));
+    }
+    let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys.windows(2).any(|w| w[0] == w[1])
+}
+
+/// A place in a [`Map`] for one key.
+pub enum Entry<'a> {
+    Occupied(&'a mut Value),
+    Vacant(&'a mut Map, Str),
+}
+
+impl<'a> Entry<'a> {
+    pub fn or_insert(self, value: Value) -> &'a mut Value {
+        self.or_insert_with(|| value)
+    }
+
+    pub fn or_insert_with(self, value: impl FnOnce() -> Value) -> &'a mut Value {
+        match self {
+            Entry::Occupied(v) => v,
+            Entry::Vacant(m, k) => {
+                m.members.push((k, value()));
+                // Just pushed, so there is a last member.
+                &mut m.members.last_mut().expect("a member was just pushed").1
+            }
+        }
+    }
+}
+
+impl PartialEq for Map {
+    /// Equal members, in any order (as serde_json's maps compare).
+    fn eq(&self, other: &Map) -> bool {
+        if self.len() != other.len() {
+            return false;
+        }
+        if self
+            .members
+            .iter()
+            .zip(&other.members)
+            .all(|((a, _), (b, _))| a == b)
+        {
+            return self
+                .members
+                .iter()
+                .zip(&other.members)
+                .all(|((_, x), (_, y))| x == y);
+        }
+        if self.len() <= SCAN {
+            return self
+                .members
+                .iter()
+                .all(|(k, v)| other.get(k).is_some_and(|w| v == w));
+        }
+        let mut other = other.lookup();
+        self.members
+            .iter()
+            .all(|(k, v)| other.get(k).is_some_and(|w| v == w))
+    }
+}
+
+impl Eq for Map {}
+
+impl std::fmt::Debug for Map {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Into<Str>> FromIterator<(K, Value)> for Map {
+    /// As inserting the members one by one, without the quadratic cost on large maps.
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(iter: I) -> Map {
+        Map::from_members(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+}
+
+impl<K: Into<Str>> Extend<(K, Value)> for Map {
+    /// As inserting the members one by one, without the quadratic cost on large maps.
+    fn extend<I: IntoIterator<Item = (K, Value)>>(&mut self, iter: I) {
+        let mut members = std::mem::take(&mut self.members);
+        members.extend(iter.into_iter().map(|(k, v)| (k.into(), v)));
+        *self = Map::from_members(members);
+    }
+}
+
+impl IntoIterator for Map {
+    type Item = (Str, Value);
+    type IntoIter = std::vec::IntoIter<(Str, Value)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.members.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Map {
+    type Item = (&'a Str, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Str, Value)>,
+        fn(&'a (Str, Value)) -> (&'a Str, &'a Value),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.members.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Map {
+    type Item = (&'a Str, &'a mut Value);
+    type IntoIter = std::iter::Map<
+        std::slice::IterMut<'a, (Str, Value)>,
+        fn(&'a mut (Str, Value)) -> (&'a Str, &'a mut Value),
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        self.members.iter_mut().map(|(k, v)| (&*k, v))
+    }
+}
+
+impl std::ops::Index<&str> for Map {
+    type Output = Value;
+    /// `self[key]`, or `null` when there is no such key.
+    fn index(&self, key: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.get(key).unwrap_or(&NULL)
+    }
+}

@@ -1,0 +1,279 @@
+//! Parsing JSON text into a [`Value`] in one pass over the bytes: whitespace and strings
+//! are scanned eight bytes at a time, and every array and object is allocated once, at its
+//! final size.
+//!
+//! The fast path accepts only what serde_json accepts and builds the same value; anything
+//! it does not handle (malformed text, a lone surrogate, deep nesting) goes to serde_json,
+//! which gives the value or exactly the error it always gave.
+
+use crate::{Map, Number, Str, Value};
+
+/// Nesting deeper than this is left to serde_json (whose limit is 128).
+const MAX_DEPTH: usize = 100;
+
+/// Parse JSON text, as `serde_json::from_slice` would.
+pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    match std::str::from_utf8(bytes).ok().and_then(fast) {
+        Some(v) => Ok(v),
+        None => serde_json::from_slice(bytes),
+    }
+}
+
+/// Parse JSON text, as `serde_json::from_str` would.
+pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {
+    match fast(text) {
+        Some(v) => Ok(v),
+        None => serde_json::from_str(text),
+    }
+}
+
+fn fast(text: &str) -> Option<Value> {
+    let mut p = Parser {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+        values: Vec::with_capacity(64),
+        members: Vec::with_capacity(64),
+        unescaped: String::new(),
+    };
+    p.skip_ws();
+    let v = p.value(0)?;
+    p.skip_ws();
+    (p.at == p.bytes.len()).then_some(v)
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+    /// Elements of the arrays being parsed, innermost last: each array takes its own off
+    /// the end when it closes, into a vector of exactly its size.
+    values: Vec<Value>,
+    /// The same for the members of objects.
+    members: Vec<(Str, Value)>,
+    /// Scratch for strings with escapes.
+    unescaped: String,
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// A mask with the high bit of each byte of `w` that is `"`, `\` or a control character;
+/// the lowest one set is exact.
+fn specials(w: u64) -> u64 {
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let backslash = w ^ (ONES * u64::from(b'\\'));
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    (zero(quote) | zero(backslash) | (w.wrapping_sub(ONES * 0x20) & !w)) & HIGHS
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.at += 1)
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Value> {
+        match self.peek()? {
+            b'{' => self.object(depth + 1),
+            b'[' => self.array(depth + 1),
+            b'"' => self.string().map(Value::String),
+            b't' => self.literal("true", Value::Bool(true)),
+            b'f' => self.literal("false", Value::Bool(false)),
+            b'n' => self.literal("null", Value::Null),
+            b'-' | b'0'..=b'9' => self.number().map(Value::Number),
+            _ => None,
+        }
+    }
+
+    fn literal(&mut self, word: &str, v: Value) -> Option<Value> {
+        let end = self.at + word.len();
+        (self.bytes.get(self.at..end)? == word.as_bytes()).then(|| {
+            self.at = end;
+            v
+        })
+    }
+
+    fn number(&mut self) -> Option<Number> {
+        let start = self.at;
+        while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.peek() {
+            self.at += 1;
+        }
+        let token = self.text.get(start..self.at)?;
+        let digits = token.as_bytes();
+        // Plain non-negative integers, the common case, directly; the rest as serde_json
+        // reads them (floats and negative zero have subtleties not worth repeating).
+        if digits.len() <= 19
+            && (digits[0] != b'0' || digits.len() == 1)
+            && digits.iter().all(u8::is_ascii_digit)
+        {
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            return Some(n.into());
+        }
+        serde_json::from_str(token).ok()
+    }
+
+    fn string(&mut self) -> Option<Str> {
+        self.at += 1; // the opening quote
+        let start = self.at;
+        let end = self.scan();
+        if self.bytes.get(end) == Some(&b'"') {
+            self.at = end + 1;
+            return Some(Str::from(self.text.get(start..end)?));
+        }
+        self.unescape(start, end)
+    }
+
+    /// The index of the first `"`, `\` or control character from `self.at`, or the end.
+    fn scan(&self) -> usize {
+        let mut i = self.at;
+        while let Some(chunk) = self.bytes.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            let m = specials(u64::from_le_bytes(w));
+            if m != 0 {
+                return i + (m.trailing_zeros() / 8) as usize;
+            }
+            i += 8;
+        }
+        while let Some(&b) = self.bytes.get(i) {
+            if b == b'"' || b == b'\\' || b < 0x20 {
+                break;
+            }
+            i += 1;
+        }
+        i
+    }
+
+    /// A string with escapes, from `start` (after the quote); `end` is the first special.
+    fn unescape(&mut self, start: usize, mut end: usize) -> Option<Str> {
+        let mut out = std::mem::take(&mut self.unescaped);
+        out.clear();
+        out.push_str(self.text.get(start..end)?);
+        loop {
+            match self.bytes.get(end)? {
+                b'"' => {
+                    self.at = end + 1;
+                    let s = Str::from(out.as_str());
+                    self.unescaped = out;
+                    return Some(s);
+                }
+                b'\\' => {
+                    let esc = *self.bytes.get(end + 1)?;
+                    end += 2;
+                    match esc {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => {
+                            let hi = self.hex4(end)?;
+                            end += 4;
+                            let c = if (0xD800..0xDC00).contains(&hi) {
+                                if self.bytes.get(end..end + 2)? != b"\\u" {
+                                    return None;
+                                }
+                                let lo = self.hex4(end + 2)?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return None;
+                                }
+                                end += 6;
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            } else {
+                                hi
+                            };
+                            out.push(char::from_u32(c)?);
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None, // a control character
+            }
+            self.at = end;
+            let next = self.scan();
+            out.push_str(self.text.get(end..next)?);
+            end = next;
+        }
+    }
+
+    fn hex4(&self, at: usize) -> Option<u32> {
+        let h = self.bytes.get(at..at + 4)?;
+        h.iter()
+            .try_fold(0u32, |n, &d| Some(n * 16 + char::from(d).to_digit(16)?))
+    }
+
+    fn array(&mut self, depth: usize) -> Option<Value> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.at += 1;
+        self.skip_ws();
+        if self.eat(b']').is_some() {
+            return Some(Value::Array(Vec::new()));
+        }
+        let base = self.values.len();
+        loop {
+            self.skip_ws();
+            let v = self.value(depth)?;
+            self.values.push(v);
+            self.skip_ws();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(Value::Array(self.values.drain(base..).collect()));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Option<Value> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.at += 1;
+        self.skip_ws();
+        if self.eat(b'}').is_some() {
+            return Some(Value::Object(Map::new()));
+        }
+        let base = self.members.len();
+        loop {
+            self.skip_ws();
+            if self.peek()? != b'"' {
+                return None;
+            }
+            let k = self.string()?;
+            self.skip_ws();
+            self.eat(b':')?;
+            self.skip_ws();
+            let v = self.value(depth)?;
+            self.members.push((k, v));
+            self.skip_ws();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    let members = self.members.drain(base..).collect();
+                    return Some(Value::Object(Map::from_members(members)));
+                }
+                _ => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! [`Str`]: a string that holds up to [`INLINE`] bytes in place and only longer ones on
+//! the heap. Most keys and values of a Kubernetes object are that short, so a document
+//! costs one allocation per array and object rather than one per string as well.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+/// Bytes a [`Str`] holds without allocating.
+pub const INLINE: usize = 22;
+
+/// An immutable UTF-8 string, inline when short.
+#[derive(Clone)]
+pub struct Str(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Str {
+    /// The empty string.
+    pub const fn new() -> Str {
+        Str(Repr::Inline {
+            len: 0,
+            buf: [0; INLINE],
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Inline { len, buf } => {
+                let bytes = &buf[..usize::from(*len)];
+                // SAFETY: `buf[..len]` is only ever written from a `&str` (`From<&str>`).
+                unsafe { std::str::from_utf8_unchecked(bytes) }
+            }
+            Repr::Heap(s) => s,
+        }
+    }
+}
+
+impl Default for Str {
+    fn default() -> Str {
+        Str::new()
+    }
+}
+
+impl From<&str> for Str {
+    fn from(s: &str) -> Str {
+        if s.len() <= INLINE {
+            let mut buf = [0; INLINE];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            Str(Repr::Inline {
+                // At most INLINE (22), so it fits.
+                len: s.len() as u8,
+                buf,
+            })
+        } else {
+            Str(Repr::Heap(s.into()))
+        }
+    }
+}
+
+impl From<String> for Str {
+    fn from(s: String) -> Str {
+        if s.len() <= INLINE {
+            Str::from(s.as_str())
+        } else {
+            Str(Repr::Heap(s.into_boxed_str()))
+        }
+    }
+}
+
+impl From<&String> for Str {
+    fn from(s: &String) -> Str {
+        Str::from(s.as_str())
+    }
+}
+
+impl From<Str> for String {
+    fn from(s: Str) -> String {
+        match s.0 {
+            Repr::Heap(b) => b.into_string(),
+            Repr::Inline { .. } => s.as_str().to_string(),
+        }
+    }
+}
+
+impl Deref for Str {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Str {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for Str {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Str {
+    fn eq(&self, other: &Str) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Str {}
+
+impl PartialEq<str> for Str {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Str {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Str {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<Str> for str {
+    fn eq(&self, other: &Str) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Str> for &str {
+    fn eq(&self, other: &Str) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<Str> for String {
+    fn eq(&self, other: &Str) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialOrd for Str {
+    fn partial_cmp(&self, other: &Str) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Str {
+    fn cmp(&self, other: &Str) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Hash for Str {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Str {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_long_strings_read_back_the_same() {
+        for s in [
+            "",
+            "a",
+            "é",
+            "0123456789012345678901",
+            "01234567890123456789012",
+            "ü".repeat(40).as_str(),
+        ] {
+            let x = Str::from(s);
+            assert_eq!(x.as_str(), s);
+            assert_eq!(String::from(x.clone()), s);
+            assert_eq!(Str::from(s.to_string()), x);
+            assert_eq!(x.len() <= INLINE, matches!(x.0, Repr::Inline { .. }));
+        }
+        assert_eq!(std::mem::size_of::<Str>(), 24);
+    }
+}

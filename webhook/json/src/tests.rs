@@ -1,0 +1,237 @@
+use crate::{Map, Str, Value, from_slice};
+use proptest::prelude::*;
+
+/// What serde_json makes of `bytes`: its value's compact text, or its error's message.
+fn serde_json_reads(bytes: &[u8]) -> Result<String, String> {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .map(|v| v.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn ours_reads(bytes: &[u8]) -> Result<String, String> {
+    from_slice(bytes)
+        .map(|v| v.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn text() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        Just("true".to_string()),
+        Just("false".to_string()),
+        prop::sample::select(
+            &[
+                "0",
+                "-0",
+                "7",
+                "-12",
+                "1.5",
+                "1e3",
+                "-2.5E-3",
+                "18446744073709551615",
+                "18446744073709551616",
+                "9999999999999999999",
+                "01",
+                "1.",
+                ".5",
+                "1e400",
+                "-",
+            ][..]
+        )
+        .prop_map(str::to_string),
+        prop::sample::select(
+            &[
+                r#""""#,
+                r#""a""#,
+                r#""é ü""#,
+                r#""a\"b""#,
+                r#""\\\/\b\f\n\r\t""#,
+                r#""\u00e9""#,
+                r#""\ud83d\ude00""#,
+                r#""\ud83d""#,
+                r#""\ude00x""#,
+                r#""\x""#,
+                "\"tab\there\"",
+                r#""a very long string that does not fit in place at all""#,
+                r#""\u004""#,
+            ][..]
+        )
+        .prop_map(str::to_string),
+    ];
+    let ws = prop::sample::select(&["", " ", "\n  ", "\t", "\r\n"][..]);
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        let ws = ws.clone();
+        prop_oneof![
+            (prop::collection::vec((inner.clone(), ws.clone()), 0..6)).prop_map(|items| {
+                let body: Vec<String> = items.iter().map(|(v, w)| format!("{w}{v}{w}")).collect();
+                format!("[{}]", body.join(","))
+            }),
+            (prop::collection::vec(
+                (
+                    prop::sample::select(
+                        &[
+                            "a",
+                            "b",
+                            "key",
+                            "a\\u0062",
+                            "a long key that is kept on the heap"
+                        ][..]
+                    ),
+                    inner,
+                    ws
+                ),
+                0..6
+            ))
+            .prop_map(|items| {
+                let body: Vec<String> = items
+                    .iter()
+                    .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                    .collect();
+                format!("{{{}}}", body.join(","))
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The same value (order, numbers, duplicates) or the same error as serde_json.
+    #[test]
+    fn reads_as_serde_json_does(t in text(), cut in any::<prop::sample::Index>(), junk in any::<u8>(), how in 0u8..4) {
+        let mut bytes = t.into_bytes();
+        match how {
+            0 => {}
+            1 => { let i = cut.index(bytes.len() + 1); bytes.truncate(i); }
+            2 => { let i = cut.index(bytes.len() + 1); bytes.insert(i, junk); }
+            _ => { if !bytes.is_empty() { let i = cut.index(bytes.len()); bytes[i] = junk; } }
+        }
+        prop_assert_eq!(ours_reads(&bytes), serde_json_reads(&bytes));
+    }
+
+    /// Converting to and from serde_json's Value keeps everything.
+    #[test]
+    fn converts_both_ways(t in text()) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+            let ours = Value::from(v.clone());
+            prop_assert_eq!(serde_json::Value::from(ours.clone()), v.clone());
+            prop_assert_eq!(ours, from_slice(t.as_bytes()).unwrap());
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_and_errors_are_serde_jsons() {
+    for depth in [99, 100, 101, 127, 128, 129, 200] {
+        let t = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(
+            ours_reads(t.as_bytes()),
+            serde_json_reads(t.as_bytes()),
+            "depth {depth}"
+        );
+    }
+    for t in [
+        "",
+        " ",
+        "{",
+        "{\"a\" 1}",
+        "[1,]",
+        "{\"a\":1,}",
+        "tru",
+        "nul",
+        "1 2",
+        "\u{feff}1",
+        "\"\\ud800\\u0041\"",
+    ] {
+        assert_eq!(
+            ours_reads(t.as_bytes()),
+            serde_json_reads(t.as_bytes()),
+            "{t:?}"
+        );
+    }
+    assert_eq!(ours_reads(b"\"\xff\""), serde_json_reads(b"\"\xff\""));
+}
+
+#[test]
+fn repeated_keys_replace_in_place_as_serde_json_does() {
+    let mut t = String::from("{");
+    for i in 0..40 {
+        t.push_str(&format!("\"k{}\":{i},", i % 25));
+    }
+    t.push_str("\"z\":0}");
+    assert_eq!(ours_reads(t.as_bytes()), serde_json_reads(t.as_bytes()));
+    assert_eq!(
+        ours_reads(br#"{"a":1,"b":2,"a":3}"#),
+        Ok(r#"{"a":3,"b":2}"#.into())
+    );
+}
+
+#[test]
+fn maps_behave_as_serde_jsons() {
+    let mut ours = Map::new();
+    let mut theirs = serde_json::Map::new();
+    for (i, k) in ["a", "b", "c", "d", "b"].iter().enumerate() {
+        assert_eq!(
+            ours.insert(*k, json!(i)).map(serde_json::Value::from),
+            theirs.insert(k.to_string(), serde_json::json!(i))
+        );
+    }
+    assert_eq!(
+        ours.remove("a").map(serde_json::Value::from),
+        theirs.remove("a")
+    );
+    assert_eq!(
+        ours.shift_remove("d").map(serde_json::Value::from),
+        theirs.shift_remove("d")
+    );
+    *ours.entry("e").or_insert(Value::Null) = json!(5);
+    *theirs.entry("e").or_insert(serde_json::Value::Null) = serde_json::json!(5);
+    assert_eq!(
+        serde_json::Value::from(Value::Object(ours.clone())),
+        serde_json::Value::Object(theirs.clone())
+    );
+    // Equal regardless of order, as serde_json's are.
+    let reversed: Map = ours
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(reversed, ours);
+    let big: Map = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
+    let big_rev: Map = big
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(big, big_rev);
+    let mut other = big_rev.clone();
+    other.insert("k3", json!("x"));
+    assert_ne!(big, other);
+}
+
+#[test]
+fn indexes_and_pointers_as_serde_json() {
+    let v = json!({"a": [{"b/c": 1, "d~e": [true]}], "": 2});
+    let s = serde_json::Value::from(v.clone());
+    for p in [
+        "",
+        "/a",
+        "/a/0",
+        "/a/0/b~1c",
+        "/a/0/d~0e/0",
+        "/a/00",
+        "/a/1",
+        "/x",
+        "/",
+        "a",
+    ] {
+        assert_eq!(
+            v.pointer(p).cloned().map(serde_json::Value::from),
+            s.pointer(p).cloned(),
+            "{p}"
+        );
+    }
+    assert_eq!(v["a"][0]["b/c"], 1);
+    assert!(v["nope"][3].is_null());
+    assert_eq!(Str::from("x"), "x");
+}
