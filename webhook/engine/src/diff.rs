@@ -40,10 +40,10 @@ pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
                     Seg::Index(i) => decimal(text, *i),
                 }
             }
-            serde_json::to_writer(&mut *out, text.as_str()).expect("writing to a Vec cannot fail");
+            rayshape_json::write_str(out, text);
             if let Some(v) = value {
                 out.extend_from_slice(b",\"value\":");
-                serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail");
+                rayshape_json::to_writer(out, v);
             }
             out.push(b'}');
         }
@@ -94,6 +94,10 @@ fn decimal(out: &mut String, mut n: usize) {
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
+            // A staged copy shares every map it did not edit with the original.
+            if Map::ptr_eq(x, y) {
+                return true;
+            }
             if x.len() != y.len() {
                 return false;
             }

@@ -5,6 +5,7 @@ use crate::apply::Shaped;
 use crate::decode::Request;
 use crate::plan::Denial;
 use base64::Engine;
+use rayshape_json::write_str as json_str;
 use rayshape_json::{Value, json};
 
 /// What the webhook decided about one review.
@@ -135,10 +136,4 @@ impl Decision {
             Outcome::Allowed { .. } => "shaped",
         }
     }
-}
-
-/// A JSON string, escaped as serde_json escapes it.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
 }

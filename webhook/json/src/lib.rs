@@ -9,14 +9,17 @@
 
 mod map;
 mod parse;
+mod scan;
 mod serde_impl;
 mod str;
 mod value;
+mod write;
 
 pub use map::{Entry, Lookup, Map};
 pub use parse::{from_slice, from_str};
 pub use str::{INLINE, Str};
 pub use value::{Index, Number, Value};
+pub use write::{to_writer, write_str};
 
 #[doc(hidden)]
 pub mod __private {
@@ -30,12 +33,6 @@ macro_rules! json {
     ($($t:tt)+) => {
         $crate::Value::from($crate::__private::serde_json::json!($($t)+))
     };
-}
-
-/// Write `v` into `out` as compact JSON, as `serde_json::to_writer` would.
-pub fn to_writer(out: &mut Vec<u8>, v: &Value) {
-    // Writing to a Vec cannot fail, and a Value has nothing serde could refuse.
-    let _ = serde_json::to_writer(out, v);
 }
 
 #[cfg(test)]

@@ -6,35 +6,42 @@
 
 use crate::{Str, Value};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Above this many members, whole-map work (equality, duplicate checks) goes through a
 /// hashed index rather than comparing every pair.
 const SCAN: usize = 16;
 
-/// A JSON object.
+/// A JSON object. Cloning one is a reference count: the members are copied only when one
+/// of the copies is first changed, so a staged copy of a pod costs the maps it edits, and
+/// comparing it with the original skips every map they still share.
 #[derive(Clone, Default)]
 pub struct Map {
-    members: Vec<(Str, Value)>,
+    /// `None` when empty, so that `{}` costs no allocation.
+    members: Option<Arc<Vec<(Str, Value)>>>,
 }
 
 impl Map {
     pub const fn new() -> Map {
-        Map {
-            members: Vec::new(),
-        }
+        Map { members: None }
     }
 
     pub fn with_capacity(n: usize) -> Map {
         Map {
-            members: Vec::with_capacity(n),
+            members: (n > 0).then(|| Arc::new(Vec::with_capacity(n))),
         }
     }
 
     /// The members in order, where later duplicates of a key replace the earlier value in
     /// its place, as inserting them one by one would.
     pub fn from_members(members: Vec<(Str, Value)>) -> Map {
+        if members.is_empty() {
+            return Map::new();
+        }
         if !has_duplicates(&members) {
-            return Map { members };
+            return Map {
+                members: Some(Arc::new(members)),
+            };
         }
         let mut m = Map::with_capacity(members.len());
         for (k, v) in members {
@@ -43,28 +50,46 @@ impl Map {
         m
     }
 
+    /// The members, in order.
+    pub fn members(&self) -> &[(Str, Value)] {
+        self.members.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The members for changing: copied first if another clone still shares them.
+    fn members_mut(&mut self) -> &mut Vec<(Str, Value)> {
+        Arc::make_mut(self.members.get_or_insert_with(Default::default))
+    }
+
+    /// Whether `a` and `b` share their members (so are equal without looking).
+    pub fn ptr_eq(a: &Map, b: &Map) -> bool {
+        match (&a.members, &b.members) {
+            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.members().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members().is_empty()
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.members.iter().position(|(k, _)| k.as_str() == key)
+        self.members().iter().position(|(k, _)| k.as_str() == key)
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.members
+        self.members()
             .iter()
             .find_map(|(k, v)| (k.as_str() == key).then_some(v))
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
-        self.members
-            .iter_mut()
-            .find_map(|(k, v)| (k.as_str() == key).then_some(v))
+        let i = self.position(key)?;
+        Some(&mut self.members_mut()[i].1)
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
@@ -76,9 +101,9 @@ impl Map {
     pub fn insert(&mut self, key: impl Into<Str>, value: Value) -> Option<Value> {
         let key = key.into();
         match self.position(&key) {
-            Some(i) => Some(std::mem::replace(&mut self.members[i].1, value)),
+            Some(i) => Some(std::mem::replace(&mut self.members_mut()[i].1, value)),
             None => {
-                self.members.push((key, value));
+                self.members_mut().push((key, value));
                 None
             }
         }
@@ -88,7 +113,7 @@ impl Map {
     pub fn entry(&mut self, key: impl Into<Str>) -> Entry<'_> {
         let key = key.into();
         match self.position(&key) {
-            Some(i) => Entry::Occupied(&mut self.members[i].1),
+            Some(i) => Entry::Occupied(&mut self.members_mut()[i].1),
             None => Entry::Vacant(self, key),
         }
     }
@@ -100,51 +125,56 @@ impl Map {
 
     pub fn swap_remove(&mut self, key: &str) -> Option<Value> {
         let i = self.position(key)?;
-        Some(self.members.swap_remove(i).1)
+        Some(self.members_mut().swap_remove(i).1)
     }
 
     /// Remove `key`, keeping the order of the others.
     pub fn shift_remove(&mut self, key: &str) -> Option<Value> {
         let i = self.position(key)?;
-        Some(self.members.remove(i).1)
+        Some(self.members_mut().remove(i).1)
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&Str, &mut Value) -> bool) {
-        self.members.retain_mut(|(k, v)| keep(k, v));
+        if !self.is_empty() {
+            self.members_mut().retain_mut(|(k, v)| keep(k, v));
+        }
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Str, &Value)> + ExactSizeIterator {
-        self.members.iter().map(|(k, v)| (k, v))
+        self.members().iter().map(|(k, v)| (k, v))
     }
 
     pub fn iter_mut(
         &mut self,
     ) -> impl DoubleEndedIterator<Item = (&Str, &mut Value)> + ExactSizeIterator {
-        self.members.iter_mut().map(|(k, v)| (&*k, v))
+        self.slice_mut().iter_mut().map(|(k, v)| (&*k, v))
     }
 
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Str> + ExactSizeIterator {
-        self.members.iter().map(|(k, _)| k)
+        self.members().iter().map(|(k, _)| k)
     }
 
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Value> + ExactSizeIterator {
-        self.members.iter().map(|(_, v)| v)
+        self.members().iter().map(|(_, v)| v)
     }
 
     pub fn values_mut(
         &mut self,
     ) -> impl DoubleEndedIterator<Item = &mut Value> + ExactSizeIterator {
-        self.members.iter_mut().map(|(_, v)| v)
+        self.slice_mut().iter_mut().map(|(_, v)| v)
     }
 
-    /// The members, in order.
-    pub fn members(&self) -> &[(Str, Value)] {
-        &self.members
+    /// The members for changing in place; an empty map stays unallocated.
+    fn slice_mut(&mut self) -> &mut [(Str, Value)] {
+        match &mut self.members {
+            Some(m) => Arc::make_mut(m).as_mut_slice(),
+            None => &mut [],
+        }
     }
 
     /// A hashed index of the keys, for whole-map work on large maps.
     fn index(&self) -> HashMap<&str, usize> {
-        self.members
+        self.members()
             .iter()
             .enumerate()
             .map(|(i, (k, _))| (k.as_str(), i))
@@ -175,7 +205,7 @@ impl<'a> Lookup<'a> {
             return map.get(key);
         }
         let index = self.index.get_or_insert_with(|| map.index());
-        index.get(key).map(|&i| &map.members[i].1)
+        index.get(key).map(|&i| &map.members()[i].1)
     }
 }
 
@@ -206,9 +236,10 @@ impl<'a> Entry<'a> {
         match self {
             Entry::Occupied(v) => v,
             Entry::Vacant(m, k) => {
-                m.members.push((k, value()));
+                let members = m.members_mut();
+                members.push((k, value()));
                 // Just pushed, so there is a last member.
-                &mut m.members.last_mut().expect("a member was just pushed").1
+                &mut members.last_mut().expect("a member was just pushed").1
             }
         }
     }
@@ -217,30 +248,23 @@ impl<'a> Entry<'a> {
 impl PartialEq for Map {
     /// Equal members, in any order (as serde_json's maps compare).
     fn eq(&self, other: &Map) -> bool {
+        if Map::ptr_eq(self, other) {
+            return true;
+        }
         if self.len() != other.len() {
             return false;
         }
-        if self
-            .members
-            .iter()
-            .zip(&other.members)
-            .all(|((a, _), (b, _))| a == b)
-        {
-            return self
-                .members
-                .iter()
-                .zip(&other.members)
-                .all(|((_, x), (_, y))| x == y);
+        let (mine, theirs) = (self.members(), other.members());
+        if mine.iter().zip(theirs).all(|((a, _), (b, _))| a == b) {
+            return mine.iter().zip(theirs).all(|((_, x), (_, y))| x == y);
         }
-        if self.len() <= SCAN {
-            return self
-                .members
+        if mine.len() <= SCAN {
+            return mine
                 .iter()
                 .all(|(k, v)| other.get(k).is_some_and(|w| v == w));
         }
         let mut other = other.lookup();
-        self.members
-            .iter()
+        mine.iter()
             .all(|(k, v)| other.get(k).is_some_and(|w| v == w))
     }
 }
@@ -263,7 +287,11 @@ impl<K: Into<Str>> FromIterator<(K, Value)> for Map {
 impl<K: Into<Str>> Extend<(K, Value)> for Map {
     /// As inserting the members one by one, without the quadratic cost on large maps.
     fn extend<I: IntoIterator<Item = (K, Value)>>(&mut self, iter: I) {
-        let mut members = std::mem::take(&mut self.members);
+        let mut members = self
+            .members
+            .take()
+            .map(Arc::unwrap_or_clone)
+            .unwrap_or_default();
         members.extend(iter.into_iter().map(|(k, v)| (k.into(), v)));
         *self = Map::from_members(members);
     }
@@ -273,7 +301,10 @@ impl IntoIterator for Map {
     type Item = (Str, Value);
     type IntoIter = std::vec::IntoIter<(Str, Value)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.members.into_iter()
+        self.members
+            .map(Arc::unwrap_or_clone)
+            .unwrap_or_default()
+            .into_iter()
     }
 }
 
@@ -284,7 +315,7 @@ impl<'a> IntoIterator for &'a Map {
         fn(&'a (Str, Value)) -> (&'a Str, &'a Value),
     >;
     fn into_iter(self) -> Self::IntoIter {
-        self.members.iter().map(|(k, v)| (k, v))
+        self.members().iter().map(|(k, v)| (k, v))
     }
 }
 
@@ -295,7 +326,7 @@ impl<'a> IntoIterator for &'a mut Map {
         fn(&'a mut (Str, Value)) -> (&'a Str, &'a mut Value),
     >;
     fn into_iter(self) -> Self::IntoIter {
-        self.members.iter_mut().map(|(k, v)| (&*k, v))
+        self.slice_mut().iter_mut().map(|(k, v)| (&*k, v))
     }
 }
 

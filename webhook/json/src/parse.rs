@@ -6,6 +6,7 @@
 //! it does not handle (malformed text, a lone surrogate, deep nesting) goes to serde_json,
 //! which gives the value or exactly the error it always gave.
 
+use crate::scan::next_special;
 use crate::{Map, Number, Str, Value};
 
 /// Nesting deeper than this is left to serde_json (whose limit is 128).
@@ -55,27 +56,37 @@ struct Parser<'a> {
     unescaped: String,
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// A mask with the high bit of each byte of `w` that is `"`, `\` or a control character;
-/// the lowest one set is exact.
-fn specials(w: u64) -> u64 {
-    let quote = w ^ (ONES * u64::from(b'"'));
-    let backslash = w ^ (ONES * u64::from(b'\\'));
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
-    (zero(quote) | zero(backslash) | (w.wrapping_sub(ONES * 0x20) & !w)) & HIGHS
-}
-
 impl Parser<'_> {
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
     }
 
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
-            self.at += 1;
+        let b = self.bytes;
+        let mut i = self.at;
+        // Compact JSON, as the API server sends it, has none.
+        if b.get(i).is_none_or(|&c| c > b' ') {
+            return;
         }
+        loop {
+            // Runs of spaces (indentation) eight bytes at a time: the number of spaces
+            // before the first other byte is where the XOR with spaces has its lowest bit.
+            if let Some(chunk) = b.get(i..i + 8) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(chunk);
+                let others = u64::from_le_bytes(w) ^ 0x2020_2020_2020_2020;
+                if others == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += (others.trailing_zeros() / 8) as usize;
+            }
+            match b.get(i) {
+                Some(b' ' | b'\n' | b'\r' | b'\t') => i += 1,
+                _ => break,
+            }
+        }
+        self.at = i;
     }
 
     fn eat(&mut self, b: u8) -> Option<()> {
@@ -130,30 +141,14 @@ impl Parser<'_> {
         let end = self.scan();
         if self.bytes.get(end) == Some(&b'"') {
             self.at = end + 1;
-            return Some(Str::from(self.text.get(start..end)?));
+            return Str::from_range(self.text, start, end);
         }
         self.unescape(start, end)
     }
 
     /// The index of the first `"`, `\` or control character from `self.at`, or the end.
     fn scan(&self) -> usize {
-        let mut i = self.at;
-        while let Some(chunk) = self.bytes.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            let m = specials(u64::from_le_bytes(w));
-            if m != 0 {
-                return i + (m.trailing_zeros() / 8) as usize;
-            }
-            i += 8;
-        }
-        while let Some(&b) = self.bytes.get(i) {
-            if b == b'"' || b == b'\\' || b < 0x20 {
-                break;
-            }
-            i += 1;
-        }
-        i
+        next_special(self.bytes, self.at)
     }
 
     /// A string with escapes, from `start` (after the quote); `end` is the first special.

@@ -41,6 +41,26 @@ impl Str {
     }
 }
 
+impl Str {
+    /// `text[start..end]`, copied with one fixed-size move when it is short and the text
+    /// goes on for [`INLINE`] bytes from `start` (the bytes past `end` are never read);
+    /// `None` if the range is not on character boundaries.
+    pub(crate) fn from_range(text: &str, start: usize, end: usize) -> Option<Str> {
+        let s = text.get(start..end)?;
+        if s.len() <= INLINE
+            && let Some(window) = text.as_bytes().get(start..start + INLINE)
+        {
+            let mut buf = [0; INLINE];
+            buf.copy_from_slice(window);
+            return Some(Str(Repr::Inline {
+                len: s.len() as u8,
+                buf,
+            }));
+        }
+        Some(Str::from(s))
+    }
+}
+
 impl Default for Str {
     fn default() -> Str {
         Str::new()
@@ -200,7 +220,14 @@ mod tests {
             assert_eq!(String::from(x.clone()), s);
             assert_eq!(Str::from(s.to_string()), x);
             assert_eq!(x.len() <= INLINE, matches!(x.0, Repr::Inline { .. }));
+            let text = format!("{s}\"{}", "x".repeat(30));
+            assert_eq!(Str::from_range(&text, 0, s.len()).unwrap(), x);
+            assert_eq!(
+                Str::from_range(&text[..s.len() + 1], 0, s.len()).unwrap(),
+                x
+            );
         }
+        assert!(Str::from_range("é", 0, 1).is_none());
         assert_eq!(std::mem::size_of::<Str>(), 24);
     }
 }

@@ -54,6 +54,7 @@ fn text() -> impl Strategy<Value = String> {
                 "\"tab\there\"",
                 r#""a very long string that does not fit in place at all""#,
                 r#""\u004""#,
+                r#""\u0001\u001f\u007f\u0008\u000c""#,
             ][..]
         )
         .prop_map(str::to_string),
@@ -207,6 +208,38 @@ fn maps_behave_as_serde_jsons() {
     let mut other = big_rev.clone();
     other.insert("k3", json!("x"));
     assert_ne!(big, other);
+}
+
+#[test]
+fn copies_share_maps_until_they_are_changed() {
+    let original = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"containers": [{"name": "ray", "env": []}], "volumes": [{"name": "v"}]}});
+    let mut copy = original.clone();
+    let shared = |a: &Value, b: &Value, path: &str| {
+        Map::ptr_eq(
+            a.pointer(path).unwrap().as_object().unwrap(),
+            b.pointer(path).unwrap().as_object().unwrap(),
+        )
+    };
+    assert!(shared(&original, &copy, ""));
+    copy["spec"]["containers"].as_array_mut().unwrap()[0]
+        .as_object_mut()
+        .unwrap()
+        .insert("image", json!("x"));
+    assert_eq!(original.pointer("/spec/containers/0/image"), None);
+    assert_eq!(copy.pointer("/spec/containers/0/image"), Some(&json!("x")));
+    assert!(!shared(&original, &copy, ""));
+    assert!(!shared(&original, &copy, "/spec"));
+    assert!(!shared(&original, &copy, "/spec/containers/0"));
+    assert!(shared(&original, &copy, "/metadata"));
+    assert!(shared(&original, &copy, "/spec/volumes/0"));
+    assert_ne!(original, copy);
+    let mut back = copy.clone();
+    back["spec"]["containers"].as_array_mut().unwrap()[0]
+        .as_object_mut()
+        .unwrap()
+        .remove("image");
+    assert_eq!(back, original);
+    assert_eq!(copy.pointer("/spec/containers/0/image"), Some(&json!("x")));
 }
 
 #[test]

@@ -236,12 +236,13 @@ impl fmt::Debug for Value {
 impl fmt::Display for Value {
     /// Compact JSON text (`{:#}`: indented), as serde_json prints its `Value`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = if f.alternate() {
-            serde_json::to_string_pretty(self)
-        } else {
-            serde_json::to_string(self)
-        };
-        f.write_str(&text.map_err(|_| fmt::Error)?)
+        if f.alternate() {
+            let text = serde_json::to_string_pretty(self).map_err(|_| fmt::Error)?;
+            return f.write_str(&text);
+        }
+        let mut out = Vec::new();
+        crate::to_writer(&mut out, self);
+        f.write_str(&String::from_utf8_lossy(&out))
     }
 }
 

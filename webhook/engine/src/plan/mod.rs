@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::primitives::pod;
 use rayshape_contract::keys;
 use rayshape_json::Value;
+use rayshape_json::write_str as json_str;
 use sha2::{Digest, Sha256};
 
 /// The webhook refuses the object; the message says what is wrong and what would be accepted.
@@ -195,12 +196,6 @@ fn record(cfg: &Config, v: &vocabulary::Vocabulary<'_>, sidecar: bool, applied: 
     out.extend_from_slice(b"\"}");
     // Only JSON text and hex digits were written.
     String::from_utf8(out).unwrap_or_default()
-}
-
-/// A JSON string, escaped as serde_json escapes it.
-fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
