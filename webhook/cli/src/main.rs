@@ -95,6 +95,11 @@ enum Command {
         /// Admission reviews decided at once; more wait.
         #[arg(long, default_value_t = 64)]
         max_in_flight: usize,
+        /// Threads serving requests. One serves about 15,000 admissions a second, far
+        /// beyond what an API server sends, and costs a quarter less CPU per admission
+        /// than a work-stealing runtime on the same core (BENCHMARKS.md).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// Check a configuration directory and report every problem at once.
     CheckConfig {
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
             body_timeout,
             max_connections,
             max_in_flight,
+            threads,
         } => {
             let secs = |name: &str, v: f64| {
                 if v.is_finite() && v > 0.0 && v < 86400.0 {
@@ -202,8 +208,12 @@ fn main() -> ExitCode {
                     max_in_flight,
                 })
             })();
+            if !(1..=256).contains(&threads) {
+                eprintln!("error: --threads must be between 1 and 256, got {threads}");
+                return ExitCode::from(2);
+            }
             match opts {
-                Ok(o) => serve_main(o),
+                Ok(o) => serve_main(o, threads),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(2)
@@ -226,12 +236,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_main(opts: serve::Options) -> ExitCode {
+fn serve_main(opts: serve::Options, threads: usize) -> ExitCode {
     rayshape_telemetry::init_logging("RAYSHAPE_LOG");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread by default: an admission is tens of microseconds of work, and on one
+    // thread tokio's scheduler skips the cross-thread wake-ups and queues a work-stealing
+    // runtime pays for on every request.
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

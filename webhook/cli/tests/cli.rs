@@ -111,6 +111,42 @@ fn unusable_input_exits_2() {
 }
 
 #[test]
+fn bad_serve_options_exit_2_with_what_is_accepted() {
+    for (args, expect) in [
+        (
+            &["--threads", "0"][..],
+            "--threads must be between 1 and 256, got 0",
+        ),
+        (
+            &["--threads", "300"][..],
+            "--threads must be between 1 and 256, got 300",
+        ),
+        (
+            &["--reload-interval", "0"][..],
+            "--reload-interval must be a number of seconds above 0",
+        ),
+    ] {
+        let mut all = vec![
+            "serve",
+            "--config",
+            "x",
+            "--tls-cert",
+            "x",
+            "--tls-key",
+            "x",
+        ];
+        all.extend_from_slice(args);
+        let out = run(&all, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            text(&out.stderr).contains(expect),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn check_config_reports_every_problem() {
     let out = run(
         &["check-config", "--config", "tests/fixtures/configs/broken"],

@@ -393,14 +393,18 @@ async fn every_fixture_gets_the_preview_answer_over_h1_and_h2() {
     let (root, certs, _config, p) = setup("fixtures");
     let config = repo().join("tests/fixtures/configs/gke");
     let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    // The same answers from a work-stealing runtime (the default serves on one thread).
+    let threaded =
+        Server::start(&certs, &config, vec![p.ca_der.clone()], &["--threads", "3"]).await;
     let mut h1 = server.client(Alpn::H1).await.unwrap();
     let mut h2 = server.client(Alpn::H2).await.unwrap();
+    let mut h2_threaded = threaded.client(Alpn::H2).await.unwrap();
     assert_eq!(h1.peer, p.leaf_der);
     let all = reviews();
     assert!(all.len() >= 18, "{}", all.len());
     for (name, review) in &all {
         let want = preview(review);
-        for c in [&mut h1, &mut h2] {
+        for c in [&mut h1, &mut h2, &mut h2_threaded] {
             let (status, body) = c.post(review.to_string()).await.unwrap();
             assert_eq!(status, 200, "{name}: {}", String::from_utf8_lossy(&body));
             let got: Value = serde_json::from_slice(&body).unwrap();

@@ -18,6 +18,28 @@ pub fn is_special(b: u8) -> bool {
     b == b'"' || b == b'\\' || b < 0x20
 }
 
+/// Whether `bytes` has no special byte: the common case of a key or a value, checked a
+/// word at a time, the last word overlapping the one before (or padded, when short).
+pub fn is_plain(bytes: &[u8]) -> bool {
+    let word = |chunk: &[u8]| {
+        let mut w = [b'a'; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        specials(u64::from_le_bytes(w)) == 0
+    };
+    let n = bytes.len();
+    if n <= 8 {
+        return word(bytes);
+    }
+    let mut i = 0;
+    while i + 8 < n {
+        if !word(&bytes[i..i + 8]) {
+            return false;
+        }
+        i += 8;
+    }
+    word(&bytes[n - 8..])
+}
+
 /// The index of the first special byte of `bytes` from `from`, or `bytes.len()`.
 pub fn next_special(bytes: &[u8], from: usize) -> usize {
     let mut i = from;
@@ -59,6 +81,14 @@ mod tests {
                         .position(|&b| is_special(b))
                         .unwrap_or(bytes.len());
                     assert_eq!(next_special(&bytes, 0), want, "{bytes:?}");
+                    for end in 0..=bytes.len() {
+                        let part = &bytes[..end];
+                        assert_eq!(
+                            is_plain(part),
+                            !part.iter().any(|&b| is_special(b)),
+                            "{part:?}"
+                        );
+                    }
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! `Value` (the same escapes, the same numbers), without going through serde.
 
 use crate::Value;
-use crate::scan::next_special;
+use crate::scan::{is_plain, next_special};
 
 /// Append `v` to `out` as compact JSON.
 pub fn to_writer(out: &mut Vec<u8>, v: &Value) {
@@ -44,7 +44,13 @@ pub fn to_writer(out: &mut Vec<u8>, v: &Value) {
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
+    if is_plain(bytes) {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     out.push(b'"');
     let mut start = 0;
     loop {
