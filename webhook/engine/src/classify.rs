@@ -183,10 +183,13 @@ pub fn classify_pod(pod: &Value, namespace: Option<&str>, s: &Settings) -> Class
 
 /// Whether a command line runs `ray start` (words separated by any whitespace).
 pub fn runs_ray_start(cmd: &str) -> bool {
-    let words: Vec<&str> = cmd.split_whitespace().collect();
-    words
-        .windows(2)
-        .any(|w| (w[0] == "ray" || w[0].ends_with("/ray")) && w[1] == "start")
+    let mut words = cmd.split_whitespace().peekable();
+    while let Some(w) = words.next() {
+        if (w == "ray" || w.ends_with("/ray")) && words.peek() == Some(&"start") {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use crate::apply::Shaped;
 use crate::decode::Request;
 use crate::plan::Denial;
-use base64::Engine;
 use rayshape_json::write_str as json_str;
 use rayshape_json::{Value, json};
 
@@ -60,7 +59,7 @@ impl Decision {
                     resp.insert("patchType", json!("JSONPatch"));
                     resp.insert(
                         "patch",
-                        json!(base64::engine::general_purpose::STANDARD.encode(patch)),
+                        json!(base64_simd::STANDARD.encode_to_string(patch)),
                     );
                 }
                 if !shaped.warnings.is_empty() {
@@ -91,15 +90,7 @@ impl Decision {
                 out.extend_from_slice(br#","allowed":true"#);
                 if *ops > 0 {
                     out.extend_from_slice(br#","patchType":"JSONPatch","patch":""#);
-                    let start = out.len();
-                    out.resize(
-                        start + base64::encoded_len(patch.len(), true).unwrap_or(0),
-                        0,
-                    );
-                    let n = base64::engine::general_purpose::STANDARD
-                        .encode_slice(patch, &mut out[start..])
-                        .unwrap_or(0);
-                    out.truncate(start + n);
+                    base64_simd::STANDARD.encode_append(patch, &mut out);
                     out.push(b'"');
                 }
                 if !shaped.warnings.is_empty() {

@@ -233,5 +233,17 @@ fn response_bytes_are_the_response() {
             String::from_utf8(d.response_bytes()).unwrap(),
             serde_json::to_string(&d.response()).unwrap()
         );
+        // The patch's base64 as an independent decoder reads it.
+        if let crate::review::Outcome::Allowed { patch, ops, .. } = &d.outcome
+            && *ops > 0
+        {
+            use base64::Engine;
+            let sent: serde_json::Value = serde_json::from_slice(&d.response_bytes()).unwrap();
+            let text = sent["response"]["patch"].as_str().unwrap();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap();
+            assert_eq!(&decoded, patch);
+        }
     }
 }

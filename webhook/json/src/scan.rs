@@ -21,23 +21,23 @@ pub fn is_special(b: u8) -> bool {
 /// Whether `bytes` has no special byte: the common case of a key or a value, checked a
 /// word at a time, the last word overlapping the one before (or padded, when short).
 pub fn is_plain(bytes: &[u8]) -> bool {
-    let word = |chunk: &[u8]| {
-        let mut w = [b'a'; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[at..at + 8]);
         specials(u64::from_le_bytes(w)) == 0
     };
     let n = bytes.len();
-    if n <= 8 {
-        return word(bytes);
+    if n < 8 {
+        return !bytes.iter().any(|&b| is_special(b));
     }
     let mut i = 0;
     while i + 8 < n {
-        if !word(&bytes[i..i + 8]) {
+        if !word(i) {
             return false;
         }
         i += 8;
     }
-    word(&bytes[n - 8..])
+    word(n - 8)
 }
 
 /// The index of the first special byte of `bytes` from `from`, or `bytes.len()`.

@@ -60,6 +60,42 @@ impl Quantity {
     /// Parse the Kubernetes quantity grammar: sign, digits with optional fraction, then a
     /// binary suffix (Ki..Ei), a decimal suffix (n, u, m, k, M..E) or an exponent (e3, E-2).
     pub fn parse(s: &str) -> Result<Quantity, QuantityError> {
+        match Quantity::parse_plain(s) {
+            Some(q) => Ok(q),
+            None => Quantity::parse_any(s),
+        }
+    }
+
+    /// The forms pods and instance types almost always use (`4`, `500m`, `16Gi`): up to
+    /// 18 digits and a common suffix, with no sign, fraction or exponent; `None` for
+    /// anything else, which [`Quantity::parse_any`] reads. Several are read per admission.
+    fn parse_plain(s: &str) -> Option<Quantity> {
+        let b = s.as_bytes();
+        let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 || digits > 18 {
+            return None;
+        }
+        let n = b[..digits]
+            .iter()
+            .fold(0i128, |n, d| n * 10 + i128::from(d - b'0'));
+        let per_unit: i128 = match &b[digits..] {
+            b"" => 1000,
+            b"m" => 1,
+            b"k" => 1000 * 1000,
+            b"M" => 1000 * 1_000_000,
+            b"G" => 1000 * 1_000_000_000,
+            b"Ki" => 1000 << 10,
+            b"Mi" => 1000 << 20,
+            b"Gi" => 1000 << 30,
+            b"Ti" => 1000 << 40,
+            _ => return None,
+        };
+        // At most 10^18 × 1000 × 2^40, far inside an i128.
+        let millis = n * per_unit;
+        (millis <= MAX_MILLIS).then_some(Quantity(millis))
+    }
+
+    fn parse_any(s: &str) -> Result<Quantity, QuantityError> {
         let err = |reason| QuantityError {
             input: s.to_string(),
             reason,
@@ -214,6 +250,21 @@ mod tests {
 
     fn q(s: &str) -> i128 {
         Quantity::parse(s).unwrap().millis()
+    }
+
+    proptest::proptest! {
+        /// The common forms read without the general grammar mean what it reads.
+        #[test]
+        fn plain_forms_read_as_the_general_grammar_does(
+            digits in "[0-9]{1,20}",
+            suffix in proptest::sample::select(&["", "m", "k", "M", "G", "Ki", "Mi", "Gi", "Ti", "Pi", "n", "e3", ".5", " "][..]),
+        ) {
+            let s = format!("{digits}{suffix}");
+            if let Some(fast) = Quantity::parse_plain(&s) {
+                proptest::prop_assert_eq!(Ok(fast), Quantity::parse_any(&s), "{}", s);
+            }
+            proptest::prop_assert_eq!(Quantity::parse(&s), Quantity::parse_any(&s), "{}", s);
+        }
     }
 
     #[test]
