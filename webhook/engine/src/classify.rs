@@ -104,12 +104,12 @@ pub fn classify(obj: &Value, namespace: Option<&str>, s: &Settings) -> Class {
 /// Classify a pod.
 pub fn classify_pod(pod: &Value, namespace: Option<&str>, s: &Settings) -> Class {
     let labels = pod::labels(pod);
-    let has = |k: &str| labels.is_some_and(|m| pod::get(m, k).is_some());
+    let has = |k: &str| labels.is_some_and(|m| m.get(k).is_some());
     let kuberay = has(KUBERAY_NODE_TYPE);
     if !kuberay && !has(&s.key(keys::INSTANCE_TYPE)) {
         return Class::NotRay("no ray.io/node-type or instance-type label");
     }
-    if pod::annotations(pod).is_some_and(|a| pod::get(a, "kubernetes.io/config.mirror").is_some()) {
+    if pod::annotations(pod).is_some_and(|a| a.get("kubernetes.io/config.mirror").is_some()) {
         return Class::NotRay("mirror pod");
     }
     let ns = pod::at(pod, &["metadata", "namespace"])
@@ -149,7 +149,7 @@ pub fn classify_pod(pod: &Value, namespace: Option<&str>, s: &Settings) -> Class
     };
     let key = s.key(keys::RAY_CONTAINER);
     if let Some(want) = pod::annotations(pod)
-        .and_then(|a| pod::get(a, &key))
+        .and_then(|a| a.get(&key))
         .and_then(Value::as_str)
     {
         return match containers.iter().position(|c| pod::name(c) == want) {

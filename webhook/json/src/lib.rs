@@ -4,8 +4,8 @@
 //!
 //! Why not serde_json's `Value`: an admission's cost was mostly building one (a heap
 //! allocation per string, a SipHash and an index table per object) and dropping it. Here
-//! strings up to 22 bytes are held in place, objects are one vector of members, and the
-//! parser allocates each array and object once.
+//! strings up to 22 bytes are held in place, objects are one vector of members shared
+//! until changed, and the parser sizes each array and object once.
 
 mod map;
 mod parse;

@@ -43,11 +43,21 @@ impl Map {
                 members: Some(Arc::new(members)),
             };
         }
-        let mut m = Map::with_capacity(members.len());
+        // Hashed, so that a huge object with a repeated key is not quadratic.
+        let mut out: Vec<(Str, Value)> = Vec::with_capacity(members.len());
+        let mut at: HashMap<Str, usize> = HashMap::with_capacity(members.len());
         for (k, v) in members {
-            m.insert(k, v);
+            match at.get(k.as_str()) {
+                Some(&i) => out[i].1 = v,
+                None => {
+                    at.insert(k.clone(), out.len());
+                    out.push((k, v));
+                }
+            }
         }
-        m
+        Map {
+            members: Some(Arc::new(out)),
+        }
     }
 
     /// The members, in order.
@@ -334,7 +344,6 @@ impl std::ops::Index<&str> for Map {
     type Output = Value;
     /// `self[key]`, or `null` when there is no such key.
     fn index(&self, key: &str) -> &Value {
-        static NULL: Value = Value::Null;
-        self.get(key).unwrap_or(&NULL)
+        self.get(key).unwrap_or(&crate::value::NULL)
     }
 }

@@ -17,7 +17,8 @@ pub enum Value {
     Object(Map),
 }
 
-static NULL: Value = Value::Null;
+/// What indexing finds where there is nothing.
+pub(crate) static NULL: Value = Value::Null;
 
 impl Value {
     pub fn as_str(&self) -> Option<&str> {

@@ -211,10 +211,10 @@ fn plan_shm(
         .iter()
         .find(|v| pod::field(v, "name").and_then(Value::as_str) == Some(vol_name.as_str()))?;
     let empty_dir = pod::field(vol, "emptyDir")?.as_object()?;
-    if pod::get(empty_dir, "medium").and_then(Value::as_str) != Some("Memory") {
+    if empty_dir.get("medium").and_then(Value::as_str) != Some("Memory") {
         return None;
     }
-    let current = pod::get(empty_dir, "sizeLimit").map(Quantity::from_json);
+    let current = empty_dir.get("sizeLimit").map(Quantity::from_json);
     let set = match current {
         None => true,
         Some(Ok(q)) if q == mem => false,

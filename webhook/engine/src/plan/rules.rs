@@ -99,7 +99,7 @@ fn apply_rule(pod: &mut Value, rule: &Rule, ctx: Context) -> Result<(), ApplyErr
 /// Rules may do a lot, but not break KubeRay: its labels stay, containers keep their order.
 pub fn check_protected(before: &Value, after: &Value) -> Result<(), Denial> {
     for key in KUBERAY_LABELS {
-        let get = |v| pod::labels(v).and_then(|m| pod::get(m, key));
+        let get = |v| pod::labels(v).and_then(|m| m.get(key));
         if get(before) != get(after) {
             return Err(Denial::new(format!(
                 "patch rules changed the label {key}, which KubeRay relies on; rules must leave it alone"

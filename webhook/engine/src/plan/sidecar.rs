@@ -64,7 +64,8 @@ pub fn inject(pod: &mut Value, ray_idx: usize, cfg: &Config) -> Result<Injection
     };
     // A pod shaped under the other mode keeps its sidecar where it is: moving it between
     // lists is not allowed on a live pod, and never needed on a new one.
-    let elsewhere = pod::get(spec, other)
+    let elsewhere = spec
+        .get(other)
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().any(|c| pod::name(c) == s.sidecar.name));
     if elsewhere {

@@ -8,19 +8,9 @@ use super::quantity::Quantity;
 use rayshape_json::{Map, Value};
 use std::collections::BTreeMap;
 
-/// `m[key]`.
-pub fn get<'a>(m: &'a Map, key: &str) -> Option<&'a Value> {
-    m.get(key)
-}
-
-/// `m[key]` for writing.
-pub fn get_mut<'a>(m: &'a mut Map, key: &str) -> Option<&'a mut Value> {
-    m.get_mut(key)
-}
-
 /// `v[key]` when `v` is an object: `Value::get` for a key, found as [`get`] finds it.
 pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    get(v.as_object()?, key)
+    v.as_object()?.get(key)
 }
 
 /// `obj[a][b]...` without the allocation `Value::pointer` makes to unescape each segment
@@ -32,7 +22,7 @@ pub fn at<'a>(obj: &'a Value, path: &[&str]) -> Option<&'a Value> {
 /// `obj[a][b]...` for writing, through objects only.
 pub fn at_mut<'a>(obj: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     path.iter()
-        .try_fold(obj, |v, k| get_mut(v.as_object_mut()?, k))
+        .try_fold(obj, |v, k| v.as_object_mut()?.get_mut(k))
 }
 
 pub fn labels(obj: &Value) -> Option<&Map> {
@@ -46,8 +36,8 @@ pub fn annotations(obj: &Value) -> Option<&Map> {
 /// A vocabulary value: the label, else the annotation of the same key.
 pub fn vocab<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     labels(obj)
-        .and_then(|m| get(m, key))
-        .or_else(|| annotations(obj).and_then(|m| get(m, key)))
+        .and_then(|m| m.get(key))
+        .or_else(|| annotations(obj).and_then(|m| m.get(key)))
         .and_then(Value::as_str)
 }
 

@@ -4,7 +4,6 @@
 //! The Anyscale operator evaluates the same syntax over annotations, so a key is looked up
 //! in the labels first and then in the annotations: rules written for either work.
 
-use super::pod;
 use rayshape_json::{Map, Value};
 use thiserror::Error;
 
@@ -65,8 +64,8 @@ impl Selector {
     pub fn matches(&self, labels: Option<&Map>, annotations: Option<&Map>) -> bool {
         let get = |k: &str| -> Option<&str> {
             labels
-                .and_then(|m| pod::get(m, k))
-                .or_else(|| annotations.and_then(|m| pod::get(m, k)))
+                .and_then(|m| m.get(k))
+                .or_else(|| annotations.and_then(|m| m.get(k)))
                 .and_then(Value::as_str)
         };
         self.reqs.iter().all(|r| match r {
