@@ -18,7 +18,31 @@ const SCAN: usize = 16;
 #[derive(Clone, Default)]
 pub struct Map {
     /// `None` when empty, so that `{}` costs no allocation.
-    members: Option<Arc<Vec<(Str, Value)>>>,
+    members: Option<Arc<Members>>,
+}
+
+/// A map's members, and its compact JSON text when [`Value::keep_text`] was asked to keep
+/// it: a template written into many patches (the sidecar) is then copied, not re-written.
+#[derive(Default)]
+struct Members {
+    list: Vec<(Str, Value)>,
+    text: Option<Box<[u8]>>,
+}
+
+impl Members {
+    fn new(list: Vec<(Str, Value)>) -> Arc<Members> {
+        Arc::new(Members { list, text: None })
+    }
+}
+
+impl Clone for Members {
+    /// A copy is made to be changed, so it does not keep the text.
+    fn clone(&self) -> Members {
+        Members {
+            list: self.list.clone(),
+            text: None,
+        }
+    }
 }
 
 impl Map {
@@ -28,7 +52,7 @@ impl Map {
 
     pub fn with_capacity(n: usize) -> Map {
         Map {
-            members: (n > 0).then(|| Arc::new(Vec::with_capacity(n))),
+            members: (n > 0).then(|| Members::new(Vec::with_capacity(n))),
         }
     }
 
@@ -40,7 +64,7 @@ impl Map {
         }
         if !has_duplicates(&members) {
             return Map {
-                members: Some(Arc::new(members)),
+                members: Some(Members::new(members)),
             };
         }
         // Hashed, so that a huge object with a repeated key is not quadratic.
@@ -56,18 +80,43 @@ impl Map {
             }
         }
         Map {
-            members: Some(Arc::new(out)),
+            members: Some(Members::new(out)),
         }
     }
 
     /// The members, in order.
     pub fn members(&self) -> &[(Str, Value)] {
-        self.members.as_deref().map_or(&[], Vec::as_slice)
+        self.members.as_deref().map_or(&[], |m| m.list.as_slice())
     }
 
-    /// The members for changing: copied first if another clone still shares them.
+    /// The members for changing: copied first if another clone still shares them. Any
+    /// kept text is dropped, since the caller may change what it says.
     fn members_mut(&mut self) -> &mut Vec<(Str, Value)> {
-        Arc::make_mut(self.members.get_or_insert_with(Default::default))
+        let m = Arc::make_mut(self.members.get_or_insert_with(Default::default));
+        m.text = None;
+        &mut m.list
+    }
+
+    /// The compact JSON text kept by [`Value::keep_text`], while the map is unchanged.
+    pub fn kept_text(&self) -> Option<&[u8]> {
+        self.members.as_deref()?.text.as_deref()
+    }
+
+    /// Keep the compact JSON text of this map and of every map within it.
+    pub(crate) fn keep_text(&mut self) {
+        for v in self.values_mut() {
+            v.keep_text();
+        }
+        if let Some(m) = &mut self.members {
+            let mut text = Vec::new();
+            crate::write::to_writer(
+                &mut text,
+                &Value::Object(Map {
+                    members: Some(m.clone()),
+                }),
+            );
+            Arc::make_mut(m).text = Some(text.into_boxed_slice());
+        }
     }
 
     /// Whether `a` and `b` share their members (so are equal without looking).
@@ -177,7 +226,7 @@ impl Map {
     /// The members for changing in place; an empty map stays unallocated.
     fn slice_mut(&mut self) -> &mut [(Str, Value)] {
         match &mut self.members {
-            Some(m) => Arc::make_mut(m).as_mut_slice(),
+            Some(_) => self.members_mut().as_mut_slice(),
             None => &mut [],
         }
     }
@@ -221,10 +270,16 @@ impl<'a> Lookup<'a> {
 
 fn has_duplicates(members: &[(Str, Value)]) -> bool {
     if members.len() <= SCAN {
-        return members
-            .iter()
-            .enumerate()
-            .any(|(i, (k, _))| members[..i].iter().any(|(j, _)| j == k));
+        // Keys are told apart by length and last byte first: a key whose pair was not seen
+        // before is new without comparing it with every other.
+        let mut seen = 0u64;
+        return members.iter().enumerate().any(|(i, (k, _))| {
+            let bit = 1u64
+                << ((k.len() * 7 + usize::from(k.as_bytes().last().copied().unwrap_or(0))) % 64);
+            let maybe = seen & bit != 0;
+            seen |= bit;
+            maybe && members[..i].iter().any(|(j, _)| j == k)
+        });
     }
     let mut keys: Vec<&str> = members.iter().map(|(k, _)| k.as_str()).collect();
     keys.sort_unstable();
@@ -300,7 +355,7 @@ impl<K: Into<Str>> Extend<(K, Value)> for Map {
         let mut members = self
             .members
             .take()
-            .map(Arc::unwrap_or_clone)
+            .map(|m| Arc::unwrap_or_clone(m).list)
             .unwrap_or_default();
         members.extend(iter.into_iter().map(|(k, v)| (k.into(), v)));
         *self = Map::from_members(members);
@@ -312,7 +367,7 @@ impl IntoIterator for Map {
     type IntoIter = std::vec::IntoIter<(Str, Value)>;
     fn into_iter(self) -> Self::IntoIter {
         self.members
-            .map(Arc::unwrap_or_clone)
+            .map(|m| Arc::unwrap_or_clone(m).list)
             .unwrap_or_default()
             .into_iter()
     }

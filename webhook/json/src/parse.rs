@@ -6,7 +6,7 @@
 //! it does not handle (malformed text, a lone surrogate, deep nesting) goes to serde_json,
 //! which gives the value or exactly the error it always gave.
 
-use crate::scan::next_special;
+use crate::scan::{next_special, spaces};
 use crate::{Map, Number, Str, Value};
 
 /// Nesting deeper than this is left to serde_json (whose limit is 128).
@@ -61,28 +61,25 @@ impl Parser<'_> {
         self.bytes.get(self.at).copied()
     }
 
+    #[inline(always)]
     fn skip_ws(&mut self) {
+        // Compact JSON, as the API server sends it, has none: one test, in line.
+        if self.bytes.get(self.at).is_some_and(|&c| c <= b' ') {
+            self.skip_ws_run();
+        }
+    }
+
+    /// The whitespace at `self.at`, out of line: a newline and indentation, or one space
+    /// after a colon.
+    #[inline(never)]
+    fn skip_ws_run(&mut self) {
         let b = self.bytes;
         let mut i = self.at;
-        // Compact JSON, as the API server sends it, has none.
-        if b.get(i).is_none_or(|&c| c > b' ') {
-            return;
-        }
         loop {
-            // Runs of spaces (indentation) eight bytes at a time: the number of spaces
-            // before the first other byte is where the XOR with spaces has its lowest bit.
-            if let Some(chunk) = b.get(i..i + 8) {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(chunk);
-                let others = u64::from_le_bytes(w) ^ 0x2020_2020_2020_2020;
-                if others == 0 {
-                    i += 8;
-                    continue;
-                }
-                i += (others.trailing_zeros() / 8) as usize;
-            }
             match b.get(i) {
-                Some(b' ' | b'\n' | b'\r' | b'\t') => i += 1,
+                Some(b'\n') => i += 1 + spaces(b, i + 1),
+                Some(b' ') => i += spaces(b, i),
+                Some(b'\r' | b'\t') => i += 1,
                 _ => break,
             }
         }
@@ -231,7 +228,7 @@ impl Parser<'_> {
                 b',' => self.at += 1,
                 b']' => {
                     self.at += 1;
-                    return Some(Value::Array(self.values.drain(base..).collect()));
+                    return Some(Value::Array(self.values.split_off(base)));
                 }
                 _ => return None,
             }
@@ -264,7 +261,7 @@ impl Parser<'_> {
                 b',' => self.at += 1,
                 b'}' => {
                     self.at += 1;
-                    let members = self.members.drain(base..).collect();
+                    let members = self.members.split_off(base);
                     return Some(Value::Object(Map::from_members(members)));
                 }
                 _ => return None,

@@ -1,5 +1,6 @@
 //! Finding the bytes a JSON string cannot hold as they are (`"`, `\` and control
-//! characters), eight at a time: shared by the parser and the writer.
+//! characters), and the end of a run of spaces: sixteen bytes at a time with SSE2 (part of
+//! every x86_64), eight at a time elsewhere. Shared by the parser and the writer.
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -43,6 +44,14 @@ pub fn is_plain(bytes: &[u8]) -> bool {
 /// The index of the first special byte of `bytes` from `from`, or `bytes.len()`.
 pub fn next_special(bytes: &[u8], from: usize) -> usize {
     let mut i = from;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = bytes.get(i..i + 16) {
+        let m = sse2::specials(chunk);
+        if m != 0 {
+            return i + m.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
     while let Some(chunk) = bytes.get(i..i + 8) {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
@@ -59,6 +68,74 @@ pub fn next_special(bytes: &[u8], from: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// The number of spaces at `bytes[from..]`, counted up to the first other byte (indentation
+/// runs are long in pretty-printed JSON).
+#[inline(always)]
+pub fn spaces(bytes: &[u8], from: usize) -> usize {
+    let mut i = from;
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = bytes.get(i..i + 16) {
+        let others = !sse2::spaces(chunk);
+        if others != 0 {
+            return i + others.trailing_zeros() as usize - from;
+        }
+        i += 16;
+    }
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        // The lowest set bit of the XOR with spaces is in the first byte that is not one.
+        let others = u64::from_le_bytes(w) ^ (ONES * u64::from(b' '));
+        if others != 0 {
+            return i + (others.trailing_zeros() / 8) as usize - from;
+        }
+        i += 8;
+    }
+    while bytes.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    i - from
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+
+    /// The first 16 bytes of `chunk`, which has at least that many.
+    fn load(chunk: &[u8]) -> __m128i {
+        assert!(chunk.len() >= 16);
+        // SAFETY: SSE2 is in every x86_64 target's baseline, and the unaligned load reads
+        // the 16 bytes just checked to be there.
+        unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) }
+    }
+
+    /// A bit for each of the first 16 bytes of `chunk` that is `"`, `\` or a control
+    /// character.
+    pub fn specials(chunk: &[u8]) -> u32 {
+        let w = load(chunk);
+        // SAFETY: SSE2 is in every x86_64 target's baseline.
+        unsafe {
+            let quote = _mm_cmpeq_epi8(w, _mm_set1_epi8(b'"' as i8));
+            let backslash = _mm_cmpeq_epi8(w, _mm_set1_epi8(b'\\' as i8));
+            // Unsigned min(w, 0x1f) == w exactly where w <= 0x1f.
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(w, _mm_set1_epi8(0x1f)), w);
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+        }
+    }
+
+    /// A bit for each of the first 16 bytes of `chunk` that is a space, and the 16 bits
+    /// above them set.
+    pub fn spaces(chunk: &[u8]) -> u32 {
+        let w = load(chunk);
+        // SAFETY: SSE2 is in every x86_64 target's baseline.
+        let mask = unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(w, _mm_set1_epi8(b' ' as i8))) };
+        mask as u32 | 0xffff_0000
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +158,13 @@ mod tests {
                         .position(|&b| is_special(b))
                         .unwrap_or(bytes.len());
                     assert_eq!(next_special(&bytes, 0), want, "{bytes:?}");
+                    for from in 0..=bytes.len() {
+                        let want = bytes[from..]
+                            .iter()
+                            .position(|&b| is_special(b))
+                            .map_or(bytes.len(), |p| from + p);
+                        assert_eq!(next_special(&bytes, from), want, "{bytes:?} from {from}");
+                    }
                     for end in 0..=bytes.len() {
                         let part = &bytes[..end];
                         assert_eq!(
@@ -89,6 +173,19 @@ mod tests {
                             "{part:?}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn counts_spaces_anywhere() {
+        for len in 0..40 {
+            for from in 0..=len {
+                for after in [&b""[..], b"\n", b"x  ", b"\t"] {
+                    let mut bytes = vec![b' '; len];
+                    bytes.extend_from_slice(after);
+                    assert_eq!(spaces(&bytes, from), len - from, "{bytes:?} from {from}");
                 }
             }
         }

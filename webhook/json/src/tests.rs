@@ -268,3 +268,102 @@ fn indexes_and_pointers_as_serde_json() {
     assert!(v["nope"][3].is_null());
     assert_eq!(Str::from("x"), "x");
 }
+
+/// Kept text is what writing the value says, through every way of changing a map: each
+/// change below is made to a kept value and to a copy of it, and both are then written
+/// and compared with serde_json's text of the same value.
+#[test]
+fn kept_text_follows_every_change() {
+    type Change = fn(&mut Value);
+    let changes: [(&str, Change); 12] = [
+        ("insert", |v| {
+            v["spec"].as_object_mut().unwrap().insert("x", json!(1));
+        }),
+        ("get_mut deep", |v| {
+            *v.get_mut("spec")
+                .unwrap()
+                .get_mut("env")
+                .unwrap()
+                .get_mut(0)
+                .unwrap() = json!({"name": "B"});
+        }),
+        ("IndexMut", |v| v["spec"]["resources"]["cpu"] = json!("2")),
+        ("entry", |v| {
+            v["spec"]
+                .as_object_mut()
+                .unwrap()
+                .entry("y")
+                .or_insert(json!([]));
+        }),
+        ("remove", |v| {
+            v["spec"].as_object_mut().unwrap().remove("resources");
+        }),
+        ("shift_remove", |v| {
+            v.as_object_mut().unwrap().shift_remove("name");
+        }),
+        ("retain", |v| {
+            v["spec"].as_object_mut().unwrap().retain(|k, _| k != "env")
+        }),
+        ("values_mut", |v| {
+            for x in v["spec"]["resources"].as_object_mut().unwrap().values_mut() {
+                *x = json!("0");
+            }
+        }),
+        ("iter_mut", |v| {
+            for (_, x) in v.as_object_mut().unwrap().iter_mut() {
+                *x = json!(null);
+            }
+        }),
+        ("array", |v| {
+            v["spec"]["env"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "C"}))
+        }),
+        ("nested array element", |v| {
+            v["spec"]["env"][0]
+                .as_object_mut()
+                .unwrap()
+                .insert("value", json!("v"));
+        }),
+        ("extend", |v| {
+            v["spec"]
+                .as_object_mut()
+                .unwrap()
+                .extend([("z", json!(true))])
+        }),
+    ];
+    let template =
+        json!({"name": "sidecar", "spec": {"env": [{"name": "A"}], "resources": {"cpu": "1"}}});
+    let written = |v: &Value| {
+        let mut out = Vec::new();
+        crate::to_writer(&mut out, v);
+        String::from_utf8(out).unwrap()
+    };
+    let serde_json = |v: &Value| serde_json::to_string(&serde_json::Value::from(v)).unwrap();
+    for (what, change) in changes {
+        let mut kept = template.clone();
+        kept.keep_text();
+        assert!(kept.as_object().unwrap().kept_text().is_some(), "{what}");
+        assert_eq!(written(&kept), serde_json(&template), "{what}");
+        let mut copy = kept.clone();
+        change(&mut copy);
+        assert_eq!(written(&copy), serde_json(&copy), "{what}, a copy");
+        assert_eq!(
+            written(&kept),
+            serde_json(&template),
+            "{what}, the kept value after its copy changed"
+        );
+        change(&mut kept);
+        assert_eq!(
+            written(&kept),
+            serde_json(&kept),
+            "{what}, changed in place"
+        );
+        assert_ne!(
+            written(&kept),
+            serde_json(&template),
+            "{what} changed nothing"
+        );
+    }
+}

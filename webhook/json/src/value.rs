@@ -128,6 +128,17 @@ impl Value {
     }
 
     /// The value, leaving `null` in its place.
+    /// Keep, with every object in `self`, its compact JSON text, so that writing an object
+    /// that has not changed since is one copy. For templates written into many documents;
+    /// a changed object (or a copy made to be changed) drops its text.
+    pub fn keep_text(&mut self) {
+        match self {
+            Value::Object(m) => m.keep_text(),
+            Value::Array(a) => a.iter_mut().for_each(Value::keep_text),
+            _ => {}
+        }
+    }
+
     pub fn take(&mut self) -> Value {
         std::mem::take(self)
     }

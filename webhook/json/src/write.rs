@@ -26,6 +26,10 @@ pub fn to_writer(out: &mut Vec<u8>, v: &Value) {
             out.push(b']');
         }
         Value::Object(m) => {
+            if let Some(text) = m.kept_text() {
+                out.extend_from_slice(text);
+                return;
+            }
             out.push(b'{');
             for (i, (k, x)) in m.iter().enumerate() {
                 if i > 0 {

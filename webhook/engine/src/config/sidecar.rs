@@ -11,10 +11,15 @@ use rayshape_json::{Map, Value, json};
 /// The name of the projected token volume.
 pub const TOKEN_VOLUME: &str = "rayshape-token";
 
+/// The name of the volume the sidecar shares with Ray at `/tmp/ray`, when rayshape adds it
+/// (a Ray container that mounts one there already keeps its own).
+pub const LOGS_VOLUME: &str = "rayshape-ray-logs";
+
 /// The sidecar's container and token volume for one configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Template {
-    /// The container, with an empty name where the logs volume's name goes.
+    /// The container, mounting [`LOGS_VOLUME`] at `/tmp/ray` (the plan renames the mount
+    /// where the pod shares another volume there).
     pub container: Value,
     pub token_volume: Value,
 }
@@ -23,10 +28,14 @@ impl Template {
     /// The sidecar under these settings; `bootstrap_ca` is the PEM bundle it checks the
     /// bootstrap endpoint against.
     pub fn new(s: &Settings, bootstrap_ca: Option<&str>) -> Template {
-        Template {
+        let mut t = Template {
             container: container(s, bootstrap_ca),
             token_volume: token_volume(s),
-        }
+        };
+        // Both go whole into most patches: their text is then copied, not written again.
+        t.container.keep_text();
+        t.token_volume.keep_text();
+        t
     }
 }
 
@@ -85,7 +94,7 @@ fn container(s: &Settings, bootstrap_ca: Option<&str>) -> Value {
         "ports": [{"name": "rs-metrics", "containerPort": sc.metrics_port, "protocol": "TCP"}],
         "resources": {"requests": resources.clone(), "limits": resources},
         "volumeMounts": [
-            {"name": "", "mountPath": contract::RAY_ROOT},
+            {"name": LOGS_VOLUME, "mountPath": contract::RAY_ROOT},
             {"name": TOKEN_VOLUME, "mountPath": contract::TOKEN_DIR, "readOnly": true},
         ],
         "securityContext": {

@@ -245,13 +245,20 @@ enum FlagText {
     Text(String),
 }
 
+/// Where `--{name}` first occurs in `hay`, as `hay.find(&format!("--{name}"))` finds it,
+/// without building a substring searcher for each flag of a short command line.
+fn find_flag(hay: &str, name: &str) -> Option<usize> {
+    let b = hay.as_bytes();
+    (0..b.len().saturating_sub(1))
+        .find(|&i| b[i] == b'-' && b[i + 1] == b'-' && b[i + 2..].starts_with(name.as_bytes()))
+}
+
 /// `--name=value`, `--name value`, with `'...'` or `"..."` quoting.
 fn flag(cmd: &str, name: &str) -> FlagText {
-    let needle = format!("--{name}");
     let mut found = FlagText::Absent;
     let mut rest = cmd;
-    while let Some(pos) = rest.find(&needle) {
-        let after = &rest[pos + needle.len()..];
+    while let Some(pos) = find_flag(rest, name) {
+        let after = &rest[pos + 2 + name.len()..];
         let boundary_before = pos == 0 || rest[..pos].ends_with(char::is_whitespace);
         let value = if let Some(v) = after.strip_prefix('=') {
             Some(v)
@@ -406,6 +413,27 @@ mod tests {
         let (twice, w) = run(once.clone(), "8CPU-32GB-1xT4");
         assert_eq!(once, twice);
         assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn flags_are_found_where_a_substring_search_finds_them() {
+        for hay in [
+            "",
+            "-",
+            "--",
+            "---num-cpus",
+            "a --num-cpus=1",
+            "--num-cpu --num-cpus",
+            "x-num-cpus --num-cpusx",
+        ] {
+            for name in ["num-cpus", "num-cpu", "x", ""] {
+                assert_eq!(
+                    find_flag(hay, name),
+                    hay.find(&format!("--{name}")),
+                    "{hay:?} {name:?}"
+                );
+            }
+        }
     }
 
     #[test]

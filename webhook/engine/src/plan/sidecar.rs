@@ -17,12 +17,10 @@
 use super::Denial;
 use crate::config::Config;
 use crate::config::settings::Settings;
-use crate::config::sidecar::TOKEN_VOLUME;
+use crate::config::sidecar::{LOGS_VOLUME, TOKEN_VOLUME};
 use crate::primitives::pod;
 use rayshape_contract::{self as contract, env, keys};
 use rayshape_json::{Map, Value, json};
-
-const LOGS_VOLUME: &str = "rayshape-ray-logs";
 
 /// Whether this pod opted out with `<prefix>/sidecar: disabled`.
 pub fn opted_out(obj: &Value, s: &Settings) -> bool {
@@ -50,10 +48,12 @@ pub fn inject(pod: &mut Value, ray_idx: usize, cfg: &Config) -> Result<Injection
     let spec = pod::ensure_object(pod::ensure_field(pod, "spec"));
     upsert_by_name(spec, "volumes", t.token_volume.clone());
     let mut container = t.container.clone();
-    if let Some(m) = container
-        .get_mut("volumeMounts")
-        .and_then(|v| v.get_mut(0))
-        .and_then(Value::as_object_mut)
+    // Left untouched in the common case, so that the patch copies the template's text.
+    if logs_volume != LOGS_VOLUME
+        && let Some(m) = container
+            .get_mut("volumeMounts")
+            .and_then(|v| v.get_mut(0))
+            .and_then(Value::as_object_mut)
     {
         m.insert("name", Value::from(logs_volume.as_str()));
     }

@@ -119,14 +119,19 @@ pub fn is_native_sidecar(c: &Value) -> bool {
 /// One of a container's `requests` or `limits`, parsed; unparseable entries are skipped
 /// (the API server rejects them anyway).
 pub fn resource_list(c: &Value, which: &str) -> BTreeMap<String, Quantity> {
-    at(c, &["resources", which])
+    let mut out = BTreeMap::new();
+    // Inserted one by one: collecting sorts into a vector first, which costs more for the
+    // two or three entries a list has.
+    for (k, v) in at(c, &["resources", which])
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Quantity::from_json(v).ok().map(|q| (k.to_string(), q)))
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(q) = Quantity::from_json(v) {
+            out.insert(k.to_string(), q);
+        }
+    }
+    out
 }
 
 /// What a container can take of each resource: its limit, else its request.
