@@ -1,12 +1,13 @@
 //! Parsing JSON text into a [`Value`] in one pass over the bytes: whitespace and strings
-//! are scanned eight bytes at a time, and every array and object is allocated once, at its
-//! final size.
+//! are scanned sixteen bytes at a time (eight without SSE2), every array and object is
+//! allocated once, at its final size, and only strings with bytes beyond ASCII are checked
+//! for UTF-8 (nothing else may hold one).
 //!
 //! The fast path accepts only what serde_json accepts and builds the same value; anything
 //! it does not handle (malformed text, a lone surrogate, deep nesting) goes to serde_json,
 //! which gives the value or exactly the error it always gave.
 
-use crate::scan::{next_special, spaces};
+use crate::scan::{next_special, next_special_or_non_ascii, spaces};
 use crate::{Map, Number, Str, Value};
 
 /// Nesting deeper than this is left to serde_json (whose limit is 128).
@@ -14,7 +15,7 @@ const MAX_DEPTH: usize = 100;
 
 /// Parse JSON text, as `serde_json::from_slice` would.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
-    match std::str::from_utf8(bytes).ok().and_then(fast) {
+    match fast(bytes) {
         Some(v) => Ok(v),
         None => serde_json::from_slice(bytes),
     }
@@ -22,20 +23,19 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
 
 /// Parse JSON text, as `serde_json::from_str` would.
 pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {
-    match fast(text) {
+    match fast(text.as_bytes()) {
         Some(v) => Ok(v),
         None => serde_json::from_str(text),
     }
 }
 
-fn fast(text: &str) -> Option<Value> {
+fn fast(bytes: &[u8]) -> Option<Value> {
     let mut p = Parser {
-        text,
-        bytes: text.as_bytes(),
+        bytes,
         at: 0,
         values: Vec::with_capacity(64),
         members: Vec::with_capacity(64),
-        unescaped: String::new(),
+        unescaped: Vec::new(),
     };
     p.skip_ws();
     let v = p.value(0)?;
@@ -44,7 +44,7 @@ fn fast(text: &str) -> Option<Value> {
 }
 
 struct Parser<'a> {
-    text: &'a str,
+    /// The text, not yet known to be UTF-8: strings are checked as they are read.
     bytes: &'a [u8],
     at: usize,
     /// Elements of the arrays being parsed, innermost last: each array takes its own off
@@ -53,7 +53,7 @@ struct Parser<'a> {
     /// The same for the members of objects.
     members: Vec<(Str, Value)>,
     /// Scratch for strings with escapes.
-    unescaped: String,
+    unescaped: Vec<u8>,
 }
 
 impl Parser<'_> {
@@ -116,8 +116,7 @@ impl Parser<'_> {
         while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.peek() {
             self.at += 1;
         }
-        let token = self.text.get(start..self.at)?;
-        let digits = token.as_bytes();
+        let digits = self.bytes.get(start..self.at)?;
         // Plain non-negative integers, the common case, directly; the rest as serde_json
         // reads them (floats and negative zero have subtleties not worth repeating).
         if digits.len() <= 19
@@ -129,35 +128,36 @@ impl Parser<'_> {
                 .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
             return Some(n.into());
         }
-        serde_json::from_str(token).ok()
+        serde_json::from_slice(digits).ok()
     }
 
     fn string(&mut self) -> Option<Str> {
         self.at += 1; // the opening quote
         let start = self.at;
-        let end = self.scan();
+        let end = next_special_or_non_ascii(self.bytes, start);
         if self.bytes.get(end) == Some(&b'"') {
             self.at = end + 1;
-            return Str::from_range(self.text, start, end);
+            // SAFETY: the scan stops at the first byte beyond ASCII; this run has none.
+            return unsafe { Str::from_ascii(self.bytes, start, end) };
         }
         self.unescape(start, end)
     }
 
-    /// The index of the first `"`, `\` or control character from `self.at`, or the end.
-    fn scan(&self) -> usize {
-        next_special(self.bytes, self.at)
-    }
-
-    /// A string with escapes, from `start` (after the quote); `end` is the first special.
+    /// A string with escapes or bytes beyond ASCII, from `start` (after the quote); `end`
+    /// is the first such byte. The unescaped bytes are checked for UTF-8 once, at the end:
+    /// an escape never ends or begins inside a character, so the whole is valid exactly
+    /// when each run between escapes is.
     fn unescape(&mut self, start: usize, mut end: usize) -> Option<Str> {
         let mut out = std::mem::take(&mut self.unescaped);
         out.clear();
-        out.push_str(self.text.get(start..end)?);
+        let mut from = start;
         loop {
+            end = next_special(self.bytes, end);
+            out.extend_from_slice(self.bytes.get(from..end)?);
             match self.bytes.get(end)? {
                 b'"' => {
                     self.at = end + 1;
-                    let s = Str::from(out.as_str());
+                    let s = Str::from(std::str::from_utf8(&out).ok()?);
                     self.unescaped = out;
                     return Some(s);
                 }
@@ -165,14 +165,14 @@ impl Parser<'_> {
                     let esc = *self.bytes.get(end + 1)?;
                     end += 2;
                     match esc {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
+                        b'"' => out.push(b'"'),
+                        b'\\' => out.push(b'\\'),
+                        b'/' => out.push(b'/'),
+                        b'b' => out.push(0x08),
+                        b'f' => out.push(0x0c),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
                         b'u' => {
                             let hi = self.hex4(end)?;
                             end += 4;
@@ -189,17 +189,15 @@ impl Parser<'_> {
                             } else {
                                 hi
                             };
-                            out.push(char::from_u32(c)?);
+                            let c = char::from_u32(c)?;
+                            out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
                         }
                         _ => return None,
                     }
                 }
                 _ => return None, // a control character
             }
-            self.at = end;
-            let next = self.scan();
-            out.push_str(self.text.get(end..next)?);
-            end = next;
+            from = end;
         }
     }
 

@@ -43,10 +43,21 @@ pub fn is_plain(bytes: &[u8]) -> bool {
 
 /// The index of the first special byte of `bytes` from `from`, or `bytes.len()`.
 pub fn next_special(bytes: &[u8], from: usize) -> usize {
+    find(bytes, from, false)
+}
+
+/// The index of the first special byte, or byte beyond ASCII, of `bytes` from `from`, or
+/// `bytes.len()`: where a string stops being one the parser can take without a UTF-8 check.
+pub fn next_special_or_non_ascii(bytes: &[u8], from: usize) -> usize {
+    find(bytes, from, true)
+}
+
+#[inline(always)]
+fn find(bytes: &[u8], from: usize, non_ascii: bool) -> usize {
     let mut i = from;
     #[cfg(target_arch = "x86_64")]
     while let Some(chunk) = bytes.get(i..i + 16) {
-        let m = sse2::specials(chunk);
+        let m = sse2::specials(chunk, non_ascii);
         if m != 0 {
             return i + m.trailing_zeros() as usize;
         }
@@ -55,14 +66,16 @@ pub fn next_special(bytes: &[u8], from: usize) -> usize {
     while let Some(chunk) = bytes.get(i..i + 8) {
         let mut w = [0u8; 8];
         w.copy_from_slice(chunk);
-        let m = specials(u64::from_le_bytes(w));
+        let w = u64::from_le_bytes(w);
+        // The high bits are exact, so the lowest bit of the union still is.
+        let m = specials(w) | if non_ascii { w & HIGHS } else { 0 };
         if m != 0 {
             return i + (m.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
     while let Some(&b) = bytes.get(i) {
-        if is_special(b) {
+        if is_special(b) || (non_ascii && !b.is_ascii()) {
             break;
         }
         i += 1;
@@ -115,8 +128,9 @@ mod sse2 {
     }
 
     /// A bit for each of the first 16 bytes of `chunk` that is `"`, `\` or a control
-    /// character.
-    pub fn specials(chunk: &[u8]) -> u32 {
+    /// character, or (with `non_ascii`) beyond ASCII.
+    #[inline(always)]
+    pub fn specials(chunk: &[u8], non_ascii: bool) -> u32 {
         let w = load(chunk);
         // SAFETY: SSE2 is in every x86_64 target's baseline.
         unsafe {
@@ -124,7 +138,13 @@ mod sse2 {
             let backslash = _mm_cmpeq_epi8(w, _mm_set1_epi8(b'\\' as i8));
             // Unsigned min(w, 0x1f) == w exactly where w <= 0x1f.
             let control = _mm_cmpeq_epi8(_mm_min_epu8(w, _mm_set1_epi8(0x1f)), w);
-            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+            let m = _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control));
+            // The high bit of each byte is its own mask bit: set beyond ASCII.
+            (if non_ascii {
+                m | _mm_movemask_epi8(w)
+            } else {
+                m
+            }) as u32
         }
     }
 
@@ -158,6 +178,15 @@ mod tests {
                         .position(|&b| is_special(b))
                         .unwrap_or(bytes.len());
                     assert_eq!(next_special(&bytes, 0), want, "{bytes:?}");
+                    let first_high = bytes
+                        .iter()
+                        .position(|&b| is_special(b) || !b.is_ascii())
+                        .unwrap_or(bytes.len());
+                    assert_eq!(
+                        next_special_or_non_ascii(&bytes, 0),
+                        first_high,
+                        "{bytes:?}"
+                    );
                     for from in 0..=bytes.len() {
                         let want = bytes[from..]
                             .iter()

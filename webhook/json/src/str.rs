@@ -33,7 +33,8 @@ impl Str {
         match &self.0 {
             Repr::Inline { len, buf } => {
                 let bytes = &buf[..usize::from(*len)];
-                // SAFETY: `buf[..len]` is only ever written from a `&str` (`From<&str>`).
+                // SAFETY: `buf[..len]` is only ever written from a `&str` (`From<&str>`) or
+                // from ASCII (`from_ascii`).
                 unsafe { std::str::from_utf8_unchecked(bytes) }
             }
             Repr::Heap(s) => s,
@@ -42,13 +43,19 @@ impl Str {
 }
 
 impl Str {
-    /// `text[start..end]`, copied with one fixed-size move when it is short and the text
-    /// goes on for [`INLINE`] bytes from `start` (the bytes past `end` are never read);
-    /// `None` if the range is not on character boundaries.
-    pub(crate) fn from_range(text: &str, start: usize, end: usize) -> Option<Str> {
-        let s = text.get(start..end)?;
+    /// `bytes[start..end]`, copied with one fixed-size move when it is short and the
+    /// bytes go on for [`INLINE`] from `start` (those past `end` are never read); `None`
+    /// if the range is out of bounds.
+    ///
+    /// # Safety
+    ///
+    /// `bytes[start..end]` is ASCII: the parser passes only a run its scan found to be
+    /// (checking again cost as much as the scan).
+    pub(crate) unsafe fn from_ascii(bytes: &[u8], start: usize, end: usize) -> Option<Str> {
+        let s = bytes.get(start..end)?;
+        debug_assert!(s.is_ascii());
         if s.len() <= INLINE
-            && let Some(window) = text.as_bytes().get(start..start + INLINE)
+            && let Some(window) = bytes.get(start..start + INLINE)
         {
             let mut buf = [0; INLINE];
             buf.copy_from_slice(window);
@@ -57,7 +64,8 @@ impl Str {
                 buf,
             }));
         }
-        Some(Str::from(s))
+        // SAFETY: ASCII (the caller's promise) is UTF-8.
+        Some(Str::from(unsafe { std::str::from_utf8_unchecked(s) }))
     }
 }
 
@@ -221,13 +229,17 @@ mod tests {
             assert_eq!(Str::from(s.to_string()), x);
             assert_eq!(x.len() <= INLINE, matches!(x.0, Repr::Inline { .. }));
             let text = format!("{s}\"{}", "x".repeat(30));
-            assert_eq!(Str::from_range(&text, 0, s.len()).unwrap(), x);
-            assert_eq!(
-                Str::from_range(&text[..s.len() + 1], 0, s.len()).unwrap(),
-                x
-            );
+            let (whole, short) = (text.as_bytes(), &text.as_bytes()[..s.len() + 1]);
+            if s.is_ascii() {
+                // SAFETY: just checked to be ASCII.
+                unsafe {
+                    assert_eq!(Str::from_ascii(whole, 0, s.len()).unwrap(), x);
+                    assert_eq!(Str::from_ascii(short, 0, s.len()).unwrap(), x);
+                }
+            }
         }
-        assert!(Str::from_range("é", 0, 1).is_none());
+        // SAFETY: out of bounds, so nothing is read.
+        assert!(unsafe { Str::from_ascii(b"ab", 1, 3) }.is_none());
         assert_eq!(std::mem::size_of::<Str>(), 24);
     }
 }

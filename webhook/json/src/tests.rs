@@ -55,6 +55,9 @@ fn text() -> impl Strategy<Value = String> {
                 r#""a very long string that does not fit in place at all""#,
                 r#""\u004""#,
                 r#""\u0001\u001f\u007f\u0008\u000c""#,
+                r#""é\nü""#,
+                r#""ascii first, then é, then \"quotes\" and ü""#,
+                "\"日本語のテキストはここにあります、とても長い\"",
             ][..]
         )
         .prop_map(str::to_string),

@@ -128,7 +128,7 @@ pub fn resource_list(c: &Value, which: &str) -> BTreeMap<String, Quantity> {
         .flatten()
     {
         if let Ok(q) = Quantity::from_json(v) {
-            out.insert(k.to_string(), q);
+            out.insert(String::from(k.as_str()), q);
         }
     }
     out
