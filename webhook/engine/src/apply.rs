@@ -6,7 +6,7 @@ use crate::plan::raycluster::{ClusterPlan, Custom};
 use crate::plan::rayview::OVERRIDE_ENV;
 use crate::plan::{self, Plan, PodPlan};
 use crate::primitives::pod;
-use rayshape_json::{Value, json};
+use rayshape_json::Value;
 
 /// The result of shaping one object.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,7 +83,10 @@ pub fn write_ray_container(
         }
         if let Some(value) = override_env {
             let env = pod::ensure_array(c.entry("env").or_insert_with(|| Value::Array(Vec::new())));
-            let entry = json!({"name": OVERRIDE_ENV, "value": value});
+            let entry = pod::object([
+                ("name", Value::from(OVERRIDE_ENV)),
+                ("value", Value::from(value.as_str())),
+            ]);
             match env.iter_mut().find(|e| pod::name(e) == OVERRIDE_ENV) {
                 Some(e) => *e = entry,
                 None => env.push(entry),

@@ -60,6 +60,11 @@ pub fn diff_json(left: &Value, right: &Value) -> (Vec<u8>, usize) {
 
 /// A JSON Pointer reference token (RFC 6901): `~` as `~0`, `/` as `~1`.
 fn pointer_token(out: &mut String, key: &str) {
+    // Most keys have neither: one pass over their bytes, not a pattern search.
+    if !key.bytes().any(|b| b == b'~' || b == b'/') {
+        out.push_str(key);
+        return;
+    }
     let mut rest = key;
     while let Some(i) = rest.find(['~', '/']) {
         out.push_str(&rest[..i]);

@@ -73,7 +73,7 @@ pub fn plan(
         return out;
     };
     let warnings = &mut out.warnings;
-    let cmd = ray_command(c);
+    let cmd = Command::new(ray_command(c));
     let derived = &original.flags;
 
     // What Ray should see.
@@ -245,21 +245,37 @@ enum FlagText {
     Text(String),
 }
 
-/// Where `--{name}` first occurs in `hay`, as `hay.find(&format!("--{name}"))` finds it,
-/// without building a substring searcher for each flag of a short command line.
-fn find_flag(hay: &str, name: &str) -> Option<usize> {
-    let b = hay.as_bytes();
-    (0..b.len().saturating_sub(1))
-        .find(|&i| b[i] == b'-' && b[i + 1] == b'-' && b[i + 2..].starts_with(name.as_bytes()))
+/// A command line, and where each `--` in it starts: found in one pass, so that each flag
+/// is looked for among them rather than searched for in the whole line.
+struct Command {
+    line: String,
+    dashes: Vec<usize>,
+}
+
+impl Command {
+    fn new(line: String) -> Command {
+        let b = line.as_bytes();
+        let dashes = (1..b.len())
+            .filter(|&i| b[i - 1] == b'-' && b[i] == b'-')
+            .map(|i| i - 1)
+            .collect();
+        Command { line, dashes }
+    }
 }
 
 /// `--name=value`, `--name value`, with `'...'` or `"..."` quoting.
-fn flag(cmd: &str, name: &str) -> FlagText {
+fn flag(cmd: &Command, name: &str) -> FlagText {
+    let line = cmd.line.as_str();
     let mut found = FlagText::Absent;
-    let mut rest = cmd;
-    while let Some(pos) = find_flag(rest, name) {
-        let after = &rest[pos + 2 + name.len()..];
-        let boundary_before = pos == 0 || rest[..pos].ends_with(char::is_whitespace);
+    // Where the search for the next occurrence starts: past the name of the last one (the
+    // dashes are ASCII, so every index used below is on a character boundary).
+    let mut from = 0;
+    for &pos in &cmd.dashes {
+        if pos < from || !line[pos + 2..].starts_with(name) {
+            continue;
+        }
+        let after = &line[pos + 2 + name.len()..];
+        let boundary_before = pos == from || line[from..pos].ends_with(char::is_whitespace);
         let value = if let Some(v) = after.strip_prefix('=') {
             Some(v)
         } else if after.starts_with(char::is_whitespace) {
@@ -296,12 +312,12 @@ fn flag(cmd: &str, name: &str) -> FlagText {
             // The last occurrence wins, as with argparse/click.
             found = FlagText::Text(text);
         }
-        rest = after;
+        from = pos + 2 + name.len();
     }
     found
 }
 
-fn number_flag(cmd: &str, name: &str) -> Flag {
+fn number_flag(cmd: &Command, name: &str) -> Flag {
     match flag(cmd, name) {
         FlagText::Absent => Flag::Absent,
         FlagText::Text(t) => t.parse::<f64>().map_or(Flag::Opaque, Flag::Number),
@@ -415,23 +431,50 @@ mod tests {
         assert!(w.is_empty(), "{w:?}");
     }
 
+    /// The search `flag` replaced (a substring search from past each occurrence): the
+    /// occurrence it reads and the boundary before it must come out the same.
+    fn searched(cmd: &str, name: &str) -> Option<(usize, bool)> {
+        let needle = format!("--{name}");
+        let (mut rest, mut offset, mut last) = (cmd, 0, None);
+        while let Some(pos) = rest.find(&needle) {
+            let boundary = pos == 0 || rest[..pos].ends_with(char::is_whitespace);
+            let after = &rest[pos + needle.len()..];
+            if boundary && (after.starts_with('=') || after.starts_with(char::is_whitespace)) {
+                last = Some((offset + pos, boundary));
+            }
+            offset += pos + needle.len();
+            rest = after;
+        }
+        last
+    }
+
     #[test]
     fn flags_are_found_where_a_substring_search_finds_them() {
-        for hay in [
+        let text = |t: FlagText| match t {
+            FlagText::Absent => None,
+            FlagText::Text(t) => Some(t),
+        };
+        for line in [
             "",
             "-",
             "--",
-            "---num-cpus",
+            "---num-cpus=1",
             "a --num-cpus=1",
-            "--num-cpu --num-cpus",
-            "x-num-cpus --num-cpusx",
+            "--num-cpu --num-cpus 2",
+            "x-num-cpus=3 --num-cpusx=4",
+            "--num-cpus--num-cpus 5",
+            "--num-cpus=1--num-cpus=2",
+            "ray start --num-cpus=1 \t--num-cpus 7 --num-cpus",
+            "ü --num-cpus=é --num-cpus ü",
         ] {
             for name in ["num-cpus", "num-cpu", "x", ""] {
-                assert_eq!(
-                    find_flag(hay, name),
-                    hay.find(&format!("--{name}")),
-                    "{hay:?} {name:?}"
-                );
+                let cmd = Command::new(line.to_string());
+                let want = searched(line, name).map(|(at, _)| {
+                    let v = &line[at + 2 + name.len()..];
+                    let v = v.strip_prefix('=').unwrap_or(v).trim_start();
+                    v.split_whitespace().next().unwrap_or("").to_string()
+                });
+                assert_eq!(text(flag(&cmd, name)), want, "{line:?} {name:?}");
             }
         }
     }
@@ -439,24 +482,32 @@ mod tests {
     #[test]
     fn flag_parsing() {
         assert_eq!(
-            number_flag("ray start --num-cpus 3", "num-cpus"),
+            number_flag(&Command::new("ray start --num-cpus 3".into()), "num-cpus"),
             Flag::Number(3.0)
         );
         assert_eq!(
-            number_flag("ray start --num-cpus=3 --num-cpus=5", "num-cpus"),
+            number_flag(
+                &Command::new("ray start --num-cpus=3 --num-cpus=5".into()),
+                "num-cpus"
+            ),
             Flag::Number(5.0)
         );
         assert_eq!(
-            number_flag("ray start --num-cpusx=3", "num-cpus"),
+            number_flag(&Command::new("ray start --num-cpusx=3".into()), "num-cpus"),
             Flag::Absent
         );
-        match flag("ray start --resources='{\"TPU\": 4}' --block", "resources") {
+        match flag(
+            &Command::new("ray start --resources='{\"TPU\": 4}' --block".into()),
+            "resources",
+        ) {
             FlagText::Text(t) => assert_eq!(t, "{\"TPU\": 4}"),
             FlagText::Absent => panic!(),
         }
         // As KubeRay writes a rayStartParams value in KubeRay's quoted form.
         match flag(
-            r#"ray start  --resources="{\"accelerator_type:T4\":1}"  --block"#,
+            &Command::new(
+                r#"ray start  --resources="{\"accelerator_type:T4\":1}"  --block"#.into(),
+            ),
             "resources",
         ) {
             FlagText::Text(t) => assert_eq!(t, r#"{"accelerator_type:T4":1}"#),

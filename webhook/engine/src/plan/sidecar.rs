@@ -20,7 +20,7 @@ use crate::config::settings::Settings;
 use crate::config::sidecar::{LOGS_VOLUME, TOKEN_VOLUME};
 use crate::primitives::pod;
 use rayshape_contract::{self as contract, env, keys};
-use rayshape_json::{Map, Value, json};
+use rayshape_json::{Map, Value};
 
 /// Whether this pod opted out with `<prefix>/sidecar: disabled`.
 pub fn opted_out(obj: &Value, s: &Settings) -> bool {
@@ -163,7 +163,11 @@ fn ensure_logs_volume(pod: &mut Value, ray_idx: usize) -> (String, bool) {
         LOGS_VOLUME.to_string()
     };
     let spec = pod::ensure_object(pod::ensure_field(pod, "spec"));
-    push(spec, "volumes", json!({"name": name, "emptyDir": {}}));
+    let volume = pod::object([
+        ("name", Value::from(name.as_str())),
+        ("emptyDir", Value::Object(Map::new())),
+    ]);
+    push(spec, "volumes", volume);
     if let Some(ray) = spec
         .get_mut("containers")
         .and_then(Value::as_array_mut)
@@ -172,7 +176,10 @@ fn ensure_logs_volume(pod: &mut Value, ray_idx: usize) -> (String, bool) {
         push(
             pod::ensure_object(ray),
             "volumeMounts",
-            json!({"name": name, "mountPath": contract::RAY_ROOT}),
+            pod::object([
+                ("name", Value::from(name.as_str())),
+                ("mountPath", Value::from(contract::RAY_ROOT)),
+            ]),
         );
     }
     (name, true)
@@ -196,6 +203,7 @@ fn upsert_by_name(m: &mut Map, key: &str, v: Value) {
 mod tests {
     use super::*;
     use crate::config::{Config, Sources};
+    use rayshape_json::json;
 
     fn cfg(settings: &str) -> Config {
         Config::from_sources(&Sources {

@@ -53,6 +53,12 @@ fn meta_map<'a>(obj: &'a mut Value, which: &str) -> &'a mut Map {
     )
 }
 
+/// An object of these members, in this order: what `json!` builds, without going through
+/// serde_json's value (for the few objects an admission adds).
+pub fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    Value::Object(members.into_iter().collect())
+}
+
 /// Make `v` an object (replacing null or anything else) and return its map.
 pub fn ensure_object(v: &mut Value) -> &mut Map {
     if !v.is_object() {

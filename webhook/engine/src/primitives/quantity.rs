@@ -192,9 +192,9 @@ impl Quantity {
     /// Canonical text for a CPU-like quantity: whole units when exact, else milli-units.
     pub fn to_decimal_string(self) -> String {
         if self.0 % 1000 == 0 {
-            (self.0 / 1000).to_string()
+            with_suffix(self.0 / 1000, "")
         } else {
-            format!("{}m", self.0)
+            with_suffix(self.0, "m")
         }
     }
 
@@ -207,20 +207,11 @@ impl Quantity {
         if units == 0 {
             return "0".into();
         }
-        for (suffix, shift) in [
-            ("Ei", 60),
-            ("Pi", 50),
-            ("Ti", 40),
-            ("Gi", 30),
-            ("Mi", 20),
-            ("Ki", 10),
-        ] {
-            let d = 1i128 << shift;
-            if units % d == 0 {
-                return format!("{}{}", units / d, suffix);
-            }
-        }
-        units.to_string()
+        // 2^shift divides `units` exactly when its low `shift` bits are zero (in two's
+        // complement too), so the suffix follows from the trailing zeros.
+        let shift = (units.trailing_zeros() / 10 * 10).min(60);
+        let suffix = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"][(shift / 10) as usize];
+        with_suffix(units >> shift, suffix)
     }
 
     /// The text for a resource of the given name: binary suffixes for byte-sized resources.
@@ -231,6 +222,14 @@ impl Quantity {
             self.to_decimal_string()
         }
     }
+}
+
+/// `n` in decimal, then `suffix`, without the formatting machinery for the common sizes.
+fn with_suffix(n: i128, suffix: &str) -> String {
+    // i64's printing is much cheaper than i128's, and quantities almost always fit.
+    let mut out = i64::try_from(n).map_or_else(|_| n.to_string(), |n| n.to_string());
+    out.push_str(suffix);
+    out
 }
 
 /// Resources measured in bytes, printed with binary suffixes.
@@ -264,6 +263,30 @@ mod tests {
                 proptest::prop_assert_eq!(Ok(fast), Quantity::parse_any(&s), "{}", s);
             }
             proptest::prop_assert_eq!(Quantity::parse(&s), Quantity::parse_any(&s), "{}", s);
+        }
+
+        /// Printed as the divide-by-each-suffix loop it replaced prints, and read back.
+        #[test]
+        fn prints_as_the_suffix_loop_did(
+            units in proptest::num::i64::ANY,
+            shift in 0u32..64,
+            milli in 0i128..3,
+        ) {
+            let millis = (i128::from(units) << shift.min(62)).clamp(-MAX_MILLIS, MAX_MILLIS) / 1000 * 1000 + milli;
+            let q = Quantity(millis);
+            let old = if millis % 1000 != 0 {
+                format!("{millis}m")
+            } else {
+                let units = millis / 1000;
+                [("Ei", 60), ("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)]
+                    .iter()
+                    .find(|(_, s)| units != 0 && units % (1i128 << s) == 0)
+                    .map_or(units.to_string(), |(x, s)| format!("{}{x}", units / (1i128 << s)))
+            };
+            proptest::prop_assert_eq!(q.to_binary_string(), old.clone());
+            if (0..=MAX_MILLIS).contains(&millis) {
+                proptest::prop_assert_eq!(Quantity::parse(&old), Ok(q), "{}", old);
+            }
         }
     }
 
