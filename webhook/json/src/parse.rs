@@ -7,7 +7,7 @@
 //! it does not handle (malformed text, a lone surrogate, deep nesting) goes to serde_json,
 //! which gives the value or exactly the error it always gave.
 
-use crate::scan::{next_special, next_special_or_non_ascii, spaces};
+use crate::scan::{next_special, next_special_or_non_ascii, whitespace};
 use crate::{Map, Number, Str, Value};
 
 /// Nesting deeper than this is left to serde_json (whose limit is 128).
@@ -64,26 +64,10 @@ impl Parser<'_> {
     #[inline(always)]
     fn skip_ws(&mut self) {
         // Compact JSON, as the API server sends it, has none: one test, in line.
+        // Pretty-printed JSON has a newline and indentation, or one space after a colon.
         if self.bytes.get(self.at).is_some_and(|&c| c <= b' ') {
-            self.skip_ws_run();
+            self.at += whitespace(self.bytes, self.at);
         }
-    }
-
-    /// The whitespace at `self.at`, out of line: a newline and indentation, or one space
-    /// after a colon.
-    #[inline(never)]
-    fn skip_ws_run(&mut self) {
-        let b = self.bytes;
-        let mut i = self.at;
-        loop {
-            match b.get(i) {
-                Some(b'\n') => i += 1 + spaces(b, i + 1),
-                Some(b' ') => i += spaces(b, i),
-                Some(b'\r' | b'\t') => i += 1,
-                _ => break,
-            }
-        }
-        self.at = i;
     }
 
     fn eat(&mut self, b: u8) -> Option<()> {
