@@ -85,7 +85,7 @@ fn apply_rule(pod: &mut Value, rule: &Rule, ctx: Context) -> Result<(), ApplyErr
         .ops
         .iter()
         .flat_map(|op| op.from().into_iter().chain([op.path()]))
-        .flat_map(|p| [p.head(1).to_vec(), p.head(2).to_vec()]);
+        .flat_map(|p| [p.head(1), p.head(2)]);
     let snapshot = Snapshot::take(pod, heads);
     for op in &rule.ops {
         if let Err(e) = rfc6902::apply(pod, op, ctx) {

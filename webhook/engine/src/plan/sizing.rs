@@ -38,14 +38,14 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
     let mut others: Vec<(String, BTreeMap<String, Quantity>)> = Vec::new();
     for (i, c) in containers.iter().enumerate() {
         if i != ray_idx {
-            others.push((pod::name(c).to_string(), pod::footprint(c)));
+            others.push((pod::name(c).to_string(), owned(pod::footprint(c))));
         }
     }
     for c in pod::init_containers(pod)
         .iter()
         .filter(|c| pod::is_native_sidecar(c))
     {
-        others.push((pod::name(c).to_string(), pod::footprint(c)));
+        others.push((pod::name(c).to_string(), owned(pod::footprint(c))));
     }
     let mut ray = BTreeMap::new();
     for (res, total) in &it.shape {
@@ -102,8 +102,8 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
     };
     let mut replaced: Vec<(bool, String)> = own
         .iter()
-        .filter(|(k, _)| it.shape.contains_key(*k) || is_gpu_resource(k))
-        .filter_map(|(k, q)| {
+        .filter(|&(&k, _)| it.shape.contains_key(k) || is_gpu_resource(k))
+        .filter_map(|(&k, q)| {
             let got = ray
                 .get(k)
                 .map_or_else(|| "none".to_string(), |g| g.format_for(k));
@@ -160,8 +160,13 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
 }
 
 /// Each regular init container, plus the native sidecars started before it, must fit.
+/// A footprint with its own keys, to keep beyond the pod it was read from.
+fn owned(f: BTreeMap<&str, Quantity>) -> BTreeMap<String, Quantity> {
+    f.into_iter().map(|(k, q)| (k.to_owned(), q)).collect()
+}
+
 fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
-    let mut sidecars: BTreeMap<String, Quantity> = BTreeMap::new();
+    let mut sidecars: BTreeMap<&str, Quantity> = BTreeMap::new();
     for c in pod::init_containers(pod) {
         let f = pod::footprint(c);
         if pod::is_native_sidecar(c) {
@@ -173,10 +178,10 @@ fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
         }
         for (res, total) in &it.shape {
             let need = f
-                .get(res)
+                .get(res.as_str())
                 .copied()
                 .unwrap_or_default()
-                .saturating_add(sidecars.get(res).copied().unwrap_or_default());
+                .saturating_add(sidecars.get(res.as_str()).copied().unwrap_or_default());
             if need > *total {
                 return Err(format!(
                     "init container {:?} needs {} {res} (with the sidecars before it) but instance type {} has {}; give it less or choose a larger instance type",
@@ -203,8 +208,8 @@ pub fn kuberay_flags(c: &Value) -> BTreeMap<&'static str, i128> {
 
 /// [`kuberay_flags`] from a container's parsed limits and requests.
 pub fn kuberay_flags_of(
-    limits: &BTreeMap<String, Quantity>,
-    requests: &BTreeMap<String, Quantity>,
+    limits: &BTreeMap<&str, Quantity>,
+    requests: &BTreeMap<&str, Quantity>,
 ) -> BTreeMap<&'static str, i128> {
     let mut out = BTreeMap::new();
     if let Some(cpu) = limits.get("cpu").or_else(|| requests.get("cpu")) {

@@ -122,9 +122,9 @@ pub fn is_native_sidecar(c: &Value) -> bool {
     field(c, "restartPolicy").and_then(Value::as_str) == Some("Always")
 }
 
-/// One of a container's `requests` or `limits`, parsed; unparseable entries are skipped
-/// (the API server rejects them anyway).
-pub fn resource_list(c: &Value, which: &str) -> BTreeMap<String, Quantity> {
+/// One of a container's `requests` or `limits`, parsed, by name (borrowed from the
+/// container); unparseable entries are skipped (the API server rejects them anyway).
+pub fn resource_list<'a>(c: &'a Value, which: &str) -> BTreeMap<&'a str, Quantity> {
     let mut out = BTreeMap::new();
     // Inserted one by one: collecting sorts into a vector first, which costs more for the
     // two or three entries a list has.
@@ -134,14 +134,14 @@ pub fn resource_list(c: &Value, which: &str) -> BTreeMap<String, Quantity> {
         .flatten()
     {
         if let Ok(q) = Quantity::from_json(v) {
-            out.insert(String::from(k.as_str()), q);
+            out.insert(k.as_str(), q);
         }
     }
     out
 }
 
 /// What a container can take of each resource: its limit, else its request.
-pub fn footprint(c: &Value) -> BTreeMap<String, Quantity> {
+pub fn footprint(c: &Value) -> BTreeMap<&str, Quantity> {
     let mut out = resource_list(c, "requests");
     for (k, q) in resource_list(c, "limits") {
         let e = out.entry(k).or_insert(q);

@@ -513,17 +513,17 @@ fn remove(doc: &mut Value, steps: &[Step]) -> Result<(), String> {
 
 /// The values at a set of object paths, to put back if a multi-step change fails. Keeping
 /// only the subtrees a rule can touch is much cheaper than copying the whole object.
-pub struct Snapshot(Vec<(Vec<String>, Option<Value>)>);
+pub struct Snapshot<'p>(Vec<(&'p [String], Option<Value>)>);
 
-impl Snapshot {
+impl<'p> Snapshot<'p> {
     /// Save what is needed to restore every path under `prefixes`: the value at each
     /// deepest prefix, and the absence of any prefix that does not exist yet.
-    pub fn take(doc: &Value, prefixes: impl IntoIterator<Item = Vec<String>>) -> Snapshot {
-        let mut all: Vec<Vec<String>> = prefixes.into_iter().collect();
-        all.sort_by_key(Vec::len);
+    pub fn take(doc: &Value, prefixes: impl IntoIterator<Item = &'p [String]>) -> Snapshot<'p> {
+        let mut all: Vec<&[String]> = prefixes.into_iter().collect();
+        all.sort_by_key(|p| p.len());
         all.dedup();
-        let mut saved: Vec<(Vec<String>, Option<Value>)> = Vec::new();
-        for p in &all {
+        let mut saved: Vec<(&[String], Option<Value>)> = Vec::new();
+        for &p in &all {
             // Under a prefix that was absent: removing that prefix again restores this too.
             if saved.iter().any(|(q, v)| v.is_none() && p.starts_with(q)) {
                 continue;
@@ -531,7 +531,7 @@ impl Snapshot {
             let current = p.iter().try_fold(doc, |v, t| v.as_object()?.get(t));
             let deepest = !all.iter().any(|q| q.len() > p.len() && q.starts_with(p));
             if current.is_none() || deepest {
-                saved.push((p.clone(), current.cloned()));
+                saved.push((p, current.cloned()));
             }
         }
         Snapshot(saved)
@@ -707,7 +707,7 @@ mod tests {
             vec!["status".into()],
             vec!["status".into(), "x".into()],
         ];
-        let snap = Snapshot::take(&d, heads);
+        let snap = Snapshot::take(&d, heads.iter().map(Vec::as_slice));
         assert_eq!(snap.0.len(), 3, "spec is not copied whole: {:?}", snap.0);
         run(
             &mut d,
