@@ -77,8 +77,12 @@ impl Decision {
     /// The AdmissionReview to send back, as JSON bytes: the same text as serialising
     /// [`Self::response`], written directly (the server's path).
     pub fn response_bytes(&self) -> Vec<u8> {
+        // Sized once: growing a 5 KB answer would copy it.
         let mut out = Vec::with_capacity(match &self.outcome {
-            Outcome::Allowed { patch, .. } => patch.len() * 4 / 3 + 256,
+            Outcome::Allowed { patch, shaped, .. } => {
+                let warnings: usize = shaped.warnings.iter().map(|w| w.len() + 8).sum();
+                patch.len() * 4 / 3 + warnings + 256
+            }
             Outcome::Denied(d) => d.message.len() + 256,
         });
         out.extend_from_slice(

@@ -137,13 +137,13 @@ impl Map {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.members().iter().position(|(k, _)| k.as_str() == key)
+        self.members().iter().position(|(k, _)| same(k, key))
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.members()
             .iter()
-            .find_map(|(k, v)| (k.as_str() == key).then_some(v))
+            .find_map(|(k, v)| same(k, key).then_some(v))
     }
 
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
@@ -265,6 +265,29 @@ impl<'a> Lookup<'a> {
         }
         let index = self.index.get_or_insert_with(|| map.index());
         index.get(key).map(|&i| &map.members()[i].1)
+    }
+}
+
+/// Whether a member's key is `key`: lengths first, then short keys a word or two at a time
+/// in line, where `==` on slices calls `memcmp` (a map lookup compares several keys, most
+/// of them under 16 bytes).
+#[inline]
+fn same(k: &str, key: &str) -> bool {
+    let (a, b) = (k.as_bytes(), key.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    match n {
+        // The two words overlap when n < 16; together they cover every byte.
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        0..8 => a.iter().zip(b).all(|(x, y)| x == y),
+        _ => a == b,
     }
 }
 
@@ -400,5 +423,25 @@ impl std::ops::Index<&str> for Map {
     /// `self[key]`, or `null` when there is no such key.
     fn index(&self, key: &str) -> &Value {
         self.get(key).unwrap_or(&crate::value::NULL)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn keys_compare_as_strings_do() {
+        for n in 0..40 {
+            let a: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert!(same(&a, &a.clone()), "{a}");
+            for at in 0..n {
+                let mut b = a.clone().into_bytes();
+                b[at] = b'Z';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same(&a, &b), "{a} {b}");
+            }
+            assert!(!same(&a, &format!("{a}x")));
+        }
     }
 }

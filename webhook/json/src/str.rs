@@ -1,11 +1,14 @@
 //! [`Str`]: a string that holds up to [`INLINE`] bytes in place and only longer ones on
 //! the heap. Most keys and values of a Kubernetes object are that short, so a document
-//! costs one allocation per array and object rather than one per string as well.
+//! costs one allocation per array and object rather than one per string as well. A longer
+//! one is shared behind a reference count, so that copying a map to change it (a container
+//! with a long command line) does not copy its strings.
 
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
+use std::sync::Arc;
 
 /// Bytes a [`Str`] holds without allocating.
 pub const INLINE: usize = 22;
@@ -17,7 +20,7 @@ pub struct Str(Repr);
 #[derive(Clone)]
 enum Repr {
     Inline { len: u8, buf: [u8; INLINE] },
-    Heap(Box<str>),
+    Heap(Arc<str>),
 }
 
 impl Str {
@@ -96,7 +99,7 @@ impl From<String> for Str {
         if s.len() <= INLINE {
             Str::from(s.as_str())
         } else {
-            Str(Repr::Heap(s.into_boxed_str()))
+            Str(Repr::Heap(Arc::from(s)))
         }
     }
 }
@@ -109,10 +112,7 @@ impl From<&String> for Str {
 
 impl From<Str> for String {
     fn from(s: Str) -> String {
-        match s.0 {
-            Repr::Heap(b) => b.into_string(),
-            Repr::Inline { .. } => s.as_str().to_string(),
-        }
+        s.as_str().to_string()
     }
 }
 
