@@ -14,17 +14,34 @@ pub struct Mi;
 /// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v2 and v3 alike; v3 is built).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Return freed pages to the system at once instead of after mimalloc's default second.
+/// How long a freed page stays resident before mimalloc returns it to the system.
 ///
-/// The delay only pays off while memory is freed and taken again within it; a webhook's
-/// requests come in bursts, and after one the delayed purge never ran, because nothing
-/// allocated to trigger it: 1.8 MiB of freed pages stayed resident while idle. Purging at
-/// once cost about one `madvise` per 11 admissions at saturation (BENCHMARKS.md).
+/// At once (0), which an earlier measurement chose for idle memory, cost a page fault or two
+/// per admission: a page emptied by one admission was returned and faulted back in by the
+/// next, 15% of the CPU per admission at saturation and about 10% at 2,000 per second
+/// (BENCHMARKS.md). A tenth of a second keeps the pages a steady load reuses.
 /// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-pub fn purge_at_once() {
+const PURGE_DELAY_MS: std::ffi::c_long = 100;
+
+/// Set mimalloc's purge delay to [`PURGE_DELAY_MS`].
+pub fn set_purge_delay() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets one of mimalloc's options, which it reads atomically.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
+/// Return what a burst of admissions freed once it is over. mimalloc purges a delayed page
+/// only when it next allocates or frees, which an idle server does not: without this,
+/// the pages of the last burst stayed resident (1 MiB more idle). Twice a second, the
+/// serving thread hands its empty pages back and purges those whose delay has passed.
+pub async fn return_freed_pages() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: collects the calling thread's heap; no pointer is passed.
+        unsafe { libmimalloc_sys::mi_collect(false) };
     }
 }
 
@@ -88,8 +105,11 @@ mod tests {
             if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
                 assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000);
             }
-            purge_at_once();
-            assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 0);
+            set_purge_delay();
+            assert_eq!(
+                libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY),
+                PURGE_DELAY_MS
+            );
         }
     }
 

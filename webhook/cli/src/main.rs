@@ -143,7 +143,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-    alloc::purge_at_once();
+    alloc::set_purge_delay();
     // A bug is reported in one line, not a backtrace; `mutate` then exits 2 and `serve`
     // answers the one review with 500.
     std::panic::set_hook(Box::new(|info| eprintln!("internal error: {info}")));
@@ -255,6 +255,7 @@ fn serve_main(opts: serve::Options, threads: usize) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    runtime.spawn(alloc::return_freed_pages());
     match runtime.block_on(serve::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
