@@ -18,7 +18,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 ///
 /// At once (0), which an earlier measurement chose for idle memory, cost a page fault or two
 /// per admission: a page emptied by one admission was returned and faulted back in by the
-/// next, 15% of the CPU per admission at saturation and about 10% at 2,000 per second
+/// next: 15% of the CPU per admission at saturation, less at 2,000 per second
 /// (BENCHMARKS.md). A tenth of a second keeps the pages a steady load reuses.
 /// `MIMALLOC_PURGE_DELAY` in the environment still wins.
 const PURGE_DELAY_MS: std::ffi::c_long = 100;
@@ -34,7 +34,8 @@ pub fn set_purge_delay() {
 /// Return what a burst of admissions freed once it is over. mimalloc purges a delayed page
 /// only when it next allocates or frees, which an idle server does not: without this,
 /// the pages of the last burst stayed resident (1 MiB more idle). Twice a second, the
-/// serving thread hands its empty pages back and purges those whose delay has passed.
+/// serving thread hands its empty pages back and purges those whose delay has passed
+/// (with `--threads` above 1, the worker this task runs on; the others purge as they work).
 pub async fn return_freed_pages() {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
