@@ -16,9 +16,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long a freed page stays resident before mimalloc returns it to the system.
 ///
-/// At once (0), which an earlier measurement chose for idle memory, cost a page fault or two
-/// per admission: a page emptied by one admission was returned and faulted back in by the
-/// next: 15% of the CPU per admission at saturation, less at 2,000 per second
+/// At once (0), which an earlier measurement chose for idle memory, cost two or three page
+/// faults per admission at saturation: a page emptied by one admission was returned and
+/// faulted back in by the next, 15% of the CPU per admission, less at 2,000 per second
 /// (BENCHMARKS.md). A tenth of a second keeps the pages a steady load reuses.
 /// `MIMALLOC_PURGE_DELAY` in the environment still wins.
 const PURGE_DELAY_MS: std::ffi::c_long = 100;

@@ -107,14 +107,9 @@ impl Map {
         for v in self.values_mut() {
             v.keep_text();
         }
+        let mut text = Vec::new();
+        crate::write::write_members(&mut text, self);
         if let Some(m) = &mut self.members {
-            let mut text = Vec::new();
-            crate::write::to_writer(
-                &mut text,
-                &Value::Object(Map {
-                    members: Some(m.clone()),
-                }),
-            );
             Arc::make_mut(m).text = Some(text.into_boxed_slice());
         }
     }

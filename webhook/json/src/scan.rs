@@ -1,6 +1,6 @@
 //! Finding the bytes a JSON string cannot hold as they are (`"`, `\` and control
-//! characters), and the end of a run of spaces: sixteen bytes at a time with SSE2 (part of
-//! every x86_64), eight at a time elsewhere. Shared by the parser and the writer.
+//! characters), and the end of a run of whitespace: sixteen bytes at a time with SSE2
+//! (part of every x86_64), eight at a time elsewhere. Shared by the parser and the writer.
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;

@@ -1,8 +1,8 @@
 //! Writing a [`Value`] as compact JSON text, byte for byte as serde_json writes its own
 //! `Value` (the same escapes, the same numbers), without going through serde.
 
-use crate::Value;
 use crate::scan::{is_plain, next_special};
+use crate::{Map, Value};
 
 /// Append `v` to `out` as compact JSON.
 pub fn to_writer(out: &mut Vec<u8>, v: &Value) {
@@ -25,23 +25,25 @@ pub fn to_writer(out: &mut Vec<u8>, v: &Value) {
             }
             out.push(b']');
         }
-        Value::Object(m) => {
-            if let Some(text) = m.kept_text() {
-                out.extend_from_slice(text);
-                return;
-            }
-            out.push(b'{');
-            for (i, (k, x)) in m.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, k);
-                out.push(b':');
-                to_writer(out, x);
-            }
-            out.push(b'}');
-        }
+        Value::Object(m) => match m.kept_text() {
+            Some(text) => out.extend_from_slice(text),
+            None => write_members(out, m),
+        },
     }
+}
+
+/// Append `m`'s members to `out` as a compact JSON object (what a map's kept text holds).
+pub(crate) fn write_members(out: &mut Vec<u8>, m: &Map) {
+    out.push(b'{');
+    for (i, (k, x)) in m.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, k);
+        out.push(b':');
+        to_writer(out, x);
+    }
+    out.push(b'}');
 }
 
 /// Append `s` to `out` as a JSON string, escaped as serde_json escapes it.
