@@ -5,9 +5,9 @@ use crate::classify::{self, Class};
 use crate::config::Config;
 use crate::plan::raycluster::ClusterPlan;
 use crate::plan::{self, PodPlan, rules};
+use crate::primitives::vecmap::VecMap;
 use crate::primitives::{pod, quantity::Quantity};
 use rayshape_json::{Map, Value, json};
-use std::collections::BTreeMap;
 
 /// The plan for `obj`, explained as a document.
 pub fn explain(obj: &Value, namespace: Option<&str>, cfg: &Config) -> Value {
@@ -63,7 +63,7 @@ fn describe(obj: &Value, namespace: Option<&str>) -> String {
     format!("{kind} {ns}/{name}")
 }
 
-fn resources(m: &BTreeMap<String, Quantity>) -> Value {
+fn resources(m: &VecMap<String, Quantity>) -> Value {
     Value::Object(
         m.iter()
             .map(|(k, q)| (k.clone(), json!(q.format_for(k))))

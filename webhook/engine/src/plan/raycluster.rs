@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::config::instance_types::{InstanceType, is_gpu_resource};
 use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
+use crate::primitives::vecmap::VecMap;
 use rayshape_contract::keys;
 use rayshape_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -364,7 +365,7 @@ fn check_ray_values(
     g: &Group<'_>,
     template: &Value,
     it: &InstanceType,
-    ray: &BTreeMap<String, Quantity>,
+    ray: &VecMap<String, Quantity>,
     warnings: &mut Vec<String>,
 ) -> Result<(), String> {
     let gpus: i128 = ray

@@ -11,8 +11,8 @@ use super::sizing::{Sizing, kuberay_flags_of};
 use crate::config::instance_types::{InstanceType, is_gpu_resource};
 use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
+use crate::primitives::vecmap::VecMap;
 use rayshape_json::{Map, Number, Value};
-use std::collections::BTreeMap;
 
 pub const OVERRIDE_ENV: &str = "RAY_OVERRIDE_RESOURCES";
 
@@ -29,7 +29,7 @@ enum Flag {
 #[derive(Debug, Clone)]
 pub struct Original {
     /// What KubeRay would have derived for `--num-cpus`, `--memory`, `--num-gpus`.
-    flags: BTreeMap<&'static str, i128>,
+    flags: VecMap<&'static str, i128>,
     /// The memory KubeRay would have sized `/dev/shm` to (limit, else request).
     shm: Option<Quantity>,
 }
@@ -77,7 +77,7 @@ pub fn plan(
     let derived = &original.flags;
 
     // What Ray should see.
-    let mut desired: BTreeMap<String, f64> = BTreeMap::new();
+    let mut desired: VecMap<String, f64> = VecMap::with_capacity(3 + it.ray_resources.len());
     if let Some(cpu) = sized.ray.get("cpu") {
         desired.insert("CPU".into(), cpu.ceil_units() as f64);
     }
@@ -108,7 +108,7 @@ pub fn plan(
         _ => None,
     };
 
-    let mut corrections: BTreeMap<String, f64> = BTreeMap::new();
+    let mut corrections: VecMap<String, f64> = VecMap::new();
     let mut was: Vec<String> = Vec::new();
     for (key, want) in &desired {
         if let Some(v) = existing.get(key) {

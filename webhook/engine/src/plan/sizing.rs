@@ -8,20 +8,20 @@
 use crate::config::instance_types::{InstanceType, is_gpu_resource};
 use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
+use crate::primitives::vecmap::VecMap;
 use rayshape_json::{Map, Value};
-use std::collections::BTreeMap;
 
 /// The sizing of one pod's Ray container.
 #[derive(Debug, Default, PartialEq)]
 pub struct Sizing {
     /// What Ray gets of each resource of the shape (requests = limits).
-    pub ray: BTreeMap<String, Quantity>,
+    pub ray: VecMap<String, Quantity>,
     /// The Ray container's `resources` after sizing.
     pub resources: Value,
     /// Whether `resources` differs from what the container has.
     pub changed: bool,
     /// What every other container and native sidecar takes, by name.
-    pub others: Vec<(String, BTreeMap<String, Quantity>)>,
+    pub others: Vec<(String, VecMap<String, Quantity>)>,
     pub warnings: Vec<String>,
 }
 
@@ -35,7 +35,7 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
     };
     let ray_name = pod::name(ray_container).to_string();
     // Who takes what, besides Ray.
-    let mut others: Vec<(String, BTreeMap<String, Quantity>)> = Vec::new();
+    let mut others: Vec<(String, VecMap<String, Quantity>)> = Vec::new();
     for (i, c) in containers.iter().enumerate() {
         if i != ray_idx {
             others.push((pod::name(c).to_string(), owned(pod::footprint(c))));
@@ -47,7 +47,7 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
     {
         others.push((pod::name(c).to_string(), owned(pod::footprint(c))));
     }
-    let mut ray = BTreeMap::new();
+    let mut ray = VecMap::with_capacity(it.shape.len());
     for (res, total) in &it.shape {
         let taken: Quantity = others
             .iter()
@@ -161,17 +161,17 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
 
 /// Each regular init container, plus the native sidecars started before it, must fit.
 /// A footprint with its own keys, to keep beyond the pod it was read from.
-fn owned(f: BTreeMap<&str, Quantity>) -> BTreeMap<String, Quantity> {
+fn owned(f: VecMap<&str, Quantity>) -> VecMap<String, Quantity> {
     f.into_iter().map(|(k, q)| (k.to_owned(), q)).collect()
 }
 
 fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
-    let mut sidecars: BTreeMap<&str, Quantity> = BTreeMap::new();
+    let mut sidecars: VecMap<&str, Quantity> = VecMap::new();
     for c in pod::init_containers(pod) {
         let f = pod::footprint(c);
         if pod::is_native_sidecar(c) {
             for (k, q) in f {
-                let e = sidecars.entry(k).or_default();
+                let e = sidecars.get_or_insert_with(k, Quantity::default);
                 *e = e.saturating_add(q);
             }
             continue;
@@ -199,7 +199,7 @@ fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
 /// KubeRay's derivation of Ray's flags from a Ray container's resources
 /// (`generateRayStartCommand`): what `--num-cpus`, `--memory` and `--num-gpus` say when the
 /// user did not set them.
-pub fn kuberay_flags(c: &Value) -> BTreeMap<&'static str, i128> {
+pub fn kuberay_flags(c: &Value) -> VecMap<&'static str, i128> {
     kuberay_flags_of(
         &pod::resource_list(c, "limits"),
         &pod::resource_list(c, "requests"),
@@ -208,10 +208,10 @@ pub fn kuberay_flags(c: &Value) -> BTreeMap<&'static str, i128> {
 
 /// [`kuberay_flags`] from a container's parsed limits and requests.
 pub fn kuberay_flags_of(
-    limits: &BTreeMap<&str, Quantity>,
-    requests: &BTreeMap<&str, Quantity>,
-) -> BTreeMap<&'static str, i128> {
-    let mut out = BTreeMap::new();
+    limits: &VecMap<&str, Quantity>,
+    requests: &VecMap<&str, Quantity>,
+) -> VecMap<&'static str, i128> {
+    let mut out = VecMap::with_capacity(3);
     if let Some(cpu) = limits.get("cpu").or_else(|| requests.get("cpu")) {
         out.insert("CPU", cpu.ceil_units());
     }

@@ -5,8 +5,8 @@
 //! through untouched.
 
 use super::quantity::Quantity;
+use super::vecmap::VecMap;
 use rayshape_json::{Map, Value};
-use std::collections::BTreeMap;
 
 /// `v[key]` when `v` is an object: `Value::get` for a key, found as [`get`] finds it.
 pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
@@ -124,15 +124,10 @@ pub fn is_native_sidecar(c: &Value) -> bool {
 
 /// One of a container's `requests` or `limits`, parsed, by name (borrowed from the
 /// container); unparseable entries are skipped (the API server rejects them anyway).
-pub fn resource_list<'a>(c: &'a Value, which: &str) -> BTreeMap<&'a str, Quantity> {
-    let mut out = BTreeMap::new();
-    // Inserted one by one: collecting sorts into a vector first, which costs more for the
-    // two or three entries a list has.
-    for (k, v) in at(c, &["resources", which])
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
+pub fn resource_list<'a>(c: &'a Value, which: &str) -> VecMap<&'a str, Quantity> {
+    let list = at(c, &["resources", which]).and_then(Value::as_object);
+    let mut out = VecMap::with_capacity(list.map_or(0, |l| l.len()));
+    for (k, v) in list.into_iter().flatten() {
         if let Ok(q) = Quantity::from_json(v) {
             out.insert(k.as_str(), q);
         }
@@ -141,10 +136,10 @@ pub fn resource_list<'a>(c: &'a Value, which: &str) -> BTreeMap<&'a str, Quantit
 }
 
 /// What a container can take of each resource: its limit, else its request.
-pub fn footprint(c: &Value) -> BTreeMap<&str, Quantity> {
+pub fn footprint(c: &Value) -> VecMap<&str, Quantity> {
     let mut out = resource_list(c, "requests");
     for (k, q) in resource_list(c, "limits") {
-        let e = out.entry(k).or_insert(q);
+        let e = out.get_or_insert_with(k, || q);
         *e = (*e).max(q);
     }
     out
