@@ -17,8 +17,12 @@ const SCAN: usize = 16;
 /// comparing it with the original skips every map they still share.
 #[derive(Clone, Default)]
 pub struct Map {
-    /// `None` when empty, so that `{}` costs no allocation.
-    members: Option<Arc<Members>>,
+    /// A parsed map's members, packed with their count in one allocation (a review has
+    /// about fifty objects, most never changed). At most one of `packed` and `list` is
+    /// set; neither when the map is empty, so that `{}` costs no allocation.
+    packed: Option<Arc<[(Str, Value)]>>,
+    /// The members once one was added or removed (the packed ones move here first).
+    list: Option<Arc<Members>>,
 }
 
 /// A map's members, and its compact JSON text when [`Value::keep_text`] was asked to keep
@@ -47,12 +51,48 @@ impl Clone for Members {
 
 impl Map {
     pub const fn new() -> Map {
-        Map { members: None }
+        Map {
+            packed: None,
+            list: None,
+        }
     }
 
     pub fn with_capacity(n: usize) -> Map {
         Map {
-            members: (n > 0).then(|| Members::new(Vec::with_capacity(n))),
+            packed: None,
+            list: (n > 0).then(|| Members::new(Vec::with_capacity(n))),
+        }
+    }
+
+    /// The members `stack[base..]`, taken from the parser's stack: packed into one
+    /// allocation unless a key repeats.
+    pub(crate) fn from_stack(stack: &mut Vec<(Str, Value)>, base: usize) -> Map {
+        let n = match stack.get(base..) {
+            None | Some([]) => return Map::new(),
+            Some(members) if has_duplicates(members) => {
+                return Map::from_members(stack.split_off(base));
+            }
+            Some(members) => members.len(),
+        };
+        let mut packed = Arc::<[(Str, Value)]>::new_uninit_slice(n);
+        let Some(slots) = Arc::get_mut(&mut packed) else {
+            // Just made, so never shared; but should it be, the list does as well.
+            return Map::from_members(stack.split_off(base));
+        };
+        // SAFETY: `slots` has room for the `n` members at `stack[base..]`, which are moved
+        // into it bit for bit; the stack is then cut to `base` without dropping them, so
+        // each has one owner, and every slot is initialised before `assume_init`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                stack.as_ptr().add(base),
+                slots.as_mut_ptr().cast::<(Str, Value)>(),
+                n,
+            );
+            stack.set_len(base);
+            Map {
+                packed: Some(packed.assume_init()),
+                list: None,
+            }
         }
     }
 
@@ -64,7 +104,8 @@ impl Map {
         }
         if !has_duplicates(&members) {
             return Map {
-                members: Some(Members::new(members)),
+                packed: None,
+                list: Some(Members::new(members)),
             };
         }
         // Hashed, so that a huge object with a repeated key is not quadratic.
@@ -80,26 +121,36 @@ impl Map {
             }
         }
         Map {
-            members: Some(Members::new(out)),
+            packed: None,
+            list: Some(Members::new(out)),
         }
     }
 
     /// The members, in order.
     pub fn members(&self) -> &[(Str, Value)] {
-        self.members.as_deref().map_or(&[], |m| m.list.as_slice())
+        match (&self.packed, &self.list) {
+            (Some(p), _) => p,
+            (None, Some(m)) => m.list.as_slice(),
+            (None, None) => &[],
+        }
     }
 
-    /// The members for changing: copied first if another clone still shares them. Any
-    /// kept text is dropped, since the caller may change what it says.
+    /// The members as a growable list, for adding or removing one: copied first if
+    /// another clone still shares them. Any kept text is dropped, since the caller may
+    /// change what it says.
     fn members_mut(&mut self) -> &mut Vec<(Str, Value)> {
-        let m = Arc::make_mut(self.members.get_or_insert_with(Default::default));
+        if let Some(p) = self.packed.take() {
+            // One more than it has: a member is about to be added, most likely.
+            self.list = Some(Members::new(unpack(p, 1)));
+        }
+        let m = Arc::make_mut(self.list.get_or_insert_with(Default::default));
         m.text = None;
         &mut m.list
     }
 
     /// The compact JSON text kept by [`Value::keep_text`], while the map is unchanged.
     pub fn kept_text(&self) -> Option<&[u8]> {
-        self.members.as_deref()?.text.as_deref()
+        self.list.as_deref()?.text.as_deref()
     }
 
     /// Keep the compact JSON text of this map and of every map within it.
@@ -107,18 +158,24 @@ impl Map {
         for v in self.values_mut() {
             v.keep_text();
         }
+        if self.is_empty() {
+            return;
+        }
         let mut text = Vec::new();
         crate::write::write_members(&mut text, self);
-        if let Some(m) = &mut self.members {
+        // Only a list keeps text.
+        self.members_mut();
+        if let Some(m) = &mut self.list {
             Arc::make_mut(m).text = Some(text.into_boxed_slice());
         }
     }
 
     /// Whether `a` and `b` share their members (so are equal without looking).
     pub fn ptr_eq(a: &Map, b: &Map) -> bool {
-        match (&a.members, &b.members) {
-            (Some(x), Some(y)) => Arc::ptr_eq(x, y),
-            (None, None) => true,
+        match ((&a.packed, &a.list), (&b.packed, &b.list)) {
+            ((Some(x), _), (Some(y), _)) => Arc::ptr_eq(x, y),
+            ((None, Some(x)), (None, Some(y))) => Arc::ptr_eq(x, y),
+            ((None, None), (None, None)) => true,
             _ => false,
         }
     }
@@ -218,11 +275,22 @@ impl Map {
         self.slice_mut().iter_mut().map(|(_, v)| v)
     }
 
-    /// The members for changing in place; an empty map stays unallocated.
+    /// The members for changing in place (copied first if another clone still shares
+    /// them); a packed map stays packed, an empty one unallocated.
     fn slice_mut(&mut self) -> &mut [(Str, Value)] {
-        match &mut self.members {
-            Some(_) => self.members_mut().as_mut_slice(),
-            None => &mut [],
+        match (&self.packed, &self.list) {
+            (Some(_), _) => self.packed.as_mut().map_or(&mut [], Arc::make_mut),
+            (None, Some(_)) => self.members_mut().as_mut_slice(),
+            (None, None) => &mut [],
+        }
+    }
+
+    /// The members as a list, moved out when no other clone shares them.
+    fn into_list(self) -> Vec<(Str, Value)> {
+        match (self.packed, self.list) {
+            (Some(p), _) => unpack(p, 0),
+            (None, Some(m)) => Arc::unwrap_or_clone(m).list,
+            (None, None) => Vec::new(),
         }
     }
 
@@ -261,6 +329,17 @@ impl<'a> Lookup<'a> {
         let index = self.index.get_or_insert_with(|| map.index());
         index.get(key).map(|&i| &map.members()[i].1)
     }
+}
+
+/// A packed map's members as a list with room for `spare` more: moved out when no other
+/// clone shares them, else copied.
+fn unpack(mut packed: Arc<[(Str, Value)]>, spare: usize) -> Vec<(Str, Value)> {
+    let mut list = Vec::with_capacity(packed.len() + spare);
+    match Arc::get_mut(&mut packed) {
+        Some(unique) => list.extend(unique.iter_mut().map(std::mem::take)),
+        None => list.extend_from_slice(&packed),
+    }
+    list
 }
 
 /// Whether a member's key is `key`: lengths first, then short keys a word or two at a time
@@ -370,11 +449,7 @@ impl<K: Into<Str>> FromIterator<(K, Value)> for Map {
 impl<K: Into<Str>> Extend<(K, Value)> for Map {
     /// As inserting the members one by one, without the quadratic cost on large maps.
     fn extend<I: IntoIterator<Item = (K, Value)>>(&mut self, iter: I) {
-        let mut members = self
-            .members
-            .take()
-            .map(|m| Arc::unwrap_or_clone(m).list)
-            .unwrap_or_default();
+        let mut members = std::mem::take(self).into_list();
         members.extend(iter.into_iter().map(|(k, v)| (k.into(), v)));
         *self = Map::from_members(members);
     }
@@ -384,10 +459,7 @@ impl IntoIterator for Map {
     type Item = (Str, Value);
     type IntoIter = std::vec::IntoIter<(Str, Value)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.members
-            .map(|m| Arc::unwrap_or_clone(m).list)
-            .unwrap_or_default()
-            .into_iter()
+        self.into_list().into_iter()
     }
 }
 

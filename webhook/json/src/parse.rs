@@ -9,6 +9,7 @@
 
 use crate::scan::{next_special, next_special_or_non_ascii, whitespace};
 use crate::{Map, Number, Str, Value};
+use std::cell::Cell;
 
 /// Nesting deeper than this is left to serde_json (whose limit is 128).
 const MAX_DEPTH: usize = 100;
@@ -30,17 +31,65 @@ pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {
 }
 
 fn fast(bytes: &[u8]) -> Option<Value> {
+    let scratch = SCRATCH
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let mut p = Parser {
         bytes,
         at: 0,
-        values: Vec::with_capacity(64),
-        members: Vec::with_capacity(64),
-        unescaped: Vec::new(),
+        values: scratch.values,
+        members: scratch.members,
+        unescaped: scratch.unescaped,
     };
-    p.skip_ws();
-    let v = p.value(0)?;
-    p.skip_ws();
-    (p.at == p.bytes.len()).then_some(v)
+    let v = p.document();
+    // A document that failed part way leaves what it had parsed on the stacks.
+    p.values.clear();
+    p.members.clear();
+    let scratch = Scratch {
+        values: p.values,
+        members: p.members,
+        unescaped: p.unescaped,
+    };
+    if scratch.bytes() <= KEEP {
+        let _ = SCRATCH.try_with(|s| s.set(Some(scratch)));
+    }
+    v
+}
+
+/// The parser's stacks and string scratch, kept by each thread from one document to the
+/// next: a server parses one review after another, and reusing them saves allocating (and
+/// touching afresh) some 5 KB per document, and growing them.
+struct Scratch {
+    values: Vec<Value>,
+    members: Vec<(Str, Value)>,
+    unescaped: Vec<u8>,
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch {
+            values: Vec::with_capacity(64),
+            members: Vec::with_capacity(64),
+            unescaped: Vec::new(),
+        }
+    }
+}
+
+impl Scratch {
+    fn bytes(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<Value>()
+            + self.members.capacity() * std::mem::size_of::<(Str, Value)>()
+            + self.unescaped.capacity()
+    }
+}
+
+/// Scratch larger than this (grown by a huge document) is freed rather than kept.
+const KEEP: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: Cell<Option<Scratch>> = const { Cell::new(None) };
 }
 
 struct Parser<'a> {
@@ -57,6 +106,14 @@ struct Parser<'a> {
 }
 
 impl Parser<'_> {
+    /// The whole text as one value, with nothing but whitespace around it.
+    fn document(&mut self) -> Option<Value> {
+        self.skip_ws();
+        let v = self.value(0)?;
+        self.skip_ws();
+        (self.at == self.bytes.len()).then_some(v)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.at).copied()
     }
@@ -243,8 +300,7 @@ impl Parser<'_> {
                 b',' => self.at += 1,
                 b'}' => {
                     self.at += 1;
-                    let members = self.members.split_off(base);
-                    return Some(Value::Object(Map::from_members(members)));
+                    return Some(Value::Object(Map::from_stack(&mut self.members, base)));
                 }
                 _ => return None,
             }
