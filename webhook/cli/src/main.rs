@@ -248,6 +248,14 @@ fn serve_main(opts: serve::Options, threads: usize) -> ExitCode {
         b.worker_threads(threads);
         b
     };
+    // Threads tokio starts (workers, blocking) empty their block cache before they end; a
+    // single-threaded runtime serves on this thread, which ends with the process.
+    builder
+        .on_thread_start(alloc::cache_this_thread)
+        .on_thread_stop(alloc::stop_caching);
+    if threads == 1 {
+        alloc::cache_this_thread();
+    }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
