@@ -65,11 +65,16 @@ impl Map {
     }
 
     /// The members `stack[base..]`, taken from the parser's stack: packed into one
-    /// allocation unless a key repeats.
-    pub(crate) fn from_stack(stack: &mut Vec<(Str, Value)>, base: usize) -> Map {
+    /// allocation unless a key repeats. `maybe_repeated` is false when the parser's
+    /// [`key_bit`]s of the keys were all different, which proves no key repeats.
+    pub(crate) fn from_stack(
+        stack: &mut Vec<(Str, Value)>,
+        base: usize,
+        maybe_repeated: bool,
+    ) -> Map {
         let n = match stack.get(base..) {
             None | Some([]) => return Map::new(),
-            Some(members) if has_duplicates(members) => {
+            Some(members) if maybe_repeated && has_duplicates(members) => {
                 return Map::from_members(stack.split_off(base));
             }
             Some(members) => members.len(),
@@ -365,14 +370,19 @@ fn same(k: &str, key: &str) -> bool {
     }
 }
 
+/// One of 64 bits for a key, from its length and last byte: keys with different bits
+/// differ, so a key whose bit was not seen before is new without comparing it with others.
+#[inline]
+pub(crate) fn key_bit(key: &str) -> u64 {
+    let last = key.as_bytes().last().copied().unwrap_or(0);
+    1u64 << ((key.len() * 7 + usize::from(last)) % 64)
+}
+
 fn has_duplicates(members: &[(Str, Value)]) -> bool {
     if members.len() <= SCAN {
-        // Keys are told apart by length and last byte first: a key whose pair was not seen
-        // before is new without comparing it with every other.
         let mut seen = 0u64;
         return members.iter().enumerate().any(|(i, (k, _))| {
-            let bit = 1u64
-                << ((k.len() * 7 + usize::from(k.as_bytes().last().copied().unwrap_or(0))) % 64);
+            let bit = key_bit(k);
             let maybe = seen & bit != 0;
             seen |= bit;
             maybe && members[..i].iter().any(|(j, _)| j == k)

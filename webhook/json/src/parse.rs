@@ -7,6 +7,7 @@
 //! it does not handle (malformed text, a lone surrogate, deep nesting) goes to serde_json,
 //! which gives the value or exactly the error it always gave.
 
+use crate::map::key_bit;
 use crate::scan::{next_special, next_special_or_non_ascii, whitespace};
 use crate::{Map, Number, Str, Value};
 use std::cell::Cell;
@@ -284,12 +285,17 @@ impl Parser<'_> {
             return Some(Value::Object(Map::new()));
         }
         let base = self.members.len();
+        // Whether two keys may be the same: only then are they compared.
+        let (mut seen, mut maybe_repeated) = (0u64, false);
         loop {
             self.skip_ws();
             if self.peek()? != b'"' {
                 return None;
             }
             let k = self.string()?;
+            let bit = key_bit(&k);
+            maybe_repeated |= seen & bit != 0;
+            seen |= bit;
             self.skip_ws();
             self.eat(b':')?;
             self.skip_ws();
@@ -300,7 +306,11 @@ impl Parser<'_> {
                 b',' => self.at += 1,
                 b'}' => {
                     self.at += 1;
-                    return Some(Value::Object(Map::from_stack(&mut self.members, base)));
+                    return Some(Value::Object(Map::from_stack(
+                        &mut self.members,
+                        base,
+                        maybe_repeated,
+                    )));
                 }
                 _ => return None,
             }
