@@ -70,12 +70,15 @@ fn pods_of_a_sized_template_agree_with_ray() {
     let mut ray = template["spec"]["containers"][0].clone();
     // What KubeRay's BuildPod derives from the template.
     let f = plan::sizing::kuberay_flags(&ray);
+    let flag = |k: &str| f.get(k).copied().unwrap();
     let resources = sized["spec"]["workerGroupSpecs"][0]["rayStartParams"]["resources"]
         .as_str()
         .unwrap();
     ray["args"] = json!([format!(
         "ulimit -n 65536; ray start  --address=h:6379  --block  --memory={}  --num-cpus={}  --num-gpus={}  --resources={resources} ",
-        f["memory"], f["CPU"], f["GPU"]
+        flag("memory"),
+        flag("CPU"),
+        flag("GPU")
     )]);
     ray["volumeMounts"] = json!([{"name": "shared-mem", "mountPath": "/dev/shm"}]);
     let limit = ray["resources"]["limits"]["memory"].clone();

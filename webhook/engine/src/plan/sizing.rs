@@ -307,7 +307,10 @@ mod tests {
     fn kuberay_derivation() {
         let c = json!({"resources": {"limits": {"cpu": "1500m", "memory": "1Gi", "nvidia.com/gpu": "2"}, "requests": {"cpu": "1"}}});
         let f = kuberay_flags(&c);
-        assert_eq!((f["CPU"], f["memory"], f["GPU"]), (2, 1 << 30, 2));
+        assert_eq!(
+            (f.get("CPU"), f.get("memory"), f.get("GPU")),
+            (Some(&2), Some(&(1 << 30)), Some(&2))
+        );
         let c = json!({"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}});
         assert!(
             !kuberay_flags(&c).contains_key("memory"),

@@ -7,7 +7,6 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::ops::Index;
 
 /// An ordered map as a sorted vector: the `BTreeMap` operations the planner uses, with the
 /// same semantics (a repeated key replaces the value; iteration in key order).
@@ -139,19 +138,6 @@ impl<'a, K, V> IntoIterator for &'a VecMap<K, V> {
     }
 }
 
-impl<K, V, Q> Index<&Q> for VecMap<K, V>
-where
-    K: Ord + Borrow<Q>,
-    Q: Ord + ?Sized,
-{
-    type Output = V;
-
-    /// Panics when `key` is absent, as `BTreeMap` does: for tests and known keys only.
-    fn index(&self, key: &Q) -> &V {
-        self.get(key).expect("no entry found for key")
-    }
-}
-
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for VecMap<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
@@ -194,6 +180,6 @@ mod tests {
     fn later_entries_win_when_collected() {
         let m: VecMap<&str, i32> = [("b", 1), ("a", 2), ("b", 3)].into_iter().collect();
         assert_eq!(format!("{m:?}"), r#"{"a": 2, "b": 3}"#);
-        assert_eq!(m["b"], 3);
+        assert_eq!(m.get("b"), Some(&3));
     }
 }
