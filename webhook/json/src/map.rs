@@ -133,10 +133,12 @@ impl Map {
 
     /// The members, in order.
     pub fn members(&self) -> &[(Str, Value)] {
-        match (&self.packed, &self.list) {
-            (Some(p), _) => p,
-            (None, Some(m)) => m.list.as_slice(),
-            (None, None) => &[],
+        if let Some(m) = &self.list {
+            return m.list.as_slice();
+        }
+        match &self.packed {
+            Some(p) => p,
+            None => &[],
         }
     }
 
