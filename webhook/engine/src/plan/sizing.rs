@@ -159,12 +159,12 @@ pub fn plan(pod: &Value, ray_idx: usize, it: &InstanceType) -> Result<Sizing, St
     })
 }
 
-/// Each regular init container, plus the native sidecars started before it, must fit.
 /// A footprint with its own keys, to keep beyond the pod it was read from.
 fn owned(f: VecMap<&str, Quantity>) -> VecMap<String, Quantity> {
     f.into_iter().map(|(k, q)| (k.to_owned(), q)).collect()
 }
 
+/// Each regular init container, plus the native sidecars started before it, must fit.
 fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
     let mut sidecars: VecMap<&str, Quantity> = VecMap::new();
     for c in pod::init_containers(pod) {
