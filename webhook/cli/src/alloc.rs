@@ -187,9 +187,10 @@ fn alloc_class(class: usize) -> *mut u8 {
 /// `mi_malloc` memory is aligned to at least this much.
 const WORD: usize = std::mem::size_of::<usize>();
 
-// SAFETY: layouts mimalloc's plain functions align well enough go to them; all others to
-// `MiMalloc`, which honours any alignment. Both allocate from the same heaps, so `mi_free`
-// (which `MiMalloc::dealloc` calls) frees either.
+// SAFETY: small word-aligned layouts get a block of their class's size, from the thread's
+// cache or `mi_malloc`, and go back to the cache or `mi_free`; other layouts mimalloc's
+// plain functions align well enough go to them; all others to `MiMalloc`, which honours
+// any alignment. All come from the same heaps, so `mi_free` frees any of them.
 unsafe impl GlobalAlloc for Mi {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
