@@ -1,8 +1,8 @@
 //! [`Map`]: a JSON object's members in order, with the semantics of serde_json's
 //! `preserve_order` map (insertion order, a repeated key replacing the value in place,
 //! `remove` by swapping with the last member, equality regardless of order), kept in one
-//! array (packed as parsed, a growable list once changed): a Kubernetes object's maps are small, and scanning a few keys costs less than
-//! hashing one.
+//! array (packed as parsed, a growable list once changed): a Kubernetes object's maps are
+//! small, and scanning a few keys costs less than hashing one.
 
 use crate::{Str, Value};
 use std::collections::HashMap;
