@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 pub mod config_dir;
+mod cork;
 mod http;
 mod idle;
 pub mod metrics;
@@ -303,6 +304,7 @@ async fn accept_loop(
                 }
             };
             let (io, activity) = idle::Tracked::new(tls);
+            let (io, uncork) = cork::Corked::new(io);
             let source = peer.ip();
             let service =
                 hyper::service::service_fn(move |req| http::webhook(req, state.clone(), source));
@@ -317,7 +319,7 @@ async fn accept_loop(
             );
             loop {
                 tokio::select! {
-                    r = conn.as_mut() => {
+                    r = std::future::poll_fn(|cx| uncork.drive(&mut conn.as_mut(), cx)) => {
                         if let Err(e) = r {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }

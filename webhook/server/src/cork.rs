@@ -1,0 +1,373 @@
+//! Output held while a connection is busy and sent when it waits: the answers it produced
+//! in one pass go out in one write.
+//!
+//! hyper's HTTP/2 connection writes a DATA frame of more than 256 bytes straight from the
+//! response body and flushes before it takes the next one, so N answers ready at once
+//! made N TLS records and N `writev` calls, each waking the client. [`Corked`] keeps what
+//! is written in a buffer and treats a flush as owed; [`Uncork::drive`] polls the
+//! connection and, whenever it returns `Pending` (it has nothing more to do until the
+//! network or a request task wakes it), writes the buffer and flushes. A buffer past
+//! [`HIGH`] is written at once, and a full socket pushes back on the writer as before.
+//! Nothing is held past the pass that wrote it: the driver runs in the same task poll.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes held before a write goes out without waiting for the pass to end.
+const HIGH: usize = 64 * 1024;
+/// A buffer grown past this by a burst is freed once written.
+const KEEP: usize = 32 * 1024;
+
+/// The stream as the connection sees it: reads pass through, writes are held.
+pub struct Corked<S> {
+    shared: Arc<Mutex<Held<S>>>,
+}
+
+/// The driver's handle on the same stream.
+pub struct Uncork<S> {
+    shared: Arc<Mutex<Held<S>>>,
+}
+
+struct Held<S> {
+    inner: S,
+    out: Vec<u8>,
+    /// How much of `out` is already written.
+    sent: usize,
+    /// The connection asked for a flush since the last one.
+    owed: bool,
+    /// A write error met by the driver, given to the connection on its next call.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl<S> Corked<S> {
+    pub fn new(inner: S) -> (Corked<S>, Uncork<S>) {
+        let shared = Arc::new(Mutex::new(Held {
+            inner,
+            out: Vec::new(),
+            sent: 0,
+            owed: false,
+            failed: None,
+        }));
+        (
+            Corked {
+                shared: shared.clone(),
+            },
+            Uncork { shared },
+        )
+    }
+}
+
+fn lock<S>(shared: &Mutex<Held<S>>) -> MutexGuard<'_, Held<S>> {
+    // Only this connection's task touches the stream; a panic inside an earlier call
+    // cannot leave the buffer half-changed in a way a later write would misread.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<S: AsyncWrite + Unpin> Held<S> {
+    fn check(&mut self) -> io::Result<()> {
+        match &self.failed {
+            Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Write out everything held.
+    fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out.clear();
+        self.sent = 0;
+        if self.out.capacity() > KEEP {
+            self.out = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Write out everything held, then flush the stream beneath.
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.write_out(cx))?;
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.owed = false;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Room for more: past [`HIGH`], what is held goes out first.
+    fn make_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check()?;
+        if self.out.len() - self.sent >= HIGH {
+            ready!(self.write_out(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut held = lock(&self.shared);
+        if let Some((kind, msg)) = &held.failed {
+            return Poll::Ready(Err(io::Error::new(*kind, msg.clone())));
+        }
+        Pin::new(&mut held.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut held = lock(&self.shared);
+        ready!(held.make_room(cx))?;
+        held.out.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut held = lock(&self.shared);
+        ready!(held.make_room(cx))?;
+        let mut n = 0;
+        for b in bufs {
+            held.out.extend_from_slice(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Owed, not done: the driver flushes when the connection waits.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut held = lock(&self.shared);
+        held.check()?;
+        held.owed = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut held = lock(&self.shared);
+        held.check()?;
+        ready!(held.flush(cx))?;
+        Pin::new(&mut held.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Uncork<S> {
+    /// Poll `conn`, the connection that writes through the [`Corked`] half; each time it
+    /// waits, send what it wrote. A write error is kept for the connection's next call on
+    /// the stream, and the task woken so that it makes that call.
+    pub fn drive<F: Future + Unpin>(&self, conn: &mut F, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let r = Pin::new(conn).poll(cx);
+        if r.is_pending() {
+            let mut held = lock(&self.shared);
+            if held.failed.is_none()
+                && (held.owed || held.sent < held.out.len())
+                && let Poll::Ready(Err(e)) = held.flush(cx)
+            {
+                held.failed = Some((e.kind(), e.to_string()));
+                cx.waker().wake_by_ref();
+            }
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A stream that records each write it is given, and can be told to refuse them.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+        shut: bool,
+        /// Accept at most this many bytes per write; `Some(0)`: would block.
+        limit: Option<usize>,
+        broken: bool,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            buf.put_slice(b"in");
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.broken {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "peer went away",
+                )));
+            }
+            let n = self.limit.map_or(data.len(), |l| l.min(data.len()));
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.writes.push(data[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn recorder<R>(u: &Uncork<Recorder>, f: impl FnOnce(&mut Recorder) -> R) -> R {
+        f(&mut lock(&u.shared).inner)
+    }
+
+    /// A connection's pass: write each answer and flush after each, as h2 does, then wait.
+    fn answers(io: &mut Corked<Recorder>, n: usize) -> impl Future<Output = ()> + Unpin {
+        let mut left = n;
+        poll_fn(move |cx| {
+            while left > 0 {
+                let body = vec![b'a' + left as u8; 5000];
+                let mut io = Pin::new(&mut *io);
+                assert!(matches!(
+                    io.as_mut().poll_write(cx, &body),
+                    Poll::Ready(Ok(5000))
+                ));
+                assert!(io.as_mut().poll_flush(cx).is_ready());
+                left -= 1;
+            }
+            Poll::Pending
+        })
+    }
+
+    #[tokio::test]
+    async fn a_pass_goes_out_in_one_write_when_the_connection_waits() {
+        let (mut io, uncork) = Corked::new(Recorder::default());
+        let mut conn = answers(&mut io, 5);
+        poll_fn(|cx| {
+            assert!(uncork.drive(&mut conn, cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        drop(conn);
+        recorder(&uncork, |r| {
+            assert_eq!(r.writes.len(), 1, "five answers, one write");
+            assert_eq!(r.writes[0].len(), 25_000);
+            assert_eq!(&r.writes[0][..1], &[b'a' + 5]);
+            assert_eq!(&r.writes[0][24_999..], &[b'a' + 1]);
+            assert_eq!(r.flushes, 1);
+        });
+        // Nothing is held afterwards, and an idle pass writes nothing.
+        let mut idle = poll_fn(|_| Poll::<()>::Pending);
+        poll_fn(|cx| {
+            assert!(uncork.drive(&mut idle, cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        recorder(&uncork, |r| assert_eq!((r.writes.len(), r.flushes), (1, 1)));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_before_the_pass_ends() {
+        let (mut io, uncork) = Corked::new(Recorder::default());
+        io.write_all(b"held").await.unwrap();
+        io.flush().await.unwrap();
+        recorder(&uncork, |r| assert!(r.writes.is_empty() && r.flushes == 0));
+        // A connection that finishes has written through poll_shutdown.
+        io.shutdown().await.unwrap();
+        recorder(&uncork, |r| {
+            assert_eq!(r.writes, vec![b"held".to_vec()]);
+            assert!(r.shut && r.flushes == 1);
+        });
+    }
+
+    #[tokio::test]
+    async fn past_the_high_mark_the_writer_waits_for_a_full_socket() {
+        let (mut io, uncork) = Corked::new(Recorder {
+            limit: Some(0),
+            ..Recorder::default()
+        });
+        let chunk = vec![7u8; 16 * 1024];
+        for _ in 0..HIGH / chunk.len() {
+            io.write_all(&chunk).await.unwrap();
+        }
+        // Full: the next write must wait for the socket, not grow the buffer.
+        poll_fn(|cx| {
+            assert!(Pin::new(&mut io).poll_write(cx, &chunk).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        // The socket drains a little at a time; everything arrives, in order.
+        recorder(&uncork, |r| r.limit = Some(10_000));
+        io.write_all(&chunk).await.unwrap();
+        io.shutdown().await.unwrap();
+        recorder(&uncork, |r| {
+            let all: Vec<u8> = r.writes.concat();
+            assert_eq!(all.len(), HIGH + chunk.len());
+            assert!(all.iter().all(|&b| b == 7));
+        });
+        let held = lock(&uncork.shared);
+        assert!(held.out.is_empty() && held.out.capacity() <= KEEP);
+    }
+
+    #[tokio::test]
+    async fn a_write_error_reaches_the_connection() {
+        let (mut io, uncork) = Corked::new(Recorder {
+            broken: true,
+            ..Recorder::default()
+        });
+        io.write_all(b"answer").await.unwrap();
+        let mut conn = poll_fn(|_| Poll::<()>::Pending);
+        poll_fn(|cx| {
+            assert!(uncork.drive(&mut conn, cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        let e = io.write_all(b"more").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(e.to_string().contains("peer went away"), "{e}");
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            io.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_pass_through() {
+        let (mut io, _uncork) = Corked::new(Recorder::default());
+        let mut buf = [0u8; 2];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"in");
+    }
+}
