@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes held before a write goes out without waiting for the pass to end.
-const HIGH: usize = 64 * 1024;
+/// Bytes held before a write goes out without waiting for the pass to end: one full TLS
+/// record.
+const HIGH: usize = 16 * 1024;
 /// A buffer grown past this by a burst is freed once written.
 const KEEP: usize = 32 * 1024;
 
@@ -273,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn a_pass_goes_out_in_one_write_when_the_connection_waits() {
         let (mut io, uncork) = Corked::new(Recorder::default());
-        let mut conn = answers(&mut io, 5);
+        let mut conn = answers(&mut io, 3);
         poll_fn(|cx| {
             assert!(uncork.drive(&mut conn, cx).is_pending());
             Poll::Ready(())
@@ -281,10 +282,10 @@ mod tests {
         .await;
         drop(conn);
         recorder(&uncork, |r| {
-            assert_eq!(r.writes.len(), 1, "five answers, one write");
-            assert_eq!(r.writes[0].len(), 25_000);
-            assert_eq!(&r.writes[0][..1], &[b'a' + 5]);
-            assert_eq!(&r.writes[0][24_999..], &[b'a' + 1]);
+            assert_eq!(r.writes.len(), 1, "three answers, one write");
+            assert_eq!(r.writes[0].len(), 15_000);
+            assert_eq!(&r.writes[0][..1], &[b'a' + 3]);
+            assert_eq!(&r.writes[0][14_999..], &[b'a' + 1]);
             assert_eq!(r.flushes, 1);
         });
         // Nothing is held afterwards, and an idle pass writes nothing.
@@ -295,6 +296,25 @@ mod tests {
         })
         .await;
         recorder(&uncork, |r| assert_eq!((r.writes.len(), r.flushes), (1, 1)));
+    }
+
+    #[tokio::test]
+    async fn a_pass_past_the_high_mark_goes_out_a_record_at_a_time() {
+        let (mut io, uncork) = Corked::new(Recorder::default());
+        let mut conn = answers(&mut io, 5);
+        poll_fn(|cx| {
+            assert!(uncork.drive(&mut conn, cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        drop(conn);
+        recorder(&uncork, |r| {
+            // Four answers pass 16 KiB: they go when the fifth is written, and it at the end.
+            let sizes: Vec<usize> = r.writes.iter().map(Vec::len).collect();
+            assert_eq!(sizes, [20_000, 5_000]);
+            assert_eq!(&r.writes[1][..1], &[b'a' + 1]);
+            assert_eq!(r.flushes, 1);
+        });
     }
 
     #[tokio::test]
