@@ -9,6 +9,7 @@
 //! network or a request task wakes it), writes the buffer and flushes. A buffer past
 //! [`HIGH`] is written at once, and a full socket pushes back on the writer as before.
 //! Nothing is held past the pass that wrote it: the driver runs in the same task poll.
+//! The buffer itself is kept between passes and given back by [`Uncork::release`].
 
 use std::future::Future;
 use std::io;
@@ -17,11 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes held before a write goes out without waiting for the pass to end: one full TLS
-/// record.
-const HIGH: usize = 16 * 1024;
+/// Bytes held before a write goes out without waiting for the pass to end: two full TLS
+/// records, room for the answers to a few reviews.
+const HIGH: usize = 32 * 1024;
 /// A buffer grown past this by a burst is freed once written.
-const KEEP: usize = 32 * 1024;
+const KEEP: usize = 64 * 1024;
 
 /// The stream as the connection sees it: reads pass through, writes are held.
 pub struct Corked<S> {
@@ -190,6 +191,15 @@ impl<S: AsyncWrite + Unpin> Uncork<S> {
         }
         r
     }
+
+    /// Give back the buffer if nothing is held: the accept loop calls this on its
+    /// periodic tick, so an idle connection keeps no buffer.
+    pub fn release(&self) {
+        let mut held = lock(&self.shared);
+        if held.out.is_empty() {
+            held.out = Vec::new();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -296,12 +306,25 @@ mod tests {
         })
         .await;
         recorder(&uncork, |r| assert_eq!((r.writes.len(), r.flushes), (1, 1)));
+        // The buffer is kept for the next pass until released.
+        assert!(lock(&uncork.shared).out.capacity() >= 15_000);
+        uncork.release();
+        assert_eq!(lock(&uncork.shared).out.capacity(), 0);
     }
 
     #[tokio::test]
-    async fn a_pass_past_the_high_mark_goes_out_a_record_at_a_time() {
+    async fn release_keeps_what_is_held() {
         let (mut io, uncork) = Corked::new(Recorder::default());
-        let mut conn = answers(&mut io, 5);
+        io.write_all(b"held").await.unwrap();
+        uncork.release();
+        io.shutdown().await.unwrap();
+        recorder(&uncork, |r| assert_eq!(r.writes, vec![b"held".to_vec()]));
+    }
+
+    #[tokio::test]
+    async fn a_pass_past_the_high_mark_goes_out_in_parts() {
+        let (mut io, uncork) = Corked::new(Recorder::default());
+        let mut conn = answers(&mut io, 8);
         poll_fn(|cx| {
             assert!(uncork.drive(&mut conn, cx).is_pending());
             Poll::Ready(())
@@ -309,9 +332,9 @@ mod tests {
         .await;
         drop(conn);
         recorder(&uncork, |r| {
-            // Four answers pass 16 KiB: they go when the fifth is written, and it at the end.
+            // Seven answers pass 32 KiB: they go when the eighth is written, and it at the end.
             let sizes: Vec<usize> = r.writes.iter().map(Vec::len).collect();
-            assert_eq!(sizes, [20_000, 5_000]);
+            assert_eq!(sizes, [35_000, 5_000]);
             assert_eq!(&r.writes[1][..1], &[b'a' + 1]);
             assert_eq!(r.flushes, 1);
         });

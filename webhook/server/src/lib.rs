@@ -330,6 +330,7 @@ async fn accept_loop(
                         conn.as_mut().graceful_shutdown();
                     }
                     _ = tick.tick(), if !closing => {
+                        uncork.release();
                         if activity.idle_for() >= opts.idle_timeout {
                             closing = true;
                             conn.as_mut().graceful_shutdown();
