@@ -21,8 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Bytes held before a write goes out without waiting for the pass to end: two full TLS
 /// records, room for the answers to a few reviews.
 const HIGH: usize = 32 * 1024;
+/// Bytes taken from one write at most: an HTTP/2 frame (16 KiB and its header) always
+/// fits whole; a larger HTTP/1.1 body is taken in parts, so at most `HIGH + TAKE` is held.
+const TAKE: usize = 32 * 1024;
 /// A buffer grown past this by a burst is freed once written.
-const KEEP: usize = 64 * 1024;
+const KEEP: usize = HIGH + TAKE;
 
 /// The stream as the connection sees it: reads pass through, writes are held.
 pub struct Corked<S> {
@@ -69,14 +72,16 @@ fn lock<S>(shared: &Mutex<Held<S>>) -> MutexGuard<'_, Held<S>> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl<S: AsyncWrite + Unpin> Held<S> {
-    fn check(&mut self) -> io::Result<()> {
+impl<S> Held<S> {
+    fn check(&self) -> io::Result<()> {
         match &self.failed {
             Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
             None => Ok(()),
         }
     }
+}
 
+impl<S: AsyncWrite + Unpin> Held<S> {
     /// Write out everything held.
     fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.sent < self.out.len() {
@@ -119,9 +124,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Corked<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut held = lock(&self.shared);
-        if let Some((kind, msg)) = &held.failed {
-            return Poll::Ready(Err(io::Error::new(*kind, msg.clone())));
-        }
+        held.check()?;
         Pin::new(&mut held.inner).poll_read(cx, buf)
     }
 }
@@ -134,8 +137,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
     ) -> Poll<io::Result<usize>> {
         let mut held = lock(&self.shared);
         ready!(held.make_room(cx))?;
-        held.out.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        let n = data.len().min(TAKE);
+        held.out.extend_from_slice(&data[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -147,8 +151,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Corked<S> {
         ready!(held.make_room(cx))?;
         let mut n = 0;
         for b in bufs {
-            held.out.extend_from_slice(b);
-            n += b.len();
+            let take = b.len().min(TAKE - n);
+            held.out.extend_from_slice(&b[..take]);
+            n += take;
+            if n == TAKE {
+                break;
+            }
         }
         Poll::Ready(Ok(n))
     }
@@ -310,6 +318,27 @@ mod tests {
         assert!(lock(&uncork.shared).out.capacity() >= 15_000);
         uncork.release();
         assert_eq!(lock(&uncork.shared).out.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_write_is_taken_in_parts() {
+        let (mut io, uncork) = Corked::new(Recorder::default());
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        io.write_all(&body).await.unwrap();
+        let (head, tail) = body.split_at(40_000);
+        let taken = io
+            .write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(tail)])
+            .await
+            .unwrap();
+        assert_eq!(taken, TAKE);
+        io.shutdown().await.unwrap();
+        recorder(&uncork, |r| {
+            assert!(r.writes.iter().all(|w| w.len() <= HIGH + TAKE));
+            let all = r.writes.concat();
+            assert_eq!(&all[..100_000], &body[..]);
+            // The vectored write took one part: all of `head`, none of `tail`.
+            assert_eq!(&all[100_000..], &head[..TAKE]);
+        });
     }
 
     #[tokio::test]
