@@ -6,9 +6,10 @@
 //! made N TLS records and N `writev` calls, each waking the client. [`Corked`] keeps what
 //! is written in a buffer and treats a flush as owed; [`Uncork::drive`] polls the
 //! connection and, whenever it returns `Pending` (it has nothing more to do until the
-//! network or a request task wakes it), writes the buffer and flushes. A buffer past
-//! [`HIGH`] is written at once, and a full socket pushes back on the writer as before.
-//! Nothing is held past the pass that wrote it: the driver runs in the same task poll.
+//! network or a request task wakes it), writes the buffer and flushes. Once [`HIGH`] bytes
+//! are held the next write sends them first, at most [`TAKE`] bytes are taken from one
+//! write, and a full socket pushes back on the writer as before. Nothing is held past the
+//! pass that wrote it: the driver runs in the same task poll.
 //! The buffer itself is kept between passes and given back by [`Uncork::release`].
 
 use std::future::Future;
@@ -389,25 +390,24 @@ mod tests {
             limit: Some(0),
             ..Recorder::default()
         });
-        let chunk = vec![7u8; 16 * 1024];
-        for _ in 0..HIGH / chunk.len() {
-            io.write_all(&chunk).await.unwrap();
+        let chunks: Vec<Vec<u8>> = (0..=HIGH / (16 * 1024))
+            .map(|i| vec![i as u8; 16 * 1024])
+            .collect();
+        let (last, first) = chunks.split_last().unwrap();
+        for chunk in first {
+            io.write_all(chunk).await.unwrap();
         }
         // Full: the next write must wait for the socket, not grow the buffer.
         poll_fn(|cx| {
-            assert!(Pin::new(&mut io).poll_write(cx, &chunk).is_pending());
+            assert!(Pin::new(&mut io).poll_write(cx, last).is_pending());
             Poll::Ready(())
         })
         .await;
         // The socket drains a little at a time; everything arrives, in order.
         recorder(&uncork, |r| r.limit = Some(10_000));
-        io.write_all(&chunk).await.unwrap();
+        io.write_all(last).await.unwrap();
         io.shutdown().await.unwrap();
-        recorder(&uncork, |r| {
-            let all: Vec<u8> = r.writes.concat();
-            assert_eq!(all.len(), HIGH + chunk.len());
-            assert!(all.iter().all(|&b| b == 7));
-        });
+        recorder(&uncork, |r| assert_eq!(r.writes.concat(), chunks.concat()));
         let held = lock(&uncork.shared);
         assert!(held.out.is_empty() && held.out.capacity() <= KEEP);
     }
