@@ -290,15 +290,20 @@ mod tests {
         })
     }
 
+    /// Drive `conn` through one pass, which must end with it waiting.
+    async fn one_pass<F: Future + Unpin>(uncork: &Uncork<Recorder>, conn: &mut F) {
+        poll_fn(|cx| {
+            assert!(uncork.drive(conn, cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn a_pass_goes_out_in_one_write_when_the_connection_waits() {
         let (mut io, uncork) = Corked::new(Recorder::default());
         let mut conn = answers(&mut io, 3);
-        poll_fn(|cx| {
-            assert!(uncork.drive(&mut conn, cx).is_pending());
-            Poll::Ready(())
-        })
-        .await;
+        one_pass(&uncork, &mut conn).await;
         drop(conn);
         recorder(&uncork, |r| {
             assert_eq!(r.writes.len(), 1, "three answers, one write");
@@ -309,11 +314,7 @@ mod tests {
         });
         // Nothing is held afterwards, and an idle pass writes nothing.
         let mut idle = poll_fn(|_| Poll::<()>::Pending);
-        poll_fn(|cx| {
-            assert!(uncork.drive(&mut idle, cx).is_pending());
-            Poll::Ready(())
-        })
-        .await;
+        one_pass(&uncork, &mut idle).await;
         recorder(&uncork, |r| assert_eq!((r.writes.len(), r.flushes), (1, 1)));
         // The buffer is kept for the next pass until released.
         assert!(lock(&uncork.shared).out.capacity() >= 15_000);
@@ -355,11 +356,7 @@ mod tests {
     async fn a_pass_past_the_high_mark_goes_out_in_parts() {
         let (mut io, uncork) = Corked::new(Recorder::default());
         let mut conn = answers(&mut io, 8);
-        poll_fn(|cx| {
-            assert!(uncork.drive(&mut conn, cx).is_pending());
-            Poll::Ready(())
-        })
-        .await;
+        one_pass(&uncork, &mut conn).await;
         drop(conn);
         recorder(&uncork, |r| {
             // Seven answers pass 32 KiB: they go when the eighth is written, and it at the end.
@@ -420,11 +417,7 @@ mod tests {
         });
         io.write_all(b"answer").await.unwrap();
         let mut conn = poll_fn(|_| Poll::<()>::Pending);
-        poll_fn(|cx| {
-            assert!(uncork.drive(&mut conn, cx).is_pending());
-            Poll::Ready(())
-        })
-        .await;
+        one_pass(&uncork, &mut conn).await;
         let e = io.write_all(b"more").await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
         assert!(e.to_string().contains("peer went away"), "{e}");
