@@ -4,7 +4,7 @@
 //!
 //! Why not serde_json's `Value`: an admission's cost was mostly building one (a heap
 //! allocation per string, a SipHash and an index table per object) and dropping it. Here
-//! strings up to 22 bytes are held in place, objects are one vector of members shared
+//! strings up to 30 bytes are held in place, objects are one vector of members shared
 //! until changed, and the parser sizes each array and object once.
 
 mod map;

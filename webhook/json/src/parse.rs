@@ -173,6 +173,7 @@ impl Parser<'_> {
         serde_json::from_slice(digits).ok()
     }
 
+    #[inline(always)]
     fn string(&mut self) -> Option<Str> {
         self.at += 1; // the opening quote
         let start = self.at;
