@@ -93,6 +93,20 @@ thread_local! {
     static SCRATCH: Cell<Option<Scratch>> = const { Cell::new(None) };
 }
 
+/// A member's value until it is parsed: the empty string, whose bytes are all zero, so it
+/// is written as whole words (a null is one byte, which the next read of the member would
+/// wait for).
+const PLACEHOLDER: Value = Value::String(Str::new());
+
+/// Where [`Parser::value`] puts what it parsed.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// On the value stack: an array's element, or the document.
+    Element,
+    /// The value of the member at this index of the member stack, pushed with its key.
+    Member(usize),
+}
+
 struct Parser<'a> {
     /// The text, not yet known to be UTF-8: strings are checked as they are read.
     bytes: &'a [u8],
@@ -110,9 +124,22 @@ impl Parser<'_> {
     /// The whole text as one value, with nothing but whitespace around it.
     fn document(&mut self) -> Option<Value> {
         self.skip_ws();
-        let v = self.value(0)?;
+        self.value(0, Slot::Element)?;
         self.skip_ws();
-        (self.at == self.bytes.len()).then_some(v)
+        (self.at == self.bytes.len()).then_some(())?;
+        self.values.pop()
+    }
+
+    /// Store a parsed value where it goes: written once, in place. Returned by value, a
+    /// value was written by parts into the callee's frame and read back whole at once,
+    /// before those writes had landed, and the CPU stalled on each (a fifth of parsing).
+    #[inline(always)]
+    fn put(&mut self, to: Slot, v: Value) -> Option<()> {
+        match to {
+            Slot::Element => self.values.push(v),
+            Slot::Member(i) => self.members.get_mut(i)?.1 = v,
+        }
+        Some(())
     }
 
     fn peek(&self) -> Option<u8> {
@@ -132,17 +159,19 @@ impl Parser<'_> {
         (self.peek()? == b).then(|| self.at += 1)
     }
 
-    fn value(&mut self, depth: usize) -> Option<Value> {
-        match self.peek()? {
-            b'{' => self.object(depth + 1),
-            b'[' => self.array(depth + 1),
-            b'"' => self.string().map(Value::String),
-            b't' => self.literal("true", Value::Bool(true)),
-            b'f' => self.literal("false", Value::Bool(false)),
-            b'n' => self.literal("null", Value::Null),
-            b'-' | b'0'..=b'9' => self.number().map(Value::Number),
-            _ => None,
-        }
+    /// Parse one value into `to`.
+    fn value(&mut self, depth: usize, to: Slot) -> Option<()> {
+        let v = match self.peek()? {
+            b'{' => return self.object(depth + 1, to),
+            b'[' => return self.array(depth + 1, to),
+            b'"' => return self.string(|p, s| p.put(to, Value::String(s))),
+            b't' => self.literal("true", Value::Bool(true))?,
+            b'f' => self.literal("false", Value::Bool(false))?,
+            b'n' => self.literal("null", Value::Null)?,
+            b'-' | b'0'..=b'9' => Value::Number(self.number()?),
+            _ => return None,
+        };
+        self.put(to, v)
     }
 
     fn literal(&mut self, word: &str, v: Value) -> Option<Value> {
@@ -173,17 +202,24 @@ impl Parser<'_> {
         serde_json::from_slice(digits).ok()
     }
 
+    /// A string, handed to `then` on each of the ways it is made, so that the common one
+    /// (short, plain ASCII: built in registers) goes to its place from those registers.
     #[inline(always)]
-    fn string(&mut self) -> Option<Str> {
+    fn string<R>(&mut self, then: impl Fn(&mut Self, Str) -> Option<R>) -> Option<R> {
         self.at += 1; // the opening quote
         let start = self.at;
         let end = next_special_or_non_ascii(self.bytes, start);
         if self.bytes.get(end) == Some(&b'"') {
             self.at = end + 1;
-            // SAFETY: the scan stops at the first byte beyond ASCII; this run has none.
-            return unsafe { Str::from_ascii(self.bytes, start, end) };
+            // SAFETY (both): the scan stops at the first byte beyond ASCII; this run has none.
+            if let Some(s) = unsafe { Str::from_ascii_framed(self.bytes, start, end) } {
+                return then(self, s);
+            }
+            let s = unsafe { Str::from_ascii(self.bytes, start, end) }?;
+            return then(self, s);
         }
-        self.unescape(start, end)
+        let s = self.unescape(start, end)?;
+        then(self, s)
     }
 
     /// A string with escapes or bytes beyond ASCII, from `start` (after the quote); `end`
@@ -250,40 +286,40 @@ impl Parser<'_> {
             .try_fold(0u32, |n, &d| Some(n * 16 + char::from(d).to_digit(16)?))
     }
 
-    fn array(&mut self, depth: usize) -> Option<Value> {
+    fn array(&mut self, depth: usize, to: Slot) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
         self.at += 1;
         self.skip_ws();
         if self.eat(b']').is_some() {
-            return Some(Value::Array(Vec::new()));
+            return self.put(to, Value::Array(Vec::new()));
         }
         let base = self.values.len();
         loop {
             self.skip_ws();
-            let v = self.value(depth)?;
-            self.values.push(v);
+            self.value(depth, Slot::Element)?;
             self.skip_ws();
             match self.peek()? {
                 b',' => self.at += 1,
                 b']' => {
                     self.at += 1;
-                    return Some(Value::Array(self.values.split_off(base)));
+                    let elements = self.values.split_off(base);
+                    return self.put(to, Value::Array(elements));
                 }
                 _ => return None,
             }
         }
     }
 
-    fn object(&mut self, depth: usize) -> Option<Value> {
+    fn object(&mut self, depth: usize, to: Slot) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
         self.at += 1;
         self.skip_ws();
         if self.eat(b'}').is_some() {
-            return Some(Value::Object(Map::new()));
+            return self.put(to, Value::Object(Map::new()));
         }
         let base = self.members.len();
         // Whether two keys may be the same: only then are they compared.
@@ -293,25 +329,26 @@ impl Parser<'_> {
             if self.peek()? != b'"' {
                 return None;
             }
-            let k = self.string()?;
-            let bit = key_bit(&k);
+            // The key goes on the stack first; its value is written next to it.
+            let slot = self.members.len();
+            let bit = self.string(|p, k| {
+                let bit = key_bit(&k);
+                p.members.push((k, PLACEHOLDER));
+                Some(bit)
+            })?;
             maybe_repeated |= seen & bit != 0;
             seen |= bit;
             self.skip_ws();
             self.eat(b':')?;
             self.skip_ws();
-            let v = self.value(depth)?;
-            self.members.push((k, v));
+            self.value(depth, Slot::Member(slot))?;
             self.skip_ws();
             match self.peek()? {
                 b',' => self.at += 1,
                 b'}' => {
                     self.at += 1;
-                    return Some(Value::Object(Map::from_stack(
-                        &mut self.members,
-                        base,
-                        maybe_repeated,
-                    )));
+                    let map = Map::from_stack(&mut self.members, base, maybe_repeated);
+                    return self.put(to, Value::Object(map));
                 }
                 _ => return None,
             }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 /// Bytes a [`Str`] holds without allocating.
 pub const INLINE: usize = 30;
+// `from_ascii` builds an inline `Str` from 32 bytes: its tag, its length and `INLINE`.
+const _: () = assert!(INLINE + 2 == std::mem::size_of::<Str>());
 
 /// An immutable UTF-8 string, inline when short.
 #[derive(Clone)]
@@ -25,8 +27,8 @@ pub struct Str(Repr);
 #[derive(Clone)]
 #[repr(u8)]
 enum Repr {
-    Inline { len: u8, buf: [u8; INLINE] },
-    Heap(Arc<str>),
+    Inline { len: u8, buf: [u8; INLINE] } = 0,
+    Heap(Arc<str>) = 1,
 }
 
 impl Str {
@@ -52,6 +54,40 @@ impl Str {
 }
 
 impl Str {
+    /// `bytes[start..end]` held in place, built from the 32 bytes from two before `start`
+    /// in two registers and stored as two whole words, so that moving it on reads what was
+    /// written; `None` where that does not apply (a longer string, too near either end of
+    /// `bytes`, not x86_64), for [`Str::from_ascii`].
+    ///
+    /// # Safety
+    ///
+    /// `bytes[start..end]` is ASCII.
+    #[inline(always)]
+    pub(crate) unsafe fn from_ascii_framed(bytes: &[u8], start: usize, end: usize) -> Option<Str> {
+        let len = end.checked_sub(start).filter(|&n| n <= INLINE)?;
+        let window = bytes.get(start.checked_sub(2)?..start + INLINE)?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__m128i, _mm_insert_epi16, _mm_loadu_si128};
+            // SAFETY: `window` is 32 bytes long, so both 16-byte reads are in bounds; SSE2
+            // is part of every x86_64. The two bytes before the string become the tag (0,
+            // `Inline`) and the length; `Repr` is `repr(u8)` and 32 bytes, its `Inline`
+            // holds any length and bytes, and `buf[..len]` is ASCII (the caller's promise).
+            Some(unsafe {
+                let p = window.as_ptr();
+                let lo = _mm_loadu_si128(p.cast());
+                let hi = _mm_loadu_si128(p.add(16).cast());
+                let lo = _mm_insert_epi16::<0>(lo, i32::from(len as u8) << 8);
+                std::mem::transmute::<[__m128i; 2], Str>([lo, hi])
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (window, len);
+            None
+        }
+    }
+
     /// `bytes[start..end]`, copied with one fixed-size move when it is short and the
     /// bytes go on for [`INLINE`] from `start` (those past `end` are never read); `None`
     /// if the range is out of bounds.
@@ -60,7 +96,6 @@ impl Str {
     ///
     /// `bytes[start..end]` is ASCII: the parser passes only a run its scan found to be
     /// (checking again cost as much as the scan).
-    #[inline(always)]
     pub(crate) unsafe fn from_ascii(bytes: &[u8], start: usize, end: usize) -> Option<Str> {
         let s = bytes.get(start..end)?;
         debug_assert!(s.is_ascii());
@@ -241,11 +276,34 @@ mod tests {
             assert_eq!(x.len() <= INLINE, matches!(x.0, Repr::Inline { .. }));
             let text = format!("{s}\"{}", "x".repeat(30));
             let (whole, short) = (text.as_bytes(), &text.as_bytes()[..s.len() + 1]);
+            // As the parser finds a member's value: two bytes before it.
+            let member = format!(":\"{s}\"{}", "x".repeat(30));
+            let (m_whole, m_short) = (member.as_bytes(), &member.as_bytes()[..s.len() + 3]);
             if s.is_ascii() {
                 // SAFETY: just checked to be ASCII.
                 unsafe {
                     assert_eq!(Str::from_ascii(whole, 0, s.len()).unwrap(), x);
                     assert_eq!(Str::from_ascii(short, 0, s.len()).unwrap(), x);
+                    let (a, b) = (2, 2 + s.len());
+                    assert_eq!(Str::from_ascii(m_whole, a, b).unwrap(), x);
+                    assert_eq!(Str::from_ascii(m_short, a, b).unwrap(), x);
+                    // Built in registers where it fits and the text goes on for it.
+                    let framed = Str::from_ascii_framed(m_whole, a, b);
+                    assert_eq!(
+                        framed.is_some(),
+                        cfg!(target_arch = "x86_64") && s.len() <= INLINE
+                    );
+                    if let Some(f) = &framed {
+                        assert_eq!(*f, x);
+                        assert_eq!(f.len(), s.len());
+                        assert!(matches!(f.0, Repr::Inline { .. }));
+                    }
+                    // Only with 32 bytes from two before the string.
+                    let short = Str::from_ascii_framed(m_short, a, b);
+                    let room = m_short.len() >= INLINE + 2;
+                    assert_eq!(short.is_some(), framed.is_some() && room);
+                    assert!(short.is_none_or(|f| f == x));
+                    assert_eq!(Str::from_ascii_framed(whole, 0, s.len()), None);
                 }
             }
         }
