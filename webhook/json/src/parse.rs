@@ -164,7 +164,12 @@ impl Parser<'_> {
         let v = match self.peek()? {
             b'{' => return self.object(depth + 1, to),
             b'[' => return self.array(depth + 1, to),
-            b'"' => return self.string(|p, s| p.put(to, Value::String(s))),
+            b'"' => {
+                return self.string(
+                    #[inline(always)]
+                    |p, s| p.put(to, Value::String(s)),
+                );
+            }
             b't' => self.literal("true", Value::Bool(true))?,
             b'f' => self.literal("false", Value::Bool(false))?,
             b'n' => self.literal("null", Value::Null)?,
@@ -331,11 +336,14 @@ impl Parser<'_> {
             }
             // The key goes on the stack first; its value is written next to it.
             let slot = self.members.len();
-            let bit = self.string(|p, k| {
-                let bit = key_bit(&k);
-                p.members.push((k, PLACEHOLDER));
-                Some(bit)
-            })?;
+            let bit = self.string(
+                #[inline(always)]
+                |p, k| {
+                    let bit = key_bit(&k);
+                    p.members.push((k, PLACEHOLDER));
+                    Some(bit)
+                },
+            )?;
             maybe_repeated |= seen & bit != 0;
             seen |= bit;
             self.skip_ws();
