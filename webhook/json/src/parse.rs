@@ -132,7 +132,7 @@ impl Parser<'_> {
 
     /// Store a parsed value where it goes: written once, in place. Returned by value, a
     /// value was written by parts into the callee's frame and read back whole at once,
-    /// before those writes had landed, and the CPU stalled on each (a fifth of parsing).
+    /// before those writes had landed, and the CPU stalled on each.
     #[inline(always)]
     fn put(&mut self, to: Slot, v: Value) -> Option<()> {
         match to {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 /// Bytes a [`Str`] holds without allocating.
 pub const INLINE: usize = 30;
-// `from_ascii` builds an inline `Str` from 32 bytes: its tag, its length and `INLINE`.
+// `from_ascii_framed` builds an inline `Str` from 32 bytes: its tag, its length and `INLINE`.
 const _: () = assert!(INLINE + 2 == std::mem::size_of::<Str>());
 
 /// An immutable UTF-8 string, inline when short.
@@ -44,7 +44,8 @@ impl Str {
             Repr::Inline { len, buf } => {
                 let bytes = &buf[..usize::from(*len)];
                 // SAFETY: `buf[..len]` is only ever written from a `&str` (`From<&str>`) or
-                // from ASCII (`from_ascii`).
+                // from ASCII (`from_ascii`, `from_ascii_framed`); the bytes past it, which
+                // may be anything, are never read.
                 unsafe { std::str::from_utf8_unchecked(bytes) }
             }
             Repr::Heap(s) => s,
