@@ -23,7 +23,7 @@ pub struct Str(Repr);
 /// 16-byte words. Laid out as Rust chose (24 bytes, the inline bytes at odd offsets), each
 /// string was moved piecewise just after being written, and the CPU waited for the writes
 /// to land before it could read them back: parsing a review took about a fifth longer.
-#[derive(Clone)]
+/// (Cloned only through [`Str`]'s own `Clone`, which copies an inline string whole.)
 #[repr(u8)]
 enum Repr {
     Inline { len: u8, buf: [u8; INLINE] } = 0,
