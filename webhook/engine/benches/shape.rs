@@ -133,6 +133,40 @@ fn main() {
             black_box(d.response_bytes());
         },
     );
+    // What reading the review costs by what it holds: the same review without the parts the
+    // decision only carries (env, probes, init containers, owner references), a third of
+    // its bytes. The difference is what materialising those parts costs (issue 13).
+    let mut carried: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let pod = &mut carried["request"]["object"];
+    if let Some(meta) = pod["metadata"].as_object_mut() {
+        meta.remove("ownerReferences");
+    }
+    if let Some(spec) = pod["spec"].as_object_mut() {
+        spec.remove("initContainers");
+        for c in spec["containers"].as_array_mut().into_iter().flatten() {
+            if let Some(c) = c.as_object_mut() {
+                for k in ["env", "livenessProbe", "readinessProbe"] {
+                    c.remove(k);
+                }
+            }
+        }
+    }
+    let without_carried = serde_json::to_vec(&carried).unwrap();
+    bench(
+        &format!("parse: the review ({} bytes), and drop it", bytes.len()),
+        || {
+            black_box(rayshape_engine::decode::parse_review(black_box(&bytes)).unwrap());
+        },
+    );
+    bench(
+        &format!(
+            "parse: without carried parts ({} bytes), and drop it",
+            without_carried.len()
+        ),
+        || {
+            black_box(rayshape_engine::decode::parse_review(black_box(&without_carried)).unwrap());
+        },
+    );
     bench("load config: 1,000 types + 1,000 rules", || {
         black_box(big_config());
     });
