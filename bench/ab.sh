@@ -2,10 +2,10 @@
 # Two or more `rayshape-webhook serve` builds (or the one-label baseline) compared run by run:
 # server CPU per admission, from the scheduler's own nanoseconds, in many short interleaved
 # runs, with each build's per-run ratio to the first. On a shared machine one run's CPU
-# figure moves by ±15%, more than the changes worth measuring; builds run one after the
-# other in each round share its noise, so the per-run ratio is much steadier than either
-# figure (BENCHMARKS.md, issue 13: a read-ahead that looked 4% better in one set of ten was
-# 6–9% worse in the next).
+# figure moves by ±15%, more than the changes worth measuring. Running the builds one after
+# the other in each round and taking that round's ratio cancels the noise they share; what
+# is left still takes many runs to see through (BENCHMARKS.md, issue 13: tokio's BufReader
+# under TLS came out 4% better in one set of ten paired runs and 9% worse in the next).
 #
 # Every server is pinned to SERVER_CPU (default 0) and h2load to LOAD_CPU (default 1), as in
 # bench/admission.sh; the review is sent over HTTP/2 + TLS at a fixed rate (RATE req/s over
