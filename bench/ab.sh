@@ -78,13 +78,8 @@ for name in "${NAMES[@]}"; do
   PID[$name]=$!
   PIDS+=("$!")
   URL[$name]="https://127.0.0.1:$p/mutate"
-  ok=""
-  for _ in $(seq 100); do
-    if curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "${PID[$name]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ -n "$ok" ] || { cat "$WORK/$name.log" >&2; die "$name did not come up on port $p (its log is above)"; }
+  await_healthz "$WORK" "$p" "${PID[$name]}" 100 0.1 \
+    || { cat "$WORK/$name.log" >&2; die "$name did not come up on port $p (its log is above)"; }
 done
 
 H2=(h2load -H 'content-type: application/json' -d "$WORK/review-$REVIEW.json")

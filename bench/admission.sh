@@ -117,13 +117,8 @@ start_servers() {
     PID[$name]=$!
     SERVERS+=("$!")
     URL[$name]="https://127.0.0.1:$port/mutate"
-    local ok=""
-    for _ in $(seq 100); do
-      if curl -sf --cacert "$WORK/tls.crt" "https://localhost:$port/healthz" >/dev/null 2>&1; then ok=1; break; fi
-      kill -0 "${PID[$name]}" 2>/dev/null || break
-      sleep 0.1
-    done
-    [ -n "$ok" ] || { cat "$WORK/$name.log" >&2; die "$name did not come up on port $port (its log is above)"; }
+    await_healthz "$WORK" "$port" "${PID[$name]}" 100 0.1 \
+      || { cat "$WORK/$name.log" >&2; die "$name did not come up on port $port (its log is above)"; }
   done
 }
 stop_servers() {

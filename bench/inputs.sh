@@ -5,6 +5,19 @@
 # A free TCP port on 127.0.0.1.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Wait until the server PID answers GET /healthz on PORT over TLS (the certificate
+# webhook_inputs wrote into DIR), polling TRIES times every INTERVAL seconds; fails as soon
+# as the server has exited. Usage: await_healthz DIR PORT PID TRIES INTERVAL
+await_healthz() {
+  local dir=$1 port=$2 pid=$3 tries=$4 interval=$5 _
+  for _ in $(seq "$tries"); do
+    curl -sf --cacert "$dir/tls.crt" "https://localhost:$port/healthz" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep "$interval"
+  done
+  return 1
+}
+
 # Into DIR: a throw-away certificate for localhost (tls.crt, tls.key), an empty
 # configuration directory (config: the built-in configuration), the KubeRay CPU-worker
 # review (review-cpu.json) and the GPU worker in the same envelope (review-gpu.json; kube's

@@ -76,13 +76,8 @@ for name in $SERVERS; do
     *) die "unknown server '$name' (rayshape, one-label)" ;;
   esac
   SERVER=$!
-  ok=""
-  for _ in $(seq 600); do
-    if curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null 2>&1; then ok=1; break; fi
-    kill -0 "$SERVER" 2>/dev/null || break
-    sleep 0.2
-  done
-  [ -n "$ok" ] || { cat "$WORK/$name.log" >&2; die "$name did not come up under valgrind"; }
+  await_healthz "$WORK" "$p" "$SERVER" 600 0.2 \
+    || { cat "$WORK/$name.log" >&2; die "$name did not come up under valgrind"; }
   url="https://127.0.0.1:$p/mutate"
   h2=(h2load -d "$WORK/review.json" -H 'content-type: application/json' -c 8 -m 10 -t 1)
   "${h2[@]}" -n 400 "$url" >/dev/null 2>&1 || die "warm-up against $name failed"

@@ -126,13 +126,8 @@ if [ "$WHAT" = webhook ]; then
       curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/readyz" >/dev/null
       curl -sf "http://127.0.0.1:$mp/metrics" >/dev/null
     }
-    ok=""
-    for _ in $(seq 600); do
-      if curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null 2>&1; then ok=1; break; fi
-      kill -0 "$SERVER" 2>/dev/null || break
-      sleep 0.2
-    done
-    [ -n "$ok" ] || { cat "$WORK/server.log" >&2; die "the webhook did not come up under $run"; }
+    await_healthz "$WORK" "$p" "$SERVER" 600 0.2 \
+      || { cat "$WORK/server.log" >&2; die "the webhook did not come up under $run"; }
     [ $run != callgrind ] || dump "$SERVER"                  # .1: start-up
     for review in cpu gpu cpu; do
       h2load -d "$WORK/review-$review.json" -H 'content-type: application/json' -c 8 -m 10 -t 1 -n 2000 \

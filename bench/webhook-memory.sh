@@ -75,12 +75,8 @@ for round in $(seq "$ROUNDS"); do
     RAYSHAPE_LOG=warn "$bin" serve --config "$WORK/config" --tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key" \
       --listen "127.0.0.1:$p" --metrics-listen "127.0.0.1:$(port)" 2>"$WORK/server.log" &
     SERVER=$!
-    ok=""
-    for _ in $(seq 100); do
-      if curl -sf --cacert "$WORK/tls.crt" "https://localhost:$p/healthz" >/dev/null 2>&1; then ok=1; break; fi
-      sleep 0.1
-    done
-    [ -n "$ok" ] || { cat "$WORK/server.log" >&2; die "$name did not come up"; }
+    await_healthz "$WORK" "$p" "$SERVER" 100 0.1 \
+      || { cat "$WORK/server.log" >&2; die "$name did not come up"; }
     sleep 1
     R[$name,$round,start]=$(sample $SERVER "$bin")
     h2 cpu 4000
