@@ -189,7 +189,6 @@ measure() {
   pcts=$(sort -n -k3 "$log" | awk '{v[NR]=$3} END {
     i=int(NR*0.99); if (i<1) i=1; j=int(NR*0.50); if (j<1) j=1
     printf "%.3f\t%.3f", v[i]/1000, v[j]/1000 }')
-  local cpu_us
   local cpu_us busy
   cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$ok" 'BEGIN {printf "%.1f", d / hz / n * 1e6}')
   # The server's share of its core: near 100% at saturation, or h2load was the limit.
