@@ -18,7 +18,7 @@
 # Usage: bench/ab.sh NAME=BINARY NAME=BINARY...  (a BINARY named one-label-webhook is
 #   started as the baseline: ADDR CERT KEY)
 # Environment: RUNS (default 10), SECONDS_PER_RUN (default 4), MODE (rate|sat), RATE,
-#   REVIEW (cpu|gpu, default gpu), SERVER_CPU, LOAD_CPU.
+#   REVIEW (cpu|gpu|sample, default gpu), SERVER_CPU, LOAD_CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}
@@ -52,7 +52,7 @@ trap 'exit 130' INT TERM
 # shellcheck source=bench/inputs.sh
 . bench/inputs.sh
 webhook_inputs "$WORK"
-[ -f "$WORK/review-$REVIEW.json" ] || die "unknown review '$REVIEW' (cpu, gpu)"
+[ -f "$WORK/review-$REVIEW.json" ] || die "unknown review '$REVIEW' (cpu, gpu, sample)"
 taskset -pc "$LOAD_CPU" $$ >/dev/null || die "cannot pin to CPU $LOAD_CPU"
 
 NAMES=()

@@ -26,7 +26,8 @@
 #             on a 2-core machine); the targets of issue 13 are against one-label, LTO.
 #
 # Usage: bench/admission.sh [SECONDS per run, default 8] [RUNS, default 3]
-# Environment: SERVER_CPU, LOAD_CPU, RATE, EXAMPLE=1, REVIEWS="cpu gpu",
+# Environment: SERVER_CPU, LOAD_CPU, RATE, EXAMPLE=1, REVIEWS="cpu gpu" (or sample: the API
+#   server's own review of KubeRay's sample worker, with its managedFields),
 #   RAYSHAPE_BIN (a prebuilt rayshape-webhook: skips its build), NO_BUILD=1 (use what is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -201,7 +202,7 @@ measure() {
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for review in $REVIEWS; do
-  [ -f "$WORK/review-$review.json" ] || die "unknown review '$review' (cpu, gpu)"
+  [ -f "$WORK/review-$review.json" ] || die "unknown review '$review' (cpu, gpu, sample)"
   start_servers
   for name in "${NAMES[@]}"; do
     a=$(check_answer "$name" "$WORK/review-$review.json")
@@ -241,7 +242,8 @@ results, memory, answers, rate, dur, runs, load0, load1, *names = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(results)]
 mem = {(r, n, k): int(v) / 1024 for r, n, k, v in (l.rstrip("\n").split("\t") for l in open(memory))}
 ans = {(r, n): a for r, n, _, a in (l.rstrip("\n").split("\t") for l in open(answers))}
-title = {"cpu": "CPU-worker review (10.5 KB)", "gpu": "GPU-worker review (8CPU-32GB-1xT4)"}
+title = {"cpu": "CPU-worker review (10.5 KB)", "gpu": "GPU-worker review (8CPU-32GB-1xT4)",
+         "sample": "the API server's review of KubeRay's sample worker (8.9 KB, managedFields 2.9 KB)"}
 head = {"rayshape": "rayshape", "one-label": "one-label, LTO", "example": "kube-rs example build"}
 order = [n for n in ("example", "one-label", "rayshape") if n in names]
 base = [n for n in ("one-label", "example") if n in names]

@@ -22,13 +22,15 @@ await_healthz() {
 # configuration directory (config: the built-in configuration), the KubeRay CPU-worker
 # review (review-cpu.json) and the GPU worker in the same envelope (review-gpu.json; kube's
 # AdmissionRequest needs resource and userInfo), labelled as webhook/engine/benches/shape.rs
-# labels it. Run from the repository's root.
+# labels it, and the review the API server sent for KubeRay's sample worker, managedFields
+# and all (review-sample.json, tests/fixtures/apiserver). Run from the repository's root.
 webhook_inputs() {
   local dir=$1 fix=tests/fixtures/kuberay
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$dir/tls.key" -out "$dir/tls.crt" 2>/dev/null
   mkdir -p "$dir/config"
   cp "$fix/admissionreview-cpu-worker-instance-type.json" "$dir/review-cpu.json"
+  cp tests/fixtures/apiserver/admissionreview-sample-worker.json "$dir/review-sample.json"
   python3 - "$fix/admissionreview-cpu-worker-instance-type.json" "$fix/gpu-worker.json" "$dir/review-gpu.json" <<'PY'
 import json, sys
 review = json.load(open(sys.argv[1]))

@@ -10,7 +10,7 @@
 # profile), so that inlined code is still charged to its source file: target/profiling and
 # target/bench-baseline-prof.
 #
-# Usage: bench/profile.sh [cpu|gpu, default cpu] [admissions, default 2000]
+# Usage: bench/profile.sh [cpu|gpu|sample, default cpu] [admissions, default 2000]
 # Environment: NO_BUILD=1 (use what is built), SERVERS="rayshape one-label",
 #   RAYSHAPE_BIN, BASELINE_BIN (other binaries, e.g. a system-allocator build),
 #   KEEP=DIR (keep the callgrind files there).
@@ -53,8 +53,8 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
 fi
 
 case $REVIEW in
-  cpu | gpu) ;;
-  *) die "unknown review '$REVIEW' (cpu, gpu)" ;;
+  cpu | gpu | sample) ;;
+  *) die "unknown review '$REVIEW' (cpu, gpu, sample)" ;;
 esac
 # shellcheck source=bench/inputs.sh
 . bench/inputs.sh

@@ -4,8 +4,8 @@
 # BENCHMARKS.md: "Code laid out by use (symbol ordering)"):
 #   webhook  webhook/cli/symbol-order.txt   `rayshape-webhook serve`: start-up with the
 #            built-in configuration and a throw-away certificate, then CPU- and GPU-worker
-#            reviews over HTTP/2 + TLS (h2load), health, readiness and metrics requests,
-#            then idle with probes;
+#            reviews and the API server's own (managedFields and all) over HTTP/2 + TLS
+#            (h2load), health, readiness and metrics requests, then idle with probes;
 #   sidecar  sidecar/symbol-order.txt       `rayshape-sidecar run` shipping to s3s-fs:
 #            start-up, shipping 2,000 small and 10 larger files, then idle with appends to
 #            a few files, a rotation and metrics scrapes.
@@ -129,7 +129,7 @@ if [ "$WHAT" = webhook ]; then
     await_healthz "$WORK" "$p" "$SERVER" 600 0.2 \
       || { cat "$WORK/server.log" >&2; die "the webhook did not come up under $run"; }
     [ $run != callgrind ] || dump "$SERVER"                  # .1: start-up
-    for review in cpu gpu cpu; do
+    for review in cpu gpu sample cpu; do
       h2load -d "$WORK/review-$review.json" -H 'content-type: application/json' -c 8 -m 10 -t 1 -n 2000 \
         "https://127.0.0.1:$p/mutate" >"$WORK/h2.out" 2>&1 || { cat "$WORK/h2.out" >&2; die "h2load failed"; }
       grep -q 'requests: 2000 total, 2000 started, 2000 done, 2000 succeeded' "$WORK/h2.out" \

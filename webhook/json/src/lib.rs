@@ -16,7 +16,7 @@ mod value;
 mod write;
 
 pub use map::{Entry, Lookup, Map};
-pub use parse::{from_slice, from_str};
+pub use parse::{from_slice, from_slice_lazy, from_str};
 pub use str::{INLINE, Str};
 pub use value::{Index, Number, Value};
 pub use write::{to_writer, write_str};

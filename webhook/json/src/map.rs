@@ -2,11 +2,12 @@
 //! `preserve_order` map (insertion order, a repeated key replacing the value in place,
 //! `remove` by swapping with the last member, equality regardless of order), kept in one
 //! array (packed as parsed, a growable list once changed): a Kubernetes object's maps are
-//! small, and scanning a few keys costs less than hashing one.
+//! small, and scanning a few keys costs less than hashing one. A map can also be kept as
+//! its JSON text until first read ([`crate::from_slice_lazy`]).
 
 use crate::{Str, Value};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Above this many members, whole-map work (equality, duplicate checks) goes through a
 /// hashed index rather than comparing every pair.
@@ -31,11 +32,69 @@ pub struct Map {
 struct Members {
     list: Vec<(Str, Value)>,
     text: Option<Box<[u8]>>,
+    /// Set only in a map kept unread ([`Map::unread`]), whose `list` stays empty until the
+    /// map is changed: reading it costs the maps that are not one test.
+    unread: Option<Box<Unread>>,
+}
+
+/// An object's JSON text, which the parser checked whole, and its members once read.
+struct Unread {
+    text: Box<[u8]>,
+    members: OnceLock<Vec<(Str, Value)>>,
+}
+
+impl Unread {
+    fn members(&self) -> &Vec<(Str, Value)> {
+        self.members.get_or_init(|| read(&self.text))
+    }
+
+    fn into_members(self) -> Vec<(Str, Value)> {
+        let text = self.text;
+        self.members.into_inner().unwrap_or_else(|| read(&text))
+    }
+}
+
+/// An unread map's members, from the text the parser checked: parsed as it was checked,
+/// so this cannot fail; were it to, the map would read as empty rather than panic.
+fn read(text: &[u8]) -> Vec<(Str, Value)> {
+    match crate::parse::from_slice(text) {
+        Ok(Value::Object(m)) => m.into_list(),
+        other => {
+            debug_assert!(false, "an unread map's text did not parse: {other:?}");
+            Vec::new()
+        }
+    }
 }
 
 impl Members {
     fn new(list: Vec<(Str, Value)>) -> Arc<Members> {
-        Arc::new(Members { list, text: None })
+        Arc::new(Members {
+            list,
+            text: None,
+            unread: None,
+        })
+    }
+
+    #[inline]
+    fn list(&self) -> &[(Str, Value)] {
+        match &self.unread {
+            None => &self.list,
+            Some(u) => u.members(),
+        }
+    }
+
+    fn list_mut(&mut self) -> &mut Vec<(Str, Value)> {
+        if let Some(u) = self.unread.take() {
+            self.list = u.into_members();
+        }
+        &mut self.list
+    }
+
+    fn into_list(self) -> Vec<(Str, Value)> {
+        match self.unread {
+            None => self.list,
+            Some(u) => u.into_members(),
+        }
     }
 }
 
@@ -43,8 +102,9 @@ impl Clone for Members {
     /// A copy is made to be changed, so it does not keep the text.
     fn clone(&self) -> Members {
         Members {
-            list: self.list.clone(),
+            list: self.list().to_vec(),
             text: None,
+            unread: None,
         }
     }
 }
@@ -131,10 +191,35 @@ impl Map {
         }
     }
 
+    /// A map of the object whose JSON text is `text`, which the parser has checked (and
+    /// which is not `{}`), parsed on first read: for parts of a document that are carried
+    /// and seldom read.
+    pub(crate) fn unread(text: &[u8]) -> Map {
+        Map {
+            packed: None,
+            list: Some(Arc::new(Members {
+                list: Vec::new(),
+                text: None,
+                unread: Some(Box::new(Unread {
+                    text: text.into(),
+                    members: OnceLock::new(),
+                })),
+            })),
+        }
+    }
+
+    /// Whether this map is still kept as text, its members not yet read.
+    pub fn is_unread(&self) -> bool {
+        self.list
+            .as_ref()
+            .and_then(|m| m.unread.as_ref())
+            .is_some_and(|u| u.members.get().is_none())
+    }
+
     /// The members, in order.
     pub fn members(&self) -> &[(Str, Value)] {
         if let Some(m) = &self.list {
-            return m.list.as_slice();
+            return m.list();
         }
         match &self.packed {
             Some(p) => p,
@@ -152,7 +237,7 @@ impl Map {
         }
         let m = Arc::make_mut(self.list.get_or_insert_with(Default::default));
         m.text = None;
-        &mut m.list
+        m.list_mut()
     }
 
     /// The compact JSON text kept by [`Value::keep_text`], while the map is unchanged.
@@ -296,7 +381,7 @@ impl Map {
     fn into_list(self) -> Vec<(Str, Value)> {
         match (self.packed, self.list) {
             (Some(p), _) => unpack(p, 0),
-            (None, Some(m)) => Arc::unwrap_or_clone(m).list,
+            (None, Some(m)) => Arc::unwrap_or_clone(m).into_list(),
             (None, None) => Vec::new(),
         }
     }

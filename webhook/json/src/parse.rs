@@ -17,7 +17,16 @@ const MAX_DEPTH: usize = 100;
 
 /// Parse JSON text, as `serde_json::from_slice` would.
 pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
-    match fast(bytes) {
+    from_slice_lazy(bytes, &[])
+}
+
+/// Parse JSON text as [`from_slice`] does, but keep each object that is the value of a
+/// member named in `unread` (and is not `{}`) as its text, parsed when first read. The
+/// text is checked now, so the result reads, compares and prints the same, and a
+/// malformed document gives the same error: only the cost moves, for parts of a document
+/// that are carried and seldom read.
+pub fn from_slice_lazy(bytes: &[u8], unread: &[&str]) -> Result<Value, serde_json::Error> {
+    match fast(bytes, unread) {
         Some(v) => Ok(v),
         None => serde_json::from_slice(bytes),
     }
@@ -25,13 +34,13 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, serde_json::Error> {
 
 /// Parse JSON text, as `serde_json::from_str` would.
 pub fn from_str(text: &str) -> Result<Value, serde_json::Error> {
-    match fast(text.as_bytes()) {
+    match fast(text.as_bytes(), &[]) {
         Some(v) => Ok(v),
         None => serde_json::from_str(text),
     }
 }
 
-fn fast(bytes: &[u8]) -> Option<Value> {
+fn fast(bytes: &[u8], unread: &[&str]) -> Option<Value> {
     let scratch = SCRATCH
         .try_with(Cell::take)
         .ok()
@@ -39,6 +48,8 @@ fn fast(bytes: &[u8]) -> Option<Value> {
         .unwrap_or_default();
     let mut p = Parser {
         bytes,
+        unread,
+        unread_bits: unread.iter().fold(0, |bits, k| bits | key_bit(k)),
         at: 0,
         values: scratch.values,
         members: scratch.members,
@@ -110,6 +121,11 @@ enum Slot {
 struct Parser<'a> {
     /// The text, not yet known to be UTF-8: strings are checked as they are read.
     bytes: &'a [u8],
+    /// Members whose object values are checked and kept as text ([`from_slice_lazy`]).
+    unread: &'a [&'a str],
+    /// Their [`key_bit`]s: a key whose bit is not among them is not one of them, which a
+    /// parse without any (the usual case) learns from one test per member.
+    unread_bits: u64,
     at: usize,
     /// Elements of the arrays being parsed, innermost last: each array takes its own off
     /// the end when it closes, into a vector of exactly its size.
@@ -258,22 +274,8 @@ impl Parser<'_> {
                         b'r' => out.push(b'\r'),
                         b't' => out.push(b'\t'),
                         b'u' => {
-                            let hi = self.hex4(end)?;
-                            end += 4;
-                            let c = if (0xD800..0xDC00).contains(&hi) {
-                                if self.bytes.get(end..end + 2)? != b"\\u" {
-                                    return None;
-                                }
-                                let lo = self.hex4(end + 2)?;
-                                if !(0xDC00..0xE000).contains(&lo) {
-                                    return None;
-                                }
-                                end += 6;
-                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
-                            } else {
-                                hi
-                            };
-                            let c = char::from_u32(c)?;
+                            let c;
+                            (c, end) = self.unicode(end)?;
                             out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
                         }
                         _ => return None,
@@ -283,6 +285,27 @@ impl Parser<'_> {
             }
             from = end;
         }
+    }
+
+    /// The character of a `\u` escape whose four hex digits start at `at` (a surrogate
+    /// pair is two escapes), and where the text goes on after it.
+    fn unicode(&self, at: usize) -> Option<(char, usize)> {
+        let hi = self.hex4(at)?;
+        let mut end = at + 4;
+        let c = if (0xD800..0xDC00).contains(&hi) {
+            if self.bytes.get(end..end + 2)? != b"\\u" {
+                return None;
+            }
+            let lo = self.hex4(end + 2)?;
+            if !(0xDC00..0xE000).contains(&lo) {
+                return None;
+            }
+            end += 6;
+            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+        } else {
+            hi
+        };
+        Some((char::from_u32(c)?, end))
     }
 
     fn hex4(&self, at: usize) -> Option<u32> {
@@ -349,7 +372,11 @@ impl Parser<'_> {
             self.skip_ws();
             self.eat(b':')?;
             self.skip_ws();
-            self.value(depth, Slot::Member(slot))?;
+            if bit & self.unread_bits != 0 && self.keeps_unread(slot) {
+                self.unread_object(depth, slot)?;
+            } else {
+                self.value(depth, Slot::Member(slot))?;
+            }
             self.skip_ws();
             match self.peek()? {
                 b',' => self.at += 1,
@@ -360,6 +387,109 @@ impl Parser<'_> {
                 }
                 _ => return None,
             }
+        }
+    }
+
+    /// Whether the member at `slot` of the member stack has an object for a value (next in
+    /// the text) that [`from_slice_lazy`] was asked to keep unread.
+    #[inline(always)]
+    fn keeps_unread(&self, slot: usize) -> bool {
+        self.peek() == Some(b'{')
+            && self
+                .members
+                .get(slot)
+                .is_some_and(|(k, _)| self.unread.contains(&k.as_str()))
+    }
+
+    /// Check the object at `at` as [`Parser::object`] would parse it, and put it into the
+    /// member at `slot` as its text.
+    #[inline(never)]
+    fn unread_object(&mut self, depth: usize, slot: usize) -> Option<()> {
+        let start = self.at;
+        self.skip(depth)?;
+        let text = self.bytes.get(start..self.at)?;
+        let map = if text == b"{}" {
+            Map::new()
+        } else {
+            Map::unread(text)
+        };
+        self.put(Slot::Member(slot), Value::Object(map))
+    }
+
+    /// Check one value as [`Parser::value`] would parse it at `depth`, building nothing:
+    /// what this accepts, the parser accepts, so an unread object parses when read.
+    fn skip(&mut self, depth: usize) -> Option<()> {
+        let close = match self.peek()? {
+            b'{' => b'}',
+            b'[' => b']',
+            b'"' => return self.skip_string(),
+            b't' => return self.literal("true", Value::Null).map(drop),
+            b'f' => return self.literal("false", Value::Null).map(drop),
+            b'n' => return self.literal("null", Value::Null).map(drop),
+            b'-' | b'0'..=b'9' => return self.number().map(drop),
+            _ => return None,
+        };
+        let depth = depth + 1;
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.at += 1;
+        self.skip_ws();
+        if self.eat(close).is_some() {
+            return Some(());
+        }
+        loop {
+            self.skip_ws();
+            if close == b'}' {
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                self.skip_string()?;
+                self.skip_ws();
+                self.eat(b':')?;
+                self.skip_ws();
+            }
+            self.skip(depth)?;
+            self.skip_ws();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b if b == close => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Check a string as [`Parser::string`] would read it, building nothing. Each run
+    /// between escapes must be UTF-8 (an escape never ends or begins inside a character,
+    /// so the unescaped string is UTF-8 exactly when they all are).
+    fn skip_string(&mut self) -> Option<()> {
+        self.at += 1; // the opening quote
+        let mut from = self.at;
+        let mut end = next_special_or_non_ascii(self.bytes, from);
+        loop {
+            if self.bytes.get(end)? & 0x80 != 0 {
+                // Beyond ASCII: the run up to the next special byte must be UTF-8.
+                let stop = next_special(self.bytes, end);
+                std::str::from_utf8(self.bytes.get(from..stop)?).ok()?;
+                end = stop;
+            }
+            match self.bytes.get(end)? {
+                b'"' => {
+                    self.at = end + 1;
+                    return Some(());
+                }
+                b'\\' => match *self.bytes.get(end + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => end += 2,
+                    b'u' => (_, end) = self.unicode(end + 2)?,
+                    _ => return None,
+                },
+                _ => return None, // a control character
+            }
+            from = end;
+            end = next_special_or_non_ascii(self.bytes, from);
         }
     }
 }

@@ -1,4 +1,4 @@
-use crate::{Map, Str, Value, from_slice};
+use crate::{Map, Str, Value, from_slice, from_slice_lazy};
 use proptest::prelude::*;
 
 /// What serde_json makes of `bytes`: its value's compact text, or its error's message.
@@ -12,6 +12,43 @@ fn ours_reads(bytes: &[u8]) -> Result<String, String> {
     from_slice(bytes)
         .map(|v| v.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// Keys whose objects the lazy tests keep unread: "a" directly, "ab" also as `"a\u0062"`.
+const UNREAD: &[&str] = &["a", "ab"];
+
+fn lazy_reads(bytes: &[u8]) -> Result<String, String> {
+    from_slice_lazy(bytes, UNREAD)
+        .map(|v| v.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Leave `bytes` as they are (`how` 0), cut them short (1), insert `junk` (2) or overwrite
+/// a byte with it (3), at the place `cut` picks.
+fn damage(bytes: &mut Vec<u8>, cut: prop::sample::Index, junk: u8, how: u8) {
+    match how {
+        0 => {}
+        1 => bytes.truncate(cut.index(bytes.len() + 1)),
+        2 => bytes.insert(cut.index(bytes.len() + 1), junk),
+        _ => {
+            if !bytes.is_empty() {
+                let i = cut.index(bytes.len());
+                bytes[i] = junk;
+            }
+        }
+    }
+}
+
+/// Add a member to every object in `v`, the way a change reaches into a document.
+fn touch(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.insert("added", Value::Null);
+            m.values_mut().for_each(touch);
+        }
+        Value::Array(a) => a.iter_mut().for_each(touch),
+        _ => {}
+    }
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -104,13 +141,27 @@ proptest! {
     #[test]
     fn reads_as_serde_json_does(t in text(), cut in any::<prop::sample::Index>(), junk in any::<u8>(), how in 0u8..4) {
         let mut bytes = t.into_bytes();
-        match how {
-            0 => {}
-            1 => { let i = cut.index(bytes.len() + 1); bytes.truncate(i); }
-            2 => { let i = cut.index(bytes.len() + 1); bytes.insert(i, junk); }
-            _ => { if !bytes.is_empty() { let i = cut.index(bytes.len()); bytes[i] = junk; } }
-        }
+        damage(&mut bytes, cut, junk, how);
         prop_assert_eq!(ours_reads(&bytes), serde_json_reads(&bytes));
+    }
+
+    /// Objects kept unread change nothing but the cost: the same value or the same error
+    /// (an error inside an unread object included), equal to the eager parse, and changes
+    /// through them land as in the eager document, leaving a copy that shares them intact.
+    #[test]
+    fn unread_objects_read_as_serde_json_does(t in text(), cut in any::<prop::sample::Index>(), junk in any::<u8>(), how in 0u8..4) {
+        // Always within an object kept unread, besides wherever the text has its own.
+        let mut bytes = format!(r#"{{"a":{{"k":{t},"l":[{t}]}},"b":{t}}}"#).into_bytes();
+        damage(&mut bytes, cut, junk, how);
+        prop_assert_eq!(lazy_reads(&bytes), serde_json_reads(&bytes));
+        if let (Ok(lazy), Ok(eager)) = (from_slice_lazy(&bytes, UNREAD), from_slice(&bytes)) {
+            prop_assert_eq!(&lazy, &eager);
+            let (mut changed, mut eager_changed) = (lazy.clone(), eager.clone());
+            touch(&mut changed);
+            touch(&mut eager_changed);
+            prop_assert_eq!(changed.to_string(), eager_changed.to_string());
+            prop_assert_eq!(lazy.to_string(), eager.to_string());
+        }
     }
 
     /// Converting to and from serde_json's Value keeps everything.
@@ -369,4 +420,61 @@ fn kept_text_follows_every_change() {
             "{what} changed nothing"
         );
     }
+}
+
+#[test]
+fn objects_named_unread_stay_text_until_read() {
+    let text = br#"{"a":{"x":[1,{"y":"\u00e9"}]},"b":{"x":1},"c":[{"a":{"z":true}}],"ab":{}}"#;
+    let v = from_slice_lazy(text, UNREAD).unwrap();
+    let unread = |p: &str| v.pointer(p).and_then(Value::as_object).map(Map::is_unread);
+    assert_eq!(unread("/b"), Some(false));
+    assert_eq!(unread("/c/0/a"), Some(true), "at any depth");
+    assert_eq!(
+        unread("/ab"),
+        Some(false),
+        "`{{}}` is not worth keeping as text"
+    );
+    assert_eq!(unread("/a"), Some(true));
+    assert_eq!(v["a"]["x"][1]["y"], "é");
+    assert_eq!(unread("/a"), Some(false), "read once asked for");
+    assert_eq!(v.to_string(), from_slice(text).unwrap().to_string());
+    // A key is matched as read, escapes and all.
+    let v = from_slice_lazy(br#"{"a\u0062":{"q":null}}"#, UNREAD).unwrap();
+    assert!(v["ab"].as_object().is_some_and(Map::is_unread));
+}
+
+#[test]
+fn unread_objects_keep_the_depth_limit_and_errors() {
+    for depth in [96, 97, 98, 99, 100, 101, 127, 128, 129] {
+        let t = format!(
+            "{{\"a\":{{\"b\":{}{}}}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(
+            lazy_reads(t.as_bytes()),
+            serde_json_reads(t.as_bytes()),
+            "depth {depth}"
+        );
+    }
+    for t in [
+        r#"{"a":{"x":1,}}"#,
+        r#"{"a":{"x" 1}}"#,
+        r#"{"a":{"x":tru}}"#,
+        r#"{"a":{"x":"\ud800\u0041"}}"#,
+        r#"{"a":{"x":"\ude00"}}"#,
+        r#"{"a":{"x":"\q"}}"#,
+        r#"{"a":{"x":01}}"#,
+        r#"{"a":{"x":[1,]}}"#,
+        r#"{"a":{"x":1}"#,
+        "{\"a\":{\"x\":\"\t\"}}",
+    ] {
+        assert_eq!(
+            lazy_reads(t.as_bytes()),
+            serde_json_reads(t.as_bytes()),
+            "{t:?}"
+        );
+    }
+    let bad_utf8 = b"{\"a\":{\"x\":\"\\n\xff\"}}";
+    assert_eq!(lazy_reads(bad_utf8), serde_json_reads(bad_utf8));
 }
