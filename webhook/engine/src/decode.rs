@@ -103,7 +103,7 @@ pub fn parse_review(body: &[u8]) -> Result<Value, serde_json::Error> {
 
 /// Objects of a review that the decision never reads: `metadata.managedFields[].fieldsV1`,
 /// which the API server fills in before mutating admission (2.8 KB for KubeRay's sample
-/// worker, a third of the pod, and the costliest part of it to parse: small objects under
+/// worker, a third of the review, and the costliest part of it to parse: small objects under
 /// keys with escaped quotes), and the containers' probes, which KubeRay gives every Ray
 /// container. An admin's patch rule that reads or changes one still sees it whole.
 pub const UNREAD: &[&str] = &[
@@ -291,6 +291,27 @@ mod tests {
         assert!(ours.allowed());
         assert_eq!(ours.response_bytes(), theirs.response_bytes());
         assert_eq!(unread(&lazy), all_unread, "and never read");
+
+        // An admin's rule that tests one probe and changes another sees them whole.
+        let rules = crate::config::Config::from_sources(&crate::config::Sources {
+            patches: Some(
+                "patches:\n- name: probes\n  patch:\n  - {op: test, path: /spec/containers/0/readinessProbe/periodSeconds, value: 5}\n  - {op: replace, path: /spec/containers/0/livenessProbe/periodSeconds, value: 7}\n".into(),
+            ),
+            ..Default::default()
+        })
+        .unwrap();
+        let lazy = parse_review(&body).unwrap();
+        let ours = crate::decide(&lazy, &rules).unwrap();
+        let theirs = crate::decide(&eager, &rules).unwrap();
+        assert_eq!(ours.response_bytes(), theirs.response_bytes());
+        let crate::review::Outcome::Allowed { patch, .. } = &ours.outcome else {
+            panic!("refused: {:?}", ours.outcome)
+        };
+        let patch = String::from_utf8_lossy(patch);
+        assert!(
+            patch.contains(r#"{"op":"replace","path":"/spec/containers/0/livenessProbe/periodSeconds","value":7}"#),
+            "{patch}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ struct Members {
     list: Vec<(Str, Value)>,
     text: Option<Box<[u8]>>,
     /// Set only in a map kept unread ([`Map::unread`]), whose `list` stays empty until the
-    /// map is changed: reading it costs the maps that are not one test.
+    /// map is changed; every other map pays one test for it when read.
     unread: Option<Box<Unread>>,
 }
 
