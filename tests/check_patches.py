@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent checks of rayshape-webhook's output, with tools that share no code with it.
 
-For every fixture (tests/fixtures/kuberay, pods, crds) under every configuration
+For every fixture (tests/fixtures/kuberay, apiserver, pods, crds) under every configuration
 (built-in, tests/fixtures/configs/*):
   * `mutate -o patch`, applied to the input by `jsonpatch` (strict RFC 6902), gives exactly
     the object `mutate -o object` prints;
@@ -78,7 +78,7 @@ def strict_apply(doc, ops, what):
 
 def fixtures():
     out = []
-    for d in ["tests/fixtures/kuberay", "tests/fixtures/pods", "tests/fixtures/crds"]:
+    for d in ["tests/fixtures/kuberay", "tests/fixtures/apiserver", "tests/fixtures/pods", "tests/fixtures/crds"]:
         out += sorted(p for p in (ROOT / d).iterdir() if p.suffix in (".json", ".yaml"))
     return out
 
