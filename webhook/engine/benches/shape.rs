@@ -168,8 +168,8 @@ fn main() {
         },
     );
     // A review as the API server sends it, with the managedFields it fills in before
-    // mutating admission (captured from the test control plane): their fieldsV1 kept
-    // unread, as the server parses reviews, and every part parsed.
+    // mutating admission (captured from the test control plane): their fieldsV1 and the
+    // probes kept unread, as the server parses reviews, and every part parsed.
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/apiserver/admissionreview-sample-worker.json"
@@ -177,7 +177,7 @@ fn main() {
     let sample = std::fs::read(path).unwrap();
     bench(
         &format!(
-            "parse: the API server's sample-worker review ({} bytes), fieldsV1 unread, and drop it",
+            "parse: the API server's sample-worker review ({} bytes), fieldsV1 and probes unread, and drop it",
             sample.len()
         ),
         || {
