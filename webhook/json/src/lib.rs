@@ -1,6 +1,7 @@
 //! rayshape's JSON document model: [`Value`], [`Map`] and [`Str`], which read, compare and
 //! print exactly as serde_json's `Value` with `preserve_order` does, and [`from_slice`],
-//! which parses them.
+//! which parses them ([`from_slice_lazy`] also keeps named objects as checked text until
+//! they are read).
 //!
 //! Why not serde_json's `Value`: an admission's cost was mostly building one (a heap
 //! allocation per string, a SipHash and an index table per object) and dropping it. Here
