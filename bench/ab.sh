@@ -12,8 +12,11 @@
 # 4 connections x 10 streams, default 2,000) or, with MODE=sat, as fast as the server
 # answers (8 x 10). CPU is the sum over the server's threads of /proc/PID/task/*/schedstat
 # around each run (a thread that ends during a run is not counted: both kinds of server keep
-# theirs). Prints every run, then per build the median µs per admission and the median and
-# geometric mean of its per-run ratios to the first build.
+# theirs). The builds take turns in one order in odd rounds and the reverse in even ones, so
+# that going first or last favours none of them. Prints every run, then per build the median
+# µs per admission, the median and geometric mean of its per-run ratios to the first build,
+# and a 95% interval for that geometric mean (bootstrap over the rounds, fixed seed): an
+# interval that holds 1.00 is no evidence of a difference.
 #
 # Usage: bench/ab.sh NAME=BINARY NAME=BINARY...  (a BINARY named one-label-webhook is
 #   started as the baseline: ADDR CERT KEY)
@@ -93,7 +96,12 @@ cpu_us() { cat /proc/"$1"/task/*/schedstat | awk '{ns += $1} END {printf "%d", n
 if [ "$MODE" = sat ]; then args=(-c 8 -m 10); else args=(-c 4 -m 10 --rps $((RATE / 4))); fi
 echo "$MODE, $REVIEW review, $RUNS runs of $DUR s; µs of server CPU per admission:" >&2
 for run in $(seq "$RUNS"); do
-  for name in "${NAMES[@]}"; do
+  order=("${NAMES[@]}")
+  if [ $((run % 2)) = 0 ]; then
+    order=()
+    for ((i = ${#NAMES[@]} - 1; i >= 0; i--)); do order+=("${NAMES[$i]}"); done
+  fi
+  for name in "${order[@]}"; do
     pid=${PID[$name]}
     t0=$(cpu_us "$pid")
     out=$("${H2[@]}" -D "$DUR" -t 1 "${args[@]}" "${URL[$name]}" 2>&1) || { echo "$out" >&2; die "h2load failed against $name"; }
@@ -109,18 +117,29 @@ for run in $(seq "$RUNS"); do
 done
 
 python3 - "$WORK/runs.tsv" "${NAMES[@]}" <<'EOF'
-import statistics, sys
+import math, random, statistics, sys
 path, *names = sys.argv[1:]
 us = {n: {} for n in names}
 for line in open(path):
     run, name, v = line.split("\t")
     us[name][run] = float(v)
 first = names[0]
-print(f"| build | µs per admission, median | ÷ {first}, median of runs | ÷ {first}, geometric mean | per run |")
-print("|---|---|---|---|---|")
+
+
+def interval(ratios):
+    # The geometric mean of the rounds' ratios, resampled 2,000 times.
+    logs = [math.log(x) for x in ratios]
+    rng = random.Random(13)
+    means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(2000))
+    return math.exp(means[49]), math.exp(means[1949])
+
+
+print(f"| build | µs per admission, median | ÷ {first}, median of runs | ÷ {first}, geometric mean | 95% interval | per run |")
+print("|---|---|---|---|---|---|")
 for n in names:
     runs = sorted(us[n], key=int)
     ratios = [us[n][r] / us[first][r] for r in runs]
+    lo, hi = interval(ratios)
     print(f"| {n} | {statistics.median(us[n].values()):.1f} | {statistics.median(ratios):.3f} | "
-          f"{statistics.geometric_mean(ratios):.3f} | {' '.join(f'{x:.2f}' for x in ratios)} |")
+          f"{statistics.geometric_mean(ratios):.3f} | {lo:.3f}–{hi:.3f} | {' '.join(f'{x:.2f}' for x in ratios)} |")
 EOF
