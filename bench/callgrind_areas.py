@@ -9,6 +9,11 @@ an area by its source file (or, without one, by its function or shared object) a
 a Markdown table of instructions (Ir) per admission and their share, then the TOP
 functions by self cost; --callers/--callees list the inclusive cost of the calls into or
 out of the functions whose name matches REGEX. Used by bench/profile.sh.
+
+A profile written with --dump-instr=yes also gives the code an admission touches: the
+64-byte lines of machine code executed, all of them and those that execute at least one
+instruction per admission on average. Between a client's bursts the core idles and this code comes back
+cold, so it is part of what an admission costs at a low rate and instructions are not.
 """
 
 import collections
@@ -56,14 +61,20 @@ COMPILED = [(a, re.compile(r)) for a, r in AREAS]
 
 
 def parse(path):
-    """Self cost (Ir) per (object, file, function), and the inclusive cost of every call
-    edge (caller function, callee function)."""
+    """Self cost (Ir) per (object, file, function), the inclusive cost of every call edge
+    (caller function, callee function), callgrind's total, and Ir per 64-byte line of
+    code (empty unless the profile has instruction addresses)."""
     names = {"ob": {}, "fl": {}, "fn": {}}
     cost = collections.Counter()
     edges = collections.Counter()
+    code_lines = collections.Counter()
     ob = fl = fi = fn = cfn = ""
     skip_next = False
     total_line = None
+    # Columns before the costs: "line", or "instr line" with --dump-instr=yes, where an
+    # address is written in full (0x...), relative to the one before (+n, -n) or as the
+    # same (*).
+    npos, instr, addr = 1, False, 0
 
     def name(kind, rest):
         m = re.match(r"\((\d+)\)(?: (.*))?$", rest)
@@ -82,15 +93,31 @@ def parse(path):
                 continue
             c = line[0]
             if c.isdigit() or c in "+-*":
+                parts = line.split()
+                if instr:
+                    a = parts[0]
+                    if a.startswith(("+", "-")):
+                        addr += int(a, 0)
+                    elif a != "*":
+                        addr = int(a, 0)
+                if len(parts) <= npos:
+                    skip_next = False
+                    continue
+                ir = int(parts[npos])
                 if skip_next:
                     skip_next = False
-                    parts = line.split()
-                    if len(parts) >= 2:
-                        edges[(fn, cfn)] += int(parts[1])
+                    edges[(fn, cfn)] += ir
                     continue
-                parts = line.split()
-                if len(parts) >= 2:
-                    cost[(ob, fi or fl, fn)] += int(parts[1])
+                cost[(ob, fi or fl, fn)] += ir
+                if instr and ir:
+                    code_lines[addr >> 6] += ir
+                continue
+            if line.startswith(("summary:", "totals:")):
+                total_line = int(line.split()[1])
+                continue
+            if line.startswith("positions:"):
+                cols = line.split()[1:]
+                npos, instr = len(cols), "instr" in cols
                 continue
             key, _, rest = line.partition("=")
             if key == "ob":
@@ -109,9 +136,7 @@ def parse(path):
                 name(key, rest)  # record compressed names
             elif key == "calls":
                 skip_next = True
-            elif key in ("summary", "totals"):
-                total_line = int(rest.split()[0])
-    return cost, edges, total_line
+    return cost, edges, total_line, code_lines
 
 
 def area(ob, fl, fn):
@@ -153,7 +178,7 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     path, requests = args[0], int(args[1])
     top = int(args[2]) if len(args) > 2 else 25
-    cost, edges, total = parse(path)
+    cost, edges, total, code_lines = parse(path)
     measured = sum(cost.values())
     by_area = collections.Counter()
     for (ob, fl, fn), n in cost.items():
@@ -161,6 +186,11 @@ def main():
     print(f"{measured / requests:,.0f} instructions per admission "
           f"({measured:,} over {requests:,} admissions"
           + (f"; callgrind's total {total:,}" if total else "") + ")\n")
+    if code_lines:
+        hot = sum(1 for n in code_lines.values() if n >= requests)
+        print(f"Code touched: {64 * hot / 1024:,.0f} KiB of 64-byte lines executing at least "
+              f"one instruction per admission on average, {64 * len(code_lines) / 1024:,.0f} "
+              f"KiB in all (connection set-up included)\n")
     print("| area | Ir per admission | share |")
     print("|---|---|---|")
     for a, n in by_area.most_common():

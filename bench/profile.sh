@@ -3,8 +3,10 @@
 # the one-label baseline (bench/baseline) under valgrind's callgrind, sends them the same
 # AdmissionReview over HTTP/2 + TLS with h2load, and prints instructions (Ir) per admission
 # by area (TLS, HTTP/2, JSON, engine stages, allocator, metrics, ...) for each, through
-# bench/callgrind_areas.py. Instruction counts are repeatable where timings on a shared
-# machine are not; they do not see the kernel (system calls on the loopback) or stalls.
+# bench/callgrind_areas.py, with the machine code an admission runs (in 64-byte lines: what
+# comes back cold after the core idles between a client's bursts). Instruction counts are
+# repeatable where timings on a shared machine are not; they do not see the kernel (system
+# calls on the loopback) or stalls.
 #
 # Binaries are built unstripped with line tables (fat LTO, one codegen unit as the release
 # profile), so that inlined code is still charged to its source file: target/profiling and
@@ -64,7 +66,7 @@ cp "$WORK/review-$REVIEW.json" "$WORK/review.json"
 for name in $SERVERS; do
   p=$(port)
   out=$WORK/callgrind.$name
-  vg=(valgrind --tool=callgrind --callgrind-out-file="$out" --dump-line=yes)
+  vg=(valgrind --tool=callgrind --callgrind-out-file="$out" --dump-line=yes --dump-instr=yes)
   case $name in
     rayshape)
       [ -x "$RAYSHAPE" ] || die "$RAYSHAPE is not built"
