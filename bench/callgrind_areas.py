@@ -12,8 +12,7 @@ out of the functions whose name matches REGEX. Used by bench/profile.sh.
 
 A profile written with --dump-instr=yes also gives the code an admission touches: the
 64-byte lines of machine code executed, all of them and those that execute at least one
-instruction per admission on average. Between a client's bursts the core idles and this code comes back
-cold, so it is part of what an admission costs at a low rate and instructions are not.
+instruction per admission on average (a size that instruction counts do not show).
 """
 
 import collections

@@ -3,10 +3,9 @@
 # the one-label baseline (bench/baseline) under valgrind's callgrind, sends them the same
 # AdmissionReview over HTTP/2 + TLS with h2load, and prints instructions (Ir) per admission
 # by area (TLS, HTTP/2, JSON, engine stages, allocator, metrics, ...) for each, through
-# bench/callgrind_areas.py, with the machine code an admission runs (in 64-byte lines: what
-# comes back cold after the core idles between a client's bursts). Instruction counts are
-# repeatable where timings on a shared machine are not; they do not see the kernel (system
-# calls on the loopback) or stalls.
+# bench/callgrind_areas.py, with the size of the machine code an admission runs (in 64-byte
+# lines). Instruction counts are repeatable where timings on a shared machine are not; they
+# do not see the kernel (system calls on the loopback) or stalls.
 #
 # Binaries are built unstripped with line tables (fat LTO, one codegen unit as the release
 # profile), so that inlined code is still charged to its source file: target/profiling and
