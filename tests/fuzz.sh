@@ -41,9 +41,10 @@ mkdir -p "$WORK/corpus" "$WORK/artifacts"
 cd "$fuzz_dir"
 # cargo fuzz rewrites a stale Cargo.lock without a word (this one once missed a crate the
 # sidecar had gained), so a clean clone would fuzz dependencies nobody committed.
-if ! cargo metadata --locked --format-version 1 >/dev/null 2>"$WORK/lock.log"; then
+host=$(rustc -vV | sed -n 's/^host: //p')
+if ! cargo fetch --locked --target "$host" >/dev/null 2>"$WORK/lock.log"; then
   cat "$WORK/lock.log" >&2
-  echo "error: $fuzz_dir/Cargo.lock does not match its dependencies; run 'cargo metadata --format-version 1 --manifest-path $fuzz_dir/Cargo.toml >/dev/null' and commit the updated $fuzz_dir/Cargo.lock" >&2
+  echo "error: $fuzz_dir/Cargo.lock does not match its dependencies (or they cannot be fetched); run 'cargo fetch --manifest-path $fuzz_dir/Cargo.toml' and commit the updated $fuzz_dir/Cargo.lock" >&2
   exit 1
 fi
 echo "==> fuzzing $target for ${secs}s (sanitizer: $sanitizer)"
