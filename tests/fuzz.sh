@@ -3,7 +3,7 @@
 # from its committed seeds: the sidecar's (sidecar/fuzz: checkpoint, segment) or the
 # webhook engine's (webhook/fuzz: review, object, config).
 # Fails if the target crashes: the input is left in tests/.work/fuzz/TARGET/artifacts/, to
-# be turned into a regression test. The last line reports runs, executions per second and
+# be turned into a regression test. Fails first if the fuzz crate's Cargo.lock is stale. The last line reports runs, executions per second and
 # the coverage reached (libFuzzer's "cov" edges and "ft" features).
 # Usage: tests/fuzz.sh checkpoint|segment|review|object|config [SECONDS, default 60]
 set -euo pipefail
