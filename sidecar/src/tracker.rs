@@ -864,9 +864,20 @@ impl Tracker {
             }
             return;
         }
-        if size < st.shipped {
-            // Truncated in place: what we had not read is gone; what follows is new data,
-            // a new stream.
+        // Truncated in place: a file shrinks no other way. Written again since, it may have
+        // grown back past the size last seen (a quiet file is looked at only now and then):
+        // then its first bytes are no longer the recorded ones. Either way, what we had not
+        // read is gone, and what follows is new data, a new stream: taken for an append,
+        // the old stream would go on with the new file's bytes from the old offset.
+        let truncated = size < st.size
+            || (size != st.size
+                && st.head_len > 0
+                && open.as_ref().is_some_and(|f| {
+                    read_head(f, st.head_len as usize).is_ok_and(|h| {
+                        h.len() < st.head_len as usize || checkpoint::head_hash(&h) != st.head_hash
+                    })
+                }));
+        if truncated {
             r.lost += st.size.saturating_sub(st.shipped);
             let new_id = ck.take_id();
             if let Some(mut s) = ck.files.remove(&id) {
@@ -1198,6 +1209,52 @@ mod tests {
         assert_eq!(r.lost, 0);
         let after: HashSet<u64> = ck.files.keys().copied().collect();
         assert_ne!(before, after, "a truncated file gets a new id");
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn truncation_is_seen_when_the_file_grew_again_before_it_was_looked_at() {
+        let root = root("regrow");
+        let logs = root.join("session_1/logs");
+        let p = logs.join("worker.out");
+        write(&p, &[b'a'; 1000]);
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        write(&p, &[b'b'; 500]);
+        now += Duration::from_millis(200);
+        t.scan(&mut ck, now, false);
+        let id = |ck: &Checkpoint| *ck.files.keys().next().unwrap();
+        let first = id(&ck);
+        assert_eq!(
+            (ck.files[&first].shipped, ck.files[&first].size),
+            (1000, 1500)
+        );
+        // Truncated, then written again past what was shipped but not to the size seen.
+        std::fs::write(&p, [b'c'; 1200]).unwrap();
+        now += Duration::from_millis(200);
+        let r = t.scan(&mut ck, now, false);
+        let second = id(&ck);
+        assert_ne!(first, second, "a truncated file gets a new id");
+        let st = &ck.files[&second];
+        assert_eq!((st.shipped, st.size, r.lost), (0, 1200, 500));
+        ship_all(&mut t, &mut ck);
+        // Truncated and written again past the size seen: the first bytes tell.
+        std::fs::write(&p, [b'd'; 1300]).unwrap();
+        now += Duration::from_millis(200);
+        let r = t.scan(&mut ck, now, false);
+        let third = id(&ck);
+        assert_ne!(second, third, "a truncated file gets a new id");
+        let st = &ck.files[&third];
+        assert_eq!((st.shipped, st.size, r.lost), (0, 1300, 0));
+        // An append is still an append.
+        write(&p, b"more");
+        now += Duration::from_millis(200);
+        t.scan(&mut ck, now, false);
+        assert_eq!(id(&ck), third);
+        assert_eq!(ck.files[&third].size, 1304);
         let _ = std::fs::remove_dir_all(root);
     }
 
