@@ -146,6 +146,72 @@ pub struct Sink {
     pub options: BTreeMap<String, String>,
 }
 
+/// Sink URLs, read alike by the webhook (to refuse a bad one in its configuration) and the
+/// sidecar (to open it).
+pub mod sink_url {
+    /// The kind of store a sink URL names.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kind {
+        /// `s3://` or `s3a://`: S3 and S3-compatible stores.
+        S3,
+        /// `gs://`: Google Cloud Storage.
+        Gcs,
+        /// `az://` or `azure://`: Azure Blob Storage.
+        Azure,
+        /// `file:///dir`: a local directory.
+        File,
+    }
+
+    /// A sink URL taken apart.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct SinkUrl<'a> {
+        pub kind: Kind,
+        /// The URL's scheme as written (`s3a`, `azure`, ...).
+        pub scheme: &'a str,
+        /// Bucket or container; empty for `file`.
+        pub bucket: &'a str,
+        /// The key prefix inside it (for `file`, the directory without its leading `/`),
+        /// without leading or trailing `/`.
+        pub prefix: &'a str,
+    }
+
+    /// What a sink URL may look like, for error messages.
+    pub const FORMS: &str = "s3://bucket[/prefix] (or s3a://), gs://bucket[/prefix], az://container[/prefix] (or azure://), file:///dir";
+
+    /// Take a sink URL apart; `None` when it is none of [`FORMS`].
+    pub fn parse(url: &str) -> Option<SinkUrl<'_>> {
+        let (scheme, rest) = url.split_once("://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        let kind = match scheme {
+            "s3" | "s3a" => Kind::S3,
+            "gs" => Kind::Gcs,
+            "az" | "azure" => Kind::Azure,
+            "file" => Kind::File,
+            _ => return None,
+        };
+        let fits = if kind == Kind::File {
+            bucket.is_empty() && !prefix.is_empty()
+        } else {
+            !bucket.is_empty()
+        };
+        fits.then_some(SinkUrl {
+            kind,
+            scheme,
+            bucket,
+            prefix,
+        })
+    }
+}
+
+/// The largest segment the sidecar builds, uncompressed: it is held in memory while it
+/// uploads, so `flush.maxBytes` may not be larger.
+pub const MAX_FLUSH_BYTES: u64 = 64 << 20;
+
+/// The longest `flush.maxAge`, in seconds (a day): how long a byte may wait on the pod's
+/// disk before it is shipped.
+pub const MAX_FLUSH_AGE_SECONDS: u64 = 86_400;
+
 /// The `POST /v1/bootstrap` exchange: the sidecar sends its projected token as
 /// `Authorization: Bearer`, and nothing in the body is trusted.
 pub mod bootstrap {
@@ -217,5 +283,37 @@ mod tests {
         assert!(e.to_string().contains("\"oops\" is not key=value"), "{e}");
         let bad: BTreeMap<String, String> = [("k".to_string(), "a,b".to_string())].into();
         assert_eq!(options::encode(&bad), None);
+    }
+
+    #[test]
+    fn sink_urls() {
+        use sink_url::{Kind, parse};
+        let p = parse("s3a://logs/ray/clusters/").unwrap();
+        assert_eq!(
+            (p.kind, p.scheme, p.bucket, p.prefix),
+            (Kind::S3, "s3a", "logs", "ray/clusters")
+        );
+        assert_eq!(
+            parse("gs://b").map(|p| (p.kind, p.prefix)),
+            Some((Kind::Gcs, ""))
+        );
+        assert_eq!(parse("azure://c/p").map(|p| p.kind), Some(Kind::Azure));
+        let f = parse("file:///var/log/ray").unwrap();
+        assert_eq!(
+            (f.kind, f.bucket, f.prefix),
+            (Kind::File, "", "var/log/ray")
+        );
+        for bad in [
+            "",
+            "s3:/logs",
+            "s3://",
+            "s3:///p",
+            "http://host/b",
+            "file://host/dir",
+            "file:///",
+            "S3://logs",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -175,8 +175,16 @@ struct FileRetry {
 pub const DEFAULT_MAX_OPEN_FILES: usize = 256;
 /// The smallest `maxOpenFiles` accepted.
 pub const MIN_OPEN_FILES: usize = 16;
-/// The largest segment, uncompressed (`flush.maxBytes` may not be larger).
-pub const MAX_FLUSH_BYTES: u64 = 64 << 20;
+pub use rayshape_contract::{MAX_FLUSH_AGE_SECONDS, MAX_FLUSH_BYTES};
+
+/// What [`Config::adopt`] did not take from the bootstrap's answer.
+#[derive(Debug, Default, PartialEq)]
+pub struct Adopted {
+    /// Settings given here, which win over the bootstrap's.
+    pub kept: Vec<&'static str>,
+    /// The bootstrap's settings outside what the sidecar accepts: its own default stays.
+    pub refused: Vec<String>,
+}
 
 /// `250ms`, `30s`, `5m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -192,7 +200,11 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs))
+    if secs > 0.0 {
+        Duration::try_from_secs_f64(secs).ok()
+    } else {
+        None
+    }
 }
 
 /// `4Mi`, `512Ki`, `1G`, or plain bytes.
@@ -405,6 +417,11 @@ impl Config {
                 "maxOpenFiles: {max_open_files} is below {MIN_OPEN_FILES}; the sidecar needs a few descriptors to make progress"
             ));
         }
+        if flush_age > Duration::from_secs(MAX_FLUSH_AGE_SECONDS) {
+            problems.push(format!(
+                "flush.maxAge: {flush_age:?} is over a day ({MAX_FLUSH_AGE_SECONDS}s); logs would wait that long on the pod's disk"
+            ));
+        }
         if flush_bytes > MAX_FLUSH_BYTES {
             problems.push(format!("flush.maxBytes: {flush_bytes} is over 64Mi; a segment is held in memory while it uploads"));
         }
@@ -445,9 +462,11 @@ impl Config {
 
     /// Fill in what this configuration leaves open from the bootstrap's answer: the sink
     /// and the batching, unless set here (an explicit local setting wins); the key prefix
-    /// and the pod's identity are the verified ones. Returns what was kept, for the log.
-    pub fn adopt(&mut self, node: &rayshape_contract::bootstrap::NodeConfig) -> Vec<&'static str> {
+    /// and the pod's identity are the verified ones. Says what was kept and what was
+    /// refused, for the log.
+    pub fn adopt(&mut self, node: &rayshape_contract::bootstrap::NodeConfig) -> Adopted {
         let mut kept = Vec::new();
+        let mut refused = Vec::new();
         if self.explicit.sink {
             kept.push("sink");
         } else if !node.sink.url.is_empty() {
@@ -459,12 +478,20 @@ impl Config {
         match node.flush.max_bytes {
             Some(_) if self.explicit.flush_bytes => kept.push("flush.maxBytes"),
             Some(b) if b > 0 && b <= MAX_FLUSH_BYTES => self.flush_bytes = b,
-            _ => {}
+            Some(b) => refused.push(format!(
+                "flush.maxBytes: {b} is not between 1 and {MAX_FLUSH_BYTES} (64Mi)"
+            )),
+            None => {}
         }
         match node.flush.max_age_seconds {
             Some(_) if self.explicit.flush_age => kept.push("flush.maxAge"),
-            Some(a) if a.is_finite() && a > 0.0 => self.flush_age = Duration::from_secs_f64(a),
-            _ => {}
+            Some(a) if a > 0.0 && a <= MAX_FLUSH_AGE_SECONDS as f64 => {
+                self.flush_age = Duration::from_secs_f64(a);
+            }
+            Some(a) => refused.push(format!(
+                "flush.maxAgeSeconds: {a} is not a number of seconds above 0 and at most {MAX_FLUSH_AGE_SECONDS} (a day)"
+            )),
+            None => {}
         }
         if !node.key_prefix.is_empty() {
             self.key_prefix = Some(node.key_prefix.clone());
@@ -481,7 +508,7 @@ impl Config {
                 self.pod.node = id.node.clone();
             }
         }
-        kept
+        Adopted { kept, refused }
     }
 }
 
@@ -496,6 +523,51 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| v.to_string())
         }
+    }
+
+    #[test]
+    fn durations_too_long_are_refused_not_a_panic() {
+        assert_eq!(parse_duration("99999999999999999999999"), None);
+        assert_eq!(parse_duration("1e300h"), None);
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        let e = Config::load(
+            None,
+            &env(&[
+                ("RAYSHAPE_FLUSH_AGE", "25h"),
+                ("RAYSHAPE_POD_NAME", "w"),
+                ("RAYSHAPE_POD_UID", "u"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("flush.maxAge") && e.contains("over a day"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_bootstraps_batching_outside_the_bounds_is_said_and_not_taken() {
+        let mut c = Config::load(
+            None,
+            &env(&[("RAYSHAPE_POD_NAME", "w"), ("RAYSHAPE_POD_UID", "u")]),
+        )
+        .unwrap();
+        let before = (c.flush_bytes, c.flush_age);
+        let mut node = rayshape_contract::bootstrap::NodeConfig::default();
+        node.flush.max_bytes = Some(MAX_FLUSH_BYTES + 1);
+        node.flush.max_age_seconds = Some(1e20);
+        let a = c.adopt(&node);
+        assert_eq!((c.flush_bytes, c.flush_age), before);
+        assert_eq!(a.refused.len(), 2, "{a:?}");
+        assert!(a.refused[1].contains("at most 86400"), "{a:?}");
+        node.flush.max_bytes = Some(1 << 20);
+        node.flush.max_age_seconds = Some(86_400.0);
+        assert_eq!(c.adopt(&node), Adopted::default());
+        assert_eq!(
+            (c.flush_bytes, c.flush_age),
+            (1 << 20, Duration::from_secs(86_400))
+        );
     }
 
     #[test]

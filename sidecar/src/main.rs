@@ -243,6 +243,57 @@ async fn bootstrap(
     }
 }
 
+/// How often a sidecar without a sink asks the webhook again (jittered down to half).
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The sink a later bootstrap answer gave, for a shipper that started without one.
+#[derive(Default)]
+struct LaterSink {
+    sink: std::sync::Mutex<Option<SinkConfig>>,
+    /// When the shipper last asked for a sink: it asks only while it has none.
+    asked: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Ask the webhook for the node's configuration every [`ASK_AGAIN`] while the shipper has
+/// no sink, and keep the latest sink it names. Ends when the shipper stops asking (it has
+/// a sink) or on stop. Refusals and outages are left to the next turn, quietly: the first
+/// bootstrap already said how to fix them, and the shipper's state says there is no sink.
+async fn ask_again(
+    b: rayshape_sidecar::config::Bootstrap,
+    later: Arc<LaterSink>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use rayshape_sidecar::bootstrap::{Client, Outcome};
+    let Ok(client) = Client::new(&b.url, &b.ca, b.token_file.clone()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(rayshape_sidecar::random::jitter(ASK_AGAIN)) => {}
+            _ = stop.changed() => return,
+        }
+        let shipper_waits = lock(&later.asked)
+            .is_some_and(|t| t.elapsed() < rayshape_sidecar::shipper::SINK_RELOAD * 3);
+        if !shipper_waits {
+            return;
+        }
+        if let Outcome::Verified(node) = client.attempt().await {
+            let sink = (!node.sink.url.is_empty()).then(|| SinkConfig {
+                url: node.sink.url.clone(),
+                options: node.sink.options.clone(),
+            });
+            if sink.is_some() && *lock(&later.sink) != sink {
+                tracing::info!(sink = %node.sink.url, "the webhook now names a sink");
+            }
+            *lock(&later.sink) = sink;
+        }
+    }
+}
+
 async fn run(config: Option<PathBuf>) -> ExitCode {
     // First of all, so that a SIGTERM during start-up is a stop request, not a kill.
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -292,10 +343,13 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
         None => metrics.set_bootstrap_state("not_configured"),
         Some(b) => match bootstrap(&b, &metrics, &mut stop_rx).await {
             Some(node) => {
-                let kept = cfg.adopt(&node);
+                let adopted = cfg.adopt(&node);
                 tracing::info!(prefix = %cfg.pod_prefix(), node = %cfg.pod.node, sink = cfg.sink.as_ref().map_or("(none)", |s| s.url.as_str()), "identity verified; configuration received");
-                if !kept.is_empty() {
-                    tracing::info!(kept = %kept.join(", "), "settings given here win over the bootstrap's");
+                if !adopted.kept.is_empty() {
+                    tracing::info!(kept = %adopted.kept.join(", "), "settings given here win over the bootstrap's");
+                }
+                for problem in &adopted.refused {
+                    tracing::warn!(problem = %problem, "a setting from the bootstrap was not taken; the sidecar's default stays");
                 }
             }
             None => {
@@ -304,8 +358,10 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             }
         },
     }
-    // A sink that cannot be parsed is a configuration error; one that cannot be reached,
-    // or has no sink at all, is waited out (the shipper says why in its state metric).
+    // A sink given here that cannot be parsed is this container's configuration error. One
+    // the bootstrap gave is the cluster's: exiting would put every Ray pod's sidecar in a
+    // crash loop, so it is said and waited out like one that cannot be reached (the shipper
+    // says why in its state metric) while Ray's logs stay on disk.
     let sink = match cfg.sink.as_ref().map(Sink::open) {
         None => None,
         Some(Ok(s)) => Some(s),
@@ -313,16 +369,31 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
             tracing::warn!(error = %e, "the sink cannot be used yet; trying again");
             None
         }
+        Some(Err(e)) if !cfg.explicit.sink => {
+            tracing::error!(error = %e, "the sink the bootstrap gave cannot be used: fix sidecar.logSink in the webhook's configuration (rayshape-webhook check-config says what is wrong); Ray's logs stay on disk until then");
+            cfg.sink = None;
+            None
+        }
         Some(Err(e)) => {
             tracing::error!(error = %e, "sink refused");
             return ExitCode::from(2);
         }
     };
-    // Without a sink, the configuration file is read again now and then: one may come.
+    // Without a sink, the configuration file is read again now and then, and the webhook
+    // asked again: one may come (an admin who sets sidecar.logSink after Ray clusters
+    // started expects their sidecars to ship too).
+    let later = Arc::new(LaterSink::default());
+    if sink.is_none()
+        && let Some(b) = cfg.bootstrap.clone()
+    {
+        tokio::spawn(ask_again(b, later.clone(), stop_rx.clone()));
+    }
     let source: rayshape_sidecar::shipper::SinkSource = Box::new(move || {
-        Config::load(config.as_deref(), &|k| std::env::var(k).ok())
+        *lock(&later.asked) = Some(std::time::Instant::now());
+        let local = Config::load(config.as_deref(), &|k| std::env::var(k).ok())
             .map(|c| c.sink)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(local.or_else(|| lock(&later.sink).clone()))
     });
     tracing::info!(
         root = %cfg.root.display(),

@@ -134,7 +134,7 @@ struct Built {
 pub type SinkSource = Box<dyn Fn() -> Result<Option<SinkConfig>, String> + Send>;
 
 /// How often the configuration is read again while there is no sink.
-const SINK_RELOAD: Duration = Duration::from_secs(10);
+pub const SINK_RELOAD: Duration = Duration::from_secs(10);
 
 pub struct Shipper {
     cfg: Config,
@@ -266,7 +266,7 @@ impl Shipper {
             }
             if self.sink.is_none() {
                 self.show_state(Some(
-                    "no sink is configured: set sink.url in the configuration file or RAYSHAPE_SINK_URL; Ray's logs stay on disk until one is",
+                    "no sink is configured: set sidecar.logSink in the webhook's configuration (a sidecar without a sink asks again every minute), or sink.url in this sidecar's configuration file or RAYSHAPE_SINK_URL; Ray's logs stay on disk until one is",
                 ));
                 if stopping {
                     tracing::info!("stopping without a sink: nothing was shipped");

@@ -5,6 +5,7 @@
 use crate::config::Sink as SinkConfig;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use rayshape_contract::sink_url::{self, Kind};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum SinkError {
-    #[error(
-        "sink URL {0:?} is not one of s3://bucket[/prefix], gs://bucket[/prefix], az://container[/prefix], file:///dir"
-    )]
+    #[error("sink URL {0:?} is not one of {forms}", forms = sink_url::FORMS)]
     Url(String),
     #[error("sink option {key:?} is not an option of the {scheme} backend ({reason})")]
     Option {
@@ -50,12 +49,9 @@ impl std::fmt::Debug for Sink {
 
 impl Sink {
     pub fn open(cfg: &SinkConfig) -> Result<Sink, SinkError> {
-        let (scheme, rest) = cfg
-            .url
-            .split_once("://")
-            .ok_or_else(|| SinkError::Url(cfg.url.clone()))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let prefix = prefix.trim_matches('/').to_string();
+        let url = sink_url::parse(&cfg.url).ok_or_else(|| SinkError::Url(cfg.url.clone()))?;
+        let (scheme, bucket) = (url.scheme, url.bucket);
+        let prefix = url.prefix.to_string();
         // Our own retries (with backoff for as long as data remains) are around every upload;
         // the client's are kept short so an outage shows in our metrics quickly.
         let retry = RetryConfig {
@@ -75,8 +71,8 @@ impl Sink {
             scheme: scheme.to_string(),
             source,
         };
-        let store: Arc<dyn ObjectStore> = match scheme {
-            "s3" | "s3a" if !bucket.is_empty() => {
+        let store: Arc<dyn ObjectStore> = match url.kind {
+            Kind::S3 => {
                 // Defaults first: options the user gives (such as allow_http) must win.
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
@@ -91,7 +87,7 @@ impl Sink {
                 }
                 Arc::new(b.build().map_err(build_err)?)
             }
-            "gs" if !bucket.is_empty() => {
+            Kind::Gcs => {
                 // Defaults first: options the user gives (such as allow_http) must win.
                 let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_bucket_name(bucket)
@@ -106,7 +102,7 @@ impl Sink {
                 }
                 Arc::new(b.build().map_err(build_err)?)
             }
-            "az" | "azure" if !bucket.is_empty() => {
+            Kind::Azure => {
                 // Defaults first: options the user gives (such as allow_http) must win.
                 let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_container_name(bucket)
@@ -121,7 +117,7 @@ impl Sink {
                 }
                 Arc::new(b.build().map_err(build_err)?)
             }
-            "file" if bucket.is_empty() => {
+            Kind::File => {
                 let dir = format!("/{prefix}");
                 std::fs::create_dir_all(&dir).map_err(|source| SinkError::Dir {
                     path: dir.clone(),
@@ -135,7 +131,6 @@ impl Sink {
                     url: cfg.url.clone(),
                 });
             }
-            _ => return Err(SinkError::Url(cfg.url.clone())),
         };
         Ok(Sink {
             store,

@@ -395,6 +395,66 @@ fn a_sidecar_proves_its_pod_and_ships_where_the_webhook_says() {
     }
 }
 
+#[test]
+fn a_sidecar_started_before_the_sink_was_set_ships_once_it_is() {
+    let c = Cluster::get();
+    let _x = exclusive();
+    let work = scratch("e2e", "sidecar-later");
+    let Some(store) = Store::start(&work) else {
+        return;
+    };
+    let with_sink = settings(&c, &store);
+    let without = format!(
+        "{}sidecar:\n  bootstrapUrl: {}/v1/bootstrap\n  flush:\n    maxAgeSeconds: 1\n",
+        c.default_settings(),
+        c.webhook_url
+    );
+    c.set_webhook_settings(&without);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ns = c.namespace("sidecar-later");
+        let pod = shaped_pod(&c, &ns, "ray-1");
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let token = pod_token(&c, &pod, &token_audience(&pod));
+        let Some(mut sidecar) = Sidecar::start(&pod, &work, &token) else {
+            return;
+        };
+        sidecar.ray_writes("raylet.out", "before the sink\n");
+        sidecar.wait_bootstrap("verified", Duration::from_secs(60));
+        wait_until(Duration::from_secs(30), "the no_sink state", || {
+            sidecar.metric("rayshape_sidecar_state{state=\"no_sink\"}") == 1.0
+        });
+        assert!(store.keys().is_empty(), "shipped without a sink");
+        // The admin sets the sink; the running sidecar asks again within a minute.
+        c.set_webhook_settings(&with_sink);
+        let prefix = format!("{ns}/none/ray-1-{uid}");
+        wait_until(
+            Duration::from_secs(120),
+            "the sidecar to ship after the sink was set",
+            || {
+                store
+                    .keys()
+                    .iter()
+                    .any(|k| k.starts_with(&format!("clusters/{prefix}/{SESSION}/")))
+            },
+        );
+        assert!(
+            sidecar.log().contains("the webhook now names a sink"),
+            "{}",
+            sidecar.log()
+        );
+        sidecar.ray_writes("raylet.out", "after\n");
+        stop(&mut sidecar);
+        assert_eq!(
+            shipped(&store, &prefix, "raylet.out", &work),
+            b"before the sink\nafter\n"
+        );
+    }));
+    c.set_webhook_settings(&c.default_settings());
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
 /// The cluster's kube-apiserver, killed for an outage and started again exactly as it ran
 /// (command line and environment from /proc), also when the test fails.
 struct ApiServerOutage<'a> {

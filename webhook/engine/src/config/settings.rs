@@ -266,6 +266,22 @@ impl Settings {
                 ),
             );
         }
+        // Every sidecar opens this sink as the bootstrap hands it: one it cannot read would
+        // leave every Ray pod's logs on disk.
+        if !sc.log_sink.url.is_empty()
+            && rayshape_contract::sink_url::parse(&sc.log_sink.url).is_none()
+        {
+            r.error(
+                FILE,
+                None,
+                "sidecar.logSink.url",
+                format!(
+                    "{:?} is not a sink URL; expected one of {}",
+                    sc.log_sink.url,
+                    rayshape_contract::sink_url::FORMS
+                ),
+            );
+        }
         if rayshape_contract::options::encode(&sc.log_sink.options).is_none() {
             r.error(
                 FILE,
@@ -275,24 +291,33 @@ impl Settings {
             );
         }
         if let Some(b) = &sc.flush.max_bytes {
+            let max = rayshape_contract::MAX_FLUSH_BYTES;
             match Quantity::parse(b) {
-                Ok(q) if q.is_positive() && q.millis() % 1000 == 0 => {}
+                Ok(q)
+                    if q.is_positive()
+                        && q.millis() % 1000 == 0
+                        && q.millis() / 1000 <= i128::from(max) => {}
                 _ => r.error(
                     FILE,
                     None,
                     "sidecar.flush.maxBytes",
-                    format!("{b:?} is not a positive number of bytes, like 4Mi"),
+                    format!(
+                        "{b:?} is not a number of bytes from 1 to 64Mi (a segment is held in the sidecar's memory while it uploads), like 4Mi"
+                    ),
                 ),
             }
         }
+        let max_age = rayshape_contract::MAX_FLUSH_AGE_SECONDS;
         if let Some(a) = sc.flush.max_age_seconds
-            && !(a.is_finite() && a > 0.0)
+            && !(a > 0.0 && a <= max_age as f64)
         {
             r.error(
                 FILE,
                 None,
                 "sidecar.flush.maxAgeSeconds",
-                format!("{a} is not a positive number of seconds"),
+                format!(
+                    "{a} is not a number of seconds above 0 and at most {max_age} (a day: logs wait that long on the pod's disk at most)"
+                ),
             );
         }
         let b = &self.bootstrap;
@@ -469,6 +494,51 @@ mod tests {
                 "{:?}",
                 r.errors
             );
+        }
+    }
+
+    #[test]
+    fn the_sink_and_batching_are_ones_every_sidecar_can_use() {
+        let ok = "sidecar:\n  logSink: {url: \"s3://logs/ray\"}\n  flush: {maxBytes: 64Mi, maxAgeSeconds: 86400}\n";
+        let mut r = Report::default();
+        assert!(Settings::load(ok, &mut r).is_some(), "{:?}", r.errors);
+        for (yaml, key, says) in [
+            (
+                "logSink: {url: \"s3:/logs\"}",
+                "sidecar.logSink.url",
+                "expected one of s3://bucket[/prefix]",
+            ),
+            (
+                "logSink: {url: \"https://logs.example.com/b\"}",
+                "sidecar.logSink.url",
+                "file:///dir",
+            ),
+            (
+                "flush: {maxBytes: 65Mi}",
+                "sidecar.flush.maxBytes",
+                "from 1 to 64Mi",
+            ),
+            (
+                "flush: {maxBytes: 0}",
+                "sidecar.flush.maxBytes",
+                "from 1 to 64Mi",
+            ),
+            (
+                "flush: {maxAgeSeconds: 1e20}",
+                "sidecar.flush.maxAgeSeconds",
+                "at most 86400",
+            ),
+            (
+                "flush: {maxAgeSeconds: -1}",
+                "sidecar.flush.maxAgeSeconds",
+                "above 0",
+            ),
+        ] {
+            let mut r = Report::default();
+            let yaml = format!("sidecar:\n  {yaml}\n");
+            assert!(Settings::load(&yaml, &mut r).is_none(), "{yaml}");
+            let e = r.errors[0].to_string();
+            assert!(e.contains(key) && e.contains(says), "{yaml}: {e}");
         }
     }
 
