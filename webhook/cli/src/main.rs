@@ -78,10 +78,14 @@ enum Command {
         /// Seconds between checks of the configuration and certificate files.
         #[arg(long, default_value_t = 1.0)]
         reload_interval: f64,
-        /// Seconds after SIGTERM for requests in flight to finish.
+        /// Seconds after SIGTERM the server goes on serving, not ready, while the Service's
+        /// endpoints drop the pod (0: stop accepting at once).
+        #[arg(long, default_value_t = 5.0)]
+        shutdown_delay: f64,
+        /// Seconds after that for requests in flight to finish.
         #[arg(long, default_value_t = 25.0)]
         shutdown_timeout: f64,
-        /// Seconds a connection may sit with no bytes moving.
+        /// Seconds a connection may sit with no request in flight.
         #[arg(long, default_value_t = 120.0)]
         idle_timeout: f64,
         /// Seconds a client may take to send request headers, or a TLS handshake.
@@ -95,6 +99,10 @@ enum Command {
         /// Admission reviews decided at once; more wait.
         #[arg(long, default_value_t = 64)]
         max_in_flight: usize,
+        /// MiB of request bodies held at once over all connections (at least 3, the
+        /// largest body); a request that would go over is answered 503 with Retry-After.
+        #[arg(long, default_value_t = 64)]
+        max_body_memory: usize,
         /// Threads serving requests. One serves about 15,000 admissions a second, far
         /// beyond what an API server sends, and costs a quarter less CPU per admission
         /// than a work-stealing runtime on the same core (BENCHMARKS.md).
@@ -171,12 +179,14 @@ fn main() -> ExitCode {
             listen,
             metrics_listen,
             reload_interval,
+            shutdown_delay,
             shutdown_timeout,
             idle_timeout,
             header_timeout,
             body_timeout,
             max_connections,
             max_in_flight,
+            max_body_memory,
             threads,
         } => {
             let secs = |name: &str, v: f64| {
@@ -203,11 +213,23 @@ fn main() -> ExitCode {
                     body_timeout: secs("body-timeout", body_timeout)?,
                     handshake_timeout: secs("header-timeout", header_timeout)?,
                     idle_timeout: secs("idle-timeout", idle_timeout)?,
+                    shutdown_delay: if shutdown_delay == 0.0 {
+                        std::time::Duration::ZERO
+                    } else {
+                        secs("shutdown-delay", shutdown_delay)?
+                    },
                     shutdown_timeout: secs("shutdown-timeout", shutdown_timeout)?,
                     max_connections,
                     max_in_flight,
+                    max_body_memory: max_body_memory.saturating_mul(1 << 20),
                 })
             })();
+            if !(3..=65536).contains(&max_body_memory) {
+                eprintln!(
+                    "error: --max-body-memory must be between 3 and 65536 MiB (3 MiB holds the largest body), got {max_body_memory}"
+                );
+                return ExitCode::from(2);
+            }
             if !(1..=256).contains(&threads) {
                 eprintln!("error: --threads must be between 1 and 256, got {threads}");
                 return ExitCode::from(2);

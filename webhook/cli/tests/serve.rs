@@ -179,13 +179,6 @@ impl Server {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        self.proc.signal("TERM");
-        self.proc
-            .wait_for(Duration::from_secs(30))
-            .expect("no exit after SIGTERM")
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -785,12 +778,162 @@ async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn sigterm_finishes_and_exits_zero() {
     let (root, certs, config, p) = setup("sigterm");
-    let mut server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let mut server = Server::start(
+        &certs,
+        &config,
+        vec![p.ca_der.clone()],
+        &["--shutdown-delay", "2"],
+    )
+    .await;
     let mut c = server.client(Alpn::H2).await.unwrap();
     assert_eq!(c.get("/healthz").await.unwrap().0, 200);
-    let st = server.terminate();
+    server.proc.signal("TERM");
+    // Not ready at once, yet still serving, new connections too, while the endpoints
+    // drop the pod.
+    let started = Instant::now();
+    loop {
+        let (s, b) = c.get("/readyz").await.unwrap();
+        if s == 503 {
+            assert!(String::from_utf8_lossy(&b).contains("shutting down"));
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "still ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut late = server.client(Alpn::H1).await.expect("still accepting");
+    assert_eq!(late.get("/healthz").await.unwrap().0, 200);
+    let st = server
+        .proc
+        .wait_for(Duration::from_secs(30))
+        .expect("no exit after SIGTERM");
+    assert!(started.elapsed() >= Duration::from_millis(1800));
     assert_eq!(st.code(), Some(0), "log:\n{}", server.log_text());
     assert!(server.log_text().contains("shutting down"));
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Request bodies held count against `--max-body-memory`: clients that send large bodies
+/// and stop just short of their end cannot run the server out of memory; past the budget
+/// a request gets 503 at once, and the budget comes back when the bodies go.
+#[tokio::test]
+async fn bodies_held_at_once_are_bounded() {
+    let (root, certs, config, p) = setup("bodies");
+    let server = Server::start(
+        &certs,
+        &config,
+        vec![p.ca_der.clone()],
+        &["--max-body-memory", "3"],
+    )
+    .await;
+    let tls = || async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(p.ca_der.clone()).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(server.addr).await.unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    };
+    // 2 MiB of a 2.5 MiB body, and the client waits.
+    let mut held = tls().await;
+    held.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 2621440\r\n\r\n")
+        .await
+        .unwrap();
+    held.write_all(&vec![b' '; 2 << 20]).await.unwrap();
+    held.flush().await.unwrap();
+    let m = || async {
+        let m = server.metrics_text().await;
+        Server::metric(&m, "rayshape_webhook_in_flight_requests ")
+    };
+    let started = Instant::now();
+    while m().await < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A whole 2 MiB body does not fit beside it.
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    let (s, b) = c.post(vec![b' '; 2 << 20]).await.unwrap();
+    assert_eq!(s, 503, "{}", String::from_utf8_lossy(&b));
+    assert!(
+        String::from_utf8_lossy(&b).contains("3 MiB of request bodies"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    // Small reviews still fit, and the connection goes on serving.
+    let (s, _) = c.post("{}").await.unwrap();
+    assert_eq!(s, 400);
+    // The waiting client goes: its share comes back.
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let (s, b) = c.post(vec![b' '; 2 << 20]).await.unwrap();
+        if s == 400 {
+            assert!(String::from_utf8_lossy(&b).contains("not JSON"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "budget not returned: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Idle means no request in flight: an HTTP/2 client that only answers and sends PINGs
+/// (bytes moving, no requests) is closed after the idle timeout, as one that sends
+/// nothing is.
+#[tokio::test]
+async fn pings_do_not_keep_a_connection_open() {
+    let (root, certs, config, p) = setup("pings");
+    let server = Server::start(
+        &certs,
+        &config,
+        vec![p.ca_der.clone()],
+        &["--idle-timeout", "1"],
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(p.ca_der.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_while_idle(true)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("https://localhost/healthz")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with PINGs and no requests stayed open"
+    );
+    assert!(sender.is_closed());
     let _ = std::fs::remove_dir_all(root);
 }
 

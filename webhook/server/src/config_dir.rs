@@ -50,7 +50,7 @@ fn read_with(dir: &Path, mut between: impl FnMut()) -> Result<Sources, ConfigErr
 }
 
 /// The directory `..data` points to, when the directory is a kubelet mount.
-fn resolve(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve(dir: &Path) -> Option<PathBuf> {
     let target = std::fs::read_link(dir.join(DATA_LINK)).ok()?;
     Some(dir.join(target))
 }

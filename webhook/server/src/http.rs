@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 pub type Body = Full<Bytes>;
 
@@ -97,6 +98,8 @@ pub mod labels {
         match status.as_u16() {
             200 => "200",
             400 => "400",
+            401 => "401",
+            403 => "403",
             404 => "404",
             405 => "405",
             408 => "408",
@@ -119,6 +122,8 @@ where
         (&Method::GET, "/readyz") => {
             if state.ready() {
                 text(StatusCode::OK, "ok")
+            } else if state.draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down")
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -174,8 +179,21 @@ where
         tokio::spawn(drain(req.into_body(), state.body_timeout));
         return too_large();
     }
-    let body = match read_body(req.into_body(), state.body_timeout).await {
+    let (body, _held) = match read_body(req.into_body(), state.body_timeout, &state.bodies).await {
         Ok(b) => b,
+        Err(BodyError::Busy(rest)) => {
+            tokio::spawn(drain(rest, state.body_timeout));
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the server already holds {} MiB of request bodies (many large reviews at once, or clients that stopped sending); retry",
+                    state.body_memory >> 20
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
         Err(BodyError::TooLarge(rest)) => {
             // Answer while the client is still sending, and keep reading what it sends so
             // the answer arrives: a request body dropped unread resets an HTTP/2 stream
@@ -283,16 +301,30 @@ async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
 enum BodyError<B> {
     /// Over the limit; the rest of the body, still unread.
     TooLarge(B),
+    /// The server's budget for bodies held is spent; the rest of the body, still unread.
+    Busy(B),
     Read(String),
     Timeout,
 }
 
-/// The request body, up to [`MAX_INPUT`] bytes, within `timeout`.
-async fn read_body<B>(mut body: B, timeout: Duration) -> Result<Bytes, BodyError<B>>
+/// The request body, up to [`MAX_INPUT`] bytes, within `timeout`, with the share of the
+/// server's body budget (`budget`, in KiB) it holds: every body held counts, so that
+/// clients sending many large bodies, or stopping just short of their end, cannot run the
+/// server out of memory.
+async fn read_body<'a, B>(
+    mut body: B,
+    timeout: Duration,
+    budget: &'a Semaphore,
+) -> Result<(Bytes, Option<SemaphorePermit<'a>>), BodyError<B>>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    enum Over {
+        Limit,
+        Budget,
+    }
+    let mut held_kib: Option<SemaphorePermit<'a>> = None;
     let read = async {
         // A body that comes in one frame (the usual case) is used as it came; only one in
         // several frames is copied together.
@@ -303,10 +335,22 @@ where
             if let Ok(data) = frame.into_data() {
                 let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
                 if held + data.len() > MAX_INPUT {
-                    return Ok(None);
+                    return Ok(Err(Over::Limit));
                 }
                 if data.is_empty() {
                     continue;
+                }
+                let have = held_kib.as_ref().map_or(0, SemaphorePermit::num_permits);
+                let need = (held + data.len()).div_ceil(1024).saturating_sub(have);
+                if need > 0 {
+                    // MAX_INPUT is 3 MiB: the count fits.
+                    let Ok(more) = budget.try_acquire_many(need as u32) else {
+                        return Ok(Err(Over::Budget));
+                    };
+                    match &mut held_kib {
+                        Some(p) => p.merge(more),
+                        None => held_kib = Some(more),
+                    }
                 }
                 match first.take() {
                     None if buf.is_empty() => first = Some(data),
@@ -319,11 +363,12 @@ where
                 }
             }
         }
-        Ok(Some(first.unwrap_or_else(|| buf.freeze())))
+        Ok(Ok(first.unwrap_or_else(|| buf.freeze())))
     };
     match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(Some(b))) => Ok(b),
-        Ok(Ok(None)) => Err(BodyError::TooLarge(body)),
+        Ok(Ok(Ok(b))) => Ok((b, held_kib)),
+        Ok(Ok(Err(Over::Limit))) => Err(BodyError::TooLarge(body)),
+        Ok(Ok(Err(Over::Budget))) => Err(BodyError::Busy(body)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(BodyError::Timeout),
     }
@@ -369,6 +414,7 @@ mod tests {
             Config::builtin(),
             4,
             Duration::from_secs(1),
+            64 << 20,
             crate::bootstrap::Bootstrap::new(Err("not in this test".into())),
         );
         let body = br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u-77"}}"#;
@@ -400,20 +446,60 @@ mod tests {
                     .unwrap();
             }
             drop(tx);
-            let Ok(b) = read_body(body, Duration::from_secs(5)).await else {
+            let budget = Semaphore::new(64);
+            let Ok((b, held)) = read_body(body, Duration::from_secs(5), &budget).await else {
                 panic!("{frames:?} is read");
             };
             assert_eq!(b, frames.concat().as_bytes());
+            assert_eq!(held.map_or(0, |p| p.num_permits()), b.len().div_ceil(1024));
         }
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(8);
         tx.send_data(Bytes::from(vec![b' '; MAX_INPUT]))
             .await
             .unwrap();
         tx.send_data(Bytes::from_static(b"x")).await.unwrap();
+        let budget = Semaphore::new(MAX_INPUT / 1024);
         assert!(matches!(
-            read_body(body, Duration::from_secs(5)).await,
+            read_body(body, Duration::from_secs(5), &budget).await,
             Err(BodyError::TooLarge(_))
         ));
+        assert_eq!(budget.available_permits(), MAX_INPUT / 1024);
+    }
+
+    /// Bodies held count against the server's budget until their request is done: a
+    /// body that would go over is refused, and the budget comes back when the others go.
+    #[tokio::test]
+    async fn bodies_held_count_against_the_budget() {
+        let budget = Semaphore::new(10);
+        let body = |kib: usize| {
+            let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(4);
+            tokio::spawn(async move {
+                for _ in 0..kib {
+                    let _ = tx.send_data(Bytes::from(vec![b' '; 1024])).await;
+                }
+            });
+            body
+        };
+        let Ok((a, held_a)) = read_body(body(6), Duration::from_secs(5), &budget).await else {
+            panic!("6 KiB fit in 10");
+        };
+        assert_eq!((a.len(), budget.available_permits()), (6 * 1024, 4));
+        assert!(matches!(
+            read_body(body(5), Duration::from_secs(5), &budget).await,
+            Err(BodyError::Busy(_))
+        ));
+        assert_eq!(
+            budget.available_permits(),
+            4,
+            "a refused body holds nothing"
+        );
+        drop(held_a);
+        assert!(
+            read_body(body(5), Duration::from_secs(5), &budget)
+                .await
+                .is_ok()
+        );
+        assert_eq!(budget.available_permits(), 10);
     }
 
     #[test]
@@ -433,6 +519,7 @@ mod tests {
             Config::builtin(),
             4,
             Duration::from_secs(30),
+            64 << 20,
             crate::bootstrap::Bootstrap::new(Err("not in this test".into())),
         ));
         let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);

@@ -1,102 +1,78 @@
-//! A stream that remembers when bytes last moved, so idle connections can be closed.
+//! When a connection last had a request in flight, so idle connections can be closed.
+//!
+//! Idle means no request: bytes moving say nothing, since HTTP/2 keep-alive PINGs (the
+//! server's own, every 30 s) move bytes on a connection nobody uses, and a client could
+//! hold a connection slot for ever that way.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// How long ago the wrapped stream last read or wrote a byte.
+/// A connection's requests: how many are in flight, and when the last one ended.
 #[derive(Clone)]
-pub struct Activity {
+pub struct Activity(Arc<Inner>);
+
+struct Inner {
     start: Instant,
-    last_ms: Arc<AtomicU64>,
+    /// Milliseconds from `start` to the end of the last request (or 0).
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
 }
 
 impl Activity {
-    fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    pub fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.start.elapsed().saturating_sub(last)
-    }
-}
-
-pub struct Tracked<S> {
-    inner: S,
-    activity: Activity,
-}
-
-impl<S> Tracked<S> {
-    pub fn new(inner: S) -> (Tracked<S>, Activity) {
-        let activity = Activity {
+    pub fn new() -> Activity {
+        Activity(Arc::new(Inner {
             start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        };
-        (
-            Tracked {
-                inner,
-                activity: activity.clone(),
-            },
-            activity,
-        )
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }))
+    }
+
+    /// A request began; it ends when the guard is dropped (also when hyper drops the
+    /// request's handler because the client went away).
+    pub fn begin(&self) -> Request {
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        Request(self.clone())
+    }
+
+    /// How long the connection has had no request in flight.
+    pub fn idle_for(&self) -> Duration {
+        if self.0.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed));
+        self.0.start.elapsed().saturating_sub(last)
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
+/// A request in flight on a connection.
+pub struct Request(Activity);
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        let a = &self.0.0;
+        a.last_ms
+            .store(a.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+    #[test]
+    fn idle_only_with_no_request_in_flight() {
+        let a = Activity::new();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(a.idle_for() >= Duration::from_millis(20));
+        let r1 = a.begin();
+        let r2 = a.begin();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(a.idle_for(), Duration::ZERO);
+        drop(r1);
+        assert_eq!(a.idle_for(), Duration::ZERO, "one still in flight");
+        drop(r2);
+        assert!(a.idle_for() < Duration::from_millis(15));
     }
 }

@@ -4,8 +4,8 @@
 //! plain HTTP for `/metrics`. The configuration directory and the certificate files are
 //! re-read every `reload_interval`; a changed version that loads replaces the one in force
 //! for the next request or handshake, one that does not is refused, logged and counted, and
-//! the last good one stays. SIGTERM stops accepting, lets requests in flight finish, and
-//! exits 0.
+//! the last good one stays. SIGTERM makes the server not ready, goes on serving for
+//! `shutdown_delay`, then stops accepting, lets requests in flight finish, and exits 0.
 
 pub mod bootstrap;
 pub mod config_dir;
@@ -46,13 +46,19 @@ pub struct Options {
     pub body_timeout: Duration,
     /// How long a TLS handshake may take.
     pub handshake_timeout: Duration,
-    /// A connection with no bytes moving for this long is closed.
+    /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
-    /// After SIGTERM, how long requests in flight get to finish.
+    /// After SIGTERM, how long the server goes on accepting, not ready, while the
+    /// Service's endpoints drop this pod (connections still routed here are served).
+    pub shutdown_delay: Duration,
+    /// Then how long requests in flight get to finish.
     pub shutdown_timeout: Duration,
     pub max_connections: usize,
     /// Admissions decided at once; more wait their turn.
     pub max_in_flight: usize,
+    /// Bytes of request bodies held at once, over all connections; a body that would go
+    /// over is answered 503 (at least [`MAX_INPUT`](rayshape_engine::decode::MAX_INPUT)).
+    pub max_body_memory: usize,
 }
 
 /// What every request handler shares.
@@ -61,8 +67,13 @@ pub struct State {
     pub metrics: Metrics,
     resolver: Arc<tls::Resolver>,
     config_loaded: AtomicBool,
+    /// Set on SIGTERM: not ready any more.
+    draining: AtomicBool,
     decisions: Semaphore,
     body_timeout: Duration,
+    /// Request bodies held, in KiB, against `body_memory`.
+    bodies: Semaphore,
+    body_memory: usize,
     pub bootstrap: bootstrap::Bootstrap,
 }
 
@@ -72,14 +83,19 @@ impl State {
         cfg: Config,
         max_in_flight: usize,
         body_timeout: Duration,
+        body_memory: usize,
         bootstrap: bootstrap::Bootstrap,
     ) -> State {
+        let body_memory = body_memory.max(rayshape_engine::decode::MAX_INPUT);
         State {
+            bodies: Semaphore::new(body_memory / 1024),
+            body_memory,
             bootstrap,
             config: RwLock::new(Arc::new(cfg)),
             metrics: Metrics::new(),
             resolver: Arc::new(tls::Resolver::default()),
             config_loaded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             decisions: Semaphore::new(max_in_flight.max(1)),
             body_timeout,
         }
@@ -94,7 +110,12 @@ impl State {
     }
 
     pub fn ready(&self) -> bool {
-        self.config_loaded.load(Ordering::Relaxed) && self.resolver.is_loaded()
+        self.config_loaded.load(Ordering::Relaxed) && self.resolver.is_loaded() && !self.draining()
+    }
+
+    /// Whether SIGTERM came: the server answers as before but is not ready.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     fn install(&self, cfg: Config) {
@@ -146,6 +167,11 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     for w in &cfg.warnings {
         tracing::warn!(problem = %w, "configuration note");
     }
+    if opts.bootstrap_ca.is_none() && cfg.settings.sidecar.enabled {
+        tracing::warn!(
+            "no --bootstrap-ca: injected sidecars get no CA to check the bootstrap endpoint with, cannot bootstrap and ship nothing; pass the serving certificate's CA bundle (the ca.crt of its Secret)"
+        );
+    }
     let api = bootstrap::api::KubeApi::infer().await;
     if let Err(e) = &api {
         tracing::warn!(error = %e, "bootstrap requests will be answered 503 until the webhook runs with API access");
@@ -154,6 +180,7 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         cfg.clone(),
         opts.max_in_flight,
         opts.body_timeout,
+        opts.max_body_memory,
         bootstrap::Bootstrap::new(api),
     ));
     state.install(cfg);
@@ -192,12 +219,21 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     let accept = tokio::spawn(accept_loop(
         listener,
         tls_config,
-        state,
+        state.clone(),
         opts.clone(),
         stop_rx,
     ));
 
     shutdown_signal().await;
+    // The Service's endpoints learn of the pod's termination a moment after the kubelet
+    // sends SIGTERM; closing the listener at once would refuse admissions still routed here
+    // (with failurePolicy Fail, Ray pods refused in every rollout and node drain).
+    state.draining.store(true, Ordering::Relaxed);
+    tracing::info!(
+        delay_s = opts.shutdown_delay.as_secs_f64(),
+        "shutting down: not ready; still serving while the endpoints drop this pod"
+    );
+    tokio::time::sleep(opts.shutdown_delay).await;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(opts.shutdown_timeout, accept).await {
@@ -238,6 +274,9 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+/// How long an idle connection being closed gets to finish (at most its idle timeout).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 async fn accept_loop(
     listener: TcpListener,
@@ -303,16 +342,26 @@ async fn accept_loop(
                     return;
                 }
             };
-            let (io, activity) = idle::Tracked::new(tls);
-            let (io, uncork) = cork::Corked::new(io);
+            let activity = idle::Activity::new();
+            let (io, uncork) = cork::Corked::new(tls);
             let source = peer.ip();
-            let service =
-                hyper::service::service_fn(move |req| http::webhook(req, state.clone(), source));
+            let requests = activity.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let request = requests.begin();
+                let answer = http::webhook(req, state.clone(), source);
+                async move {
+                    let r = answer.await;
+                    drop(request);
+                    r
+                }
+            });
             // Serve until the connection ends, goes idle, or the server stops.
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             let mut stop = stop;
-            let mut closing = false;
+            // Once closing, the connection gets this long to finish; a client that does
+            // not read its answers (or keeps sending pipelined requests) is then dropped.
+            let mut closing: Option<tokio::time::Instant> = None;
             let mut tick = tokio::time::interval(
                 opts.idle_timeout
                     .clamp(Duration::from_millis(100), Duration::from_secs(1)),
@@ -325,15 +374,23 @@ async fn accept_loop(
                         }
                         return;
                     }
-                    _ = stop.changed(), if !closing => {
-                        closing = true;
+                    _ = stop.changed(), if closing.is_none() => {
+                        closing = Some(tokio::time::Instant::now() + opts.shutdown_timeout);
                         conn.as_mut().graceful_shutdown();
                     }
-                    _ = tick.tick(), if !closing => {
+                    _ = tick.tick() => {
                         uncork.release();
-                        if activity.idle_for() >= opts.idle_timeout {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
+                        match closing {
+                            Some(deadline) if tokio::time::Instant::now() >= deadline => {
+                                tracing::debug!(%peer, "connection dropped: it did not close in time");
+                                return;
+                            }
+                            Some(_) => {}
+                            None if activity.idle_for() >= opts.idle_timeout => {
+                                closing = Some(tokio::time::Instant::now() + opts.idle_timeout.min(CLOSE_GRACE));
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            None => {}
                         }
                     }
                 }

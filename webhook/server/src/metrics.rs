@@ -115,7 +115,7 @@ impl Metrics {
             bootstrap_events: counter(
                 &r,
                 "bootstrap_events_total",
-                "Events recorded on pods by bootstraps, by result.",
+                "Events recorded on pods by bootstraps, by result: created, failed, skipped (too many under way).",
                 &["result"],
             ),
             panics,

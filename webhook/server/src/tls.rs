@@ -45,15 +45,38 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// Both files' bytes, for change detection.
+    /// Both files' bytes, for change detection. From a mounted Secret (both files in one
+    /// directory with a `..data` link, which the kubelet swaps to renew them at once) both
+    /// are read from the version the link names, resolved once, so that a renewal between
+    /// the two reads cannot pair the new certificate with the old key.
     pub fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
-        let read = |p: &Path| {
+        let read = |p: &Path, shown: &Path| {
             std::fs::read(p).map_err(|source| TlsError::Read {
-                path: p.display().to_string(),
+                path: shown.display().to_string(),
                 source,
             })
         };
-        Ok((read(&self.cert)?, read(&self.key)?))
+        let mut attempts = 3;
+        loop {
+            let version = match (self.cert.parent(), self.key.parent()) {
+                (Some(a), Some(b)) if a == b => crate::config_dir::resolve(a),
+                _ => None,
+            };
+            let (cert, key) = match (&version, self.cert.file_name(), self.key.file_name()) {
+                (Some(v), Some(c), Some(k)) => (v.join(c), v.join(k)),
+                _ => (self.cert.clone(), self.key.clone()),
+            };
+            match (read(&cert, &self.cert), read(&key, &self.key)) {
+                (Ok(c), Ok(k)) => return Ok((c, k)),
+                // The version went while it was read: swapped since; read the new one.
+                (Err(_), _) | (_, Err(_))
+                    if attempts > 1 && version.as_ref().is_some_and(|v| !v.is_dir()) =>
+                {
+                    attempts -= 1;
+                }
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            }
+        }
     }
 
     /// Parse and check a certificate chain and key.
@@ -129,4 +152,51 @@ pub fn server_config(
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both files come from the version `..data` names, even where the top-level links
+    /// would (for a moment, during a swap) lead to another one.
+    #[test]
+    fn a_mounted_secret_is_read_from_one_version() {
+        let dir = std::env::temp_dir().join(format!("rs-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (v, body) in [("..v1", "one"), ("..v2", "two")] {
+            std::fs::create_dir_all(dir.join(v)).unwrap();
+            std::fs::write(dir.join(v).join("tls.crt"), format!("{body} crt")).unwrap();
+            std::fs::write(dir.join(v).join("tls.key"), format!("{body} key")).unwrap();
+        }
+        let link = |target: &str, name: &str| std::os::unix::fs::symlink(target, dir.join(name));
+        link("..v2", "..data").unwrap();
+        // Mid-swap: the certificate's link still leads to the old version.
+        link("..v1/tls.crt", "tls.crt").unwrap();
+        link("..data/tls.key", "tls.key").unwrap();
+        let paths = Paths {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        };
+        let (c, k) = paths.read().unwrap();
+        assert_eq!((&c[..], &k[..]), (&b"two crt"[..], &b"two key"[..]));
+        // Plain files, no `..data`: read as they are.
+        let plain = dir.join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        std::fs::write(plain.join("c"), "c").unwrap();
+        std::fs::write(plain.join("k"), "k").unwrap();
+        let paths = Paths {
+            cert: plain.join("c"),
+            key: plain.join("k"),
+        };
+        assert_eq!(paths.read().unwrap(), (b"c".to_vec(), b"k".to_vec()));
+        let e = Paths {
+            cert: plain.join("nope"),
+            key: plain.join("k"),
+        }
+        .read()
+        .unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

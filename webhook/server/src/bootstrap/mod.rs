@@ -23,8 +23,9 @@ use rayshape_engine::config::Config;
 use rayshape_engine::primitives::quantity::Quantity;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Semaphore;
 use verify::{Caller, PodFacts, Refused};
 
 /// Seconds a sidecar is told to wait when the API server is in trouble.
@@ -37,7 +38,13 @@ pub struct Bootstrap {
     why_no_api: String,
     limiter: Mutex<Limiter>,
     cache: Mutex<ReviewCache>,
+    /// Event writes under way: recorded after the answer, at most [`EVENTS_AT_ONCE`].
+    events: Arc<Semaphore>,
 }
+
+/// Event writes under way at once; past that an Event is skipped (and counted): a slow
+/// API server must not pile them up, and no answer waits for one.
+const EVENTS_AT_ONCE: usize = 32;
 
 impl Bootstrap {
     pub fn new(api: Result<KubeApi, String>) -> Bootstrap {
@@ -50,6 +57,7 @@ impl Bootstrap {
             why_no_api,
             limiter: Mutex::default(),
             cache: Mutex::default(),
+            events: Arc::new(Semaphore::new(EVENTS_AT_ONCE)),
         }
     }
 }
@@ -190,17 +198,11 @@ async fn decide(authorization: Option<&HeaderValue>, source: IpAddr, state: &Sta
                     c
                 }
                 Err(r) => {
-                    // Tell the pod the token claims to be from; the claim is unverified,
-                    // and says so.
+                    // The pod the token claims to be from goes to the log only: anyone can
+                    // write a token claiming any pod, and an Event on it would let them
+                    // write warnings on every pod in the cluster.
                     if let Some(claimed) = limits::claimed_pod(token) {
-                        record(
-                            api,
-                            state,
-                            &claimed,
-                            false,
-                            &format!("a token presented for this pod was refused: {}", r.reason()),
-                        )
-                        .await;
+                        tracing::info!(claimed_namespace = %claimed.namespace, claimed_pod = %claimed.pod, "bootstrap: the refused token claims this pod (unverified)");
                     }
                     return Outcome::Refused(r);
                 }
@@ -208,7 +210,7 @@ async fn decide(authorization: Option<&HeaderValue>, source: IpAddr, state: &Sta
         }
     };
     if let Err(r) = verify::allowed(&caller, &settings.bootstrap) {
-        record(api, state, &caller, false, &r.reason()).await;
+        record(b, api, state, &caller, false, r.reason());
         return Outcome::Refused(r);
     }
 
@@ -227,22 +229,22 @@ async fn decide(authorization: Option<&HeaderValue>, source: IpAddr, state: &Sta
     let facts = match verify::pod(&caller, pod.as_ref(), &settings.key(keys::SHAPED)) {
         Ok(f) => f,
         Err(r) => {
-            record(api, state, &caller, false, &r.reason()).await;
+            record(b, api, state, &caller, false, r.reason());
             return Outcome::Refused(r);
         }
     };
     let config = node_config(&cfg, &caller, &facts);
     record(
+        b,
         api,
         state,
         &caller,
         true,
-        &format!(
+        format!(
             "sidecar verified as {}/{} (service account {}); it ships logs under {}",
             caller.namespace, caller.pod, caller.service_account, config.key_prefix
         ),
-    )
-    .await;
+    );
     Outcome::Verified(Box::new(config))
 }
 
@@ -275,20 +277,34 @@ fn remember(b: &Bootstrap, key: [u8; 32], caller: &Caller, token: &str, seconds:
     }
 }
 
-/// Record an Event on the pod; a failure is logged and counted, and changes no answer.
-async fn record(api: &KubeApi, state: &State, caller: &Caller, verified: bool, note: &str) {
-    let result = match api.event(caller, verified, note).await {
-        Ok(()) => "created",
-        Err(e) => {
-            tracing::warn!(namespace = %caller.namespace, pod = %caller.pod, error = %e, "bootstrap: cannot record an Event");
-            "failed"
-        }
+/// Record an Event on the pod after the answer has gone: a failure is logged and counted,
+/// and changes no answer; with [`EVENTS_AT_ONCE`] writes under way, it is skipped.
+fn record(
+    b: &Bootstrap,
+    api: &KubeApi,
+    state: &State,
+    caller: &Caller,
+    verified: bool,
+    note: String,
+) {
+    let counter = state.metrics.bootstrap_events.clone();
+    let Ok(slot) = b.events.clone().try_acquire_owned() else {
+        tracing::debug!(namespace = %caller.namespace, pod = %caller.pod, "bootstrap: Event skipped, too many under way");
+        counter.with_label_values(&["skipped"]).inc();
+        return;
     };
-    state
-        .metrics
-        .bootstrap_events
-        .with_label_values(&[result])
-        .inc();
+    let (api, caller) = (api.clone(), caller.clone());
+    tokio::spawn(async move {
+        let _slot = slot;
+        let result = match api.event(&caller, verified, &note).await {
+            Ok(()) => "created",
+            Err(e) => {
+                tracing::warn!(namespace = %caller.namespace, pod = %caller.pod, error = %e, "bootstrap: cannot record an Event");
+                "failed"
+            }
+        };
+        counter.with_label_values(&[result]).inc();
+    });
 }
 
 /// The node's configuration: the sink and batching of `webhook.yaml`, under a prefix that
