@@ -14,9 +14,11 @@
 //! plan is uploaded again to the same key; a store that already has it answers
 //! "already exists" (or, without create-only puts, is given the same bytes again).
 //!
-//! Size changes and newly found files are saved too, but not fsynced: a process crash
-//! keeps them (the page cache survives it), and losing them to a power cut only makes the
-//! count of lost bytes lower than the truth.
+//! Size changes and newly found files are saved too, their data synced before the rename
+//! (else a power cut could leave the rename without the data: an empty checkpoint, set
+//! aside, and every file shipped again) but not the directory: losing such a save to a
+//! power cut keeps the checkpoint before it, which only makes the count of lost bytes lower
+//! than the truth.
 
 use crate::idmap::IdMap;
 use serde::{Deserialize, Serialize};
@@ -302,9 +304,11 @@ impl Checkpoint {
         }
     }
 
-    /// Write atomically: a crash leaves the old checkpoint or the new one, never a mix.
-    /// `durable` also fsyncs the file and its directory, so that a power cut keeps it (for
-    /// plans and commits; not needed for sizes).
+    /// Write atomically: a crash, or a power cut, leaves the old checkpoint or the new one,
+    /// never a mix or an empty file (the data is synced before the rename: file systems do
+    /// not all order a rename after the data written before it). `durable` also syncs the
+    /// directory, so that a power cut keeps the new one (for plans and commits; not needed
+    /// for sizes).
     pub fn save(&self, path: &Path, durable: bool) -> Result<(), CheckpointError> {
         let err = |source| CheckpointError::Write {
             path: path.display().to_string(),
@@ -321,6 +325,8 @@ impl Checkpoint {
         let f = w.into_inner().map_err(|e| err(e.into_error()))?;
         if durable {
             f.sync_all().map_err(err)?;
+        } else {
+            f.sync_data().map_err(err)?;
         }
         drop(f);
         std::fs::rename(&tmp, path).map_err(err)?;

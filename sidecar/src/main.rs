@@ -64,7 +64,7 @@ enum LogsCommand {
     List {
         #[command(flatten)]
         sink: SinkArgs,
-        /// Only pods under this prefix: NAMESPACE[/CLUSTER[/POD-UID]].
+        /// Only pods under this prefix: NAMESPACE[/CLUSTER[/POD_NAME-POD_UID]].
         #[arg(long)]
         pod: Option<String>,
     },
@@ -72,7 +72,7 @@ enum LogsCommand {
     Get {
         #[command(flatten)]
         sink: SinkArgs,
-        /// The pod, as `logs list` prints it: NAMESPACE/CLUSTER/POD-UID.
+        /// The pod, as `logs list` prints it: NAMESPACE/CLUSTER/POD_NAME-POD_UID.
         #[arg(long)]
         pod: String,
         #[arg(long)]
@@ -405,7 +405,7 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
     let shipper = Shipper::new(cfg, sink, Some(source), metrics.clone());
     match shipper.run(stop_rx).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ ShipError::Deadline(_)) => {
+        Err(e @ (ShipError::Deadline(_) | ShipError::NoCheckpoint(_))) => {
             tracing::error!(error = %e, "stopped before everything was shipped");
             ExitCode::from(1)
         }

@@ -84,6 +84,11 @@ pub enum ShipError {
         "the shutdown deadline passed with {0} bytes not yet shipped; they stay on disk and in the checkpoint"
     )]
     Deadline(u64),
+    /// Stopped while the checkpoint could not be opened: nothing was followed or shipped.
+    #[error(
+        "stopped while the checkpoint could not be used ({0}): nothing was shipped; Ray's logs stay on disk"
+    )]
+    NoCheckpoint(String),
     /// A programming error: a blocking task panicked, or state went missing.
     #[error("internal error: {0}")]
     Internal(String),
@@ -101,6 +106,7 @@ impl From<ShipError> for Failure {
     fn from(e: ShipError) -> Failure {
         match e {
             ShipError::Deadline(_) => Failure::Deadline,
+            ShipError::NoCheckpoint(s) => Failure::Checkpoint(s),
             ShipError::Internal(s) => Failure::Internal(s),
         }
     }
@@ -283,9 +289,9 @@ impl Shipper {
                 }
                 Err(e) => {
                     self.checkpoint_problem = Some(e.clone());
-                    self.failed(e);
+                    self.failed(e.clone());
                     if stopping {
-                        return Ok(false);
+                        return Err(ShipError::NoCheckpoint(e));
                     }
                     let wait = self.next_attempt.saturating_duration_since(Instant::now());
                     self.nap(wait, stop).await;
@@ -526,7 +532,8 @@ impl Shipper {
             .blocking(move |inner| {
                 let r = inner.tracker.scan(&mut inner.ck, now, thorough);
                 inner.ck.lost_bytes += r.lost;
-                // Sizes and new files need not survive a power cut: no fsync.
+                // Sizes and new files need not survive a power cut: the old checkpoint may
+                // come back (the directory is not synced), never an empty one.
                 let saved = (r.changed || r.lost > 0)
                     .then(|| inner.ck.save(&path, false).map_err(|e| e.to_string()));
                 (r, saved)
@@ -671,17 +678,30 @@ impl Shipper {
             return Err(Failure::Internal("no sink to probe".into()));
         };
         let path = sink.path(&format!("{}/.rayshape-probe", self.cfg.pod_prefix()));
-        self.bounded(sink.store.put(&path, PutPayload::from_static(b"")), stop)
-            .await?
-            .map_err(Failure::Store)?;
-        let create = PutOptions::from(PutMode::Create);
-        let again = self
-            .bounded(
-                sink.store
-                    .put_opts(&path, PutPayload::from_static(b""), create),
-                stop,
-            )
-            .await?;
+        // Create-only first: the key is there from an earlier start, and a role that may
+        // create but not overwrite (GCS objectCreator, an S3 policy denying overwrites)
+        // must still pass.
+        let create = || PutOptions::from(PutMode::Create);
+        let put = |opts| {
+            sink.store
+                .put_opts(&path, PutPayload::from_static(b""), opts)
+        };
+        let first = self.bounded(put(create()), stop).await?;
+        let again = match first {
+            // Made now: a second create-only put tells whether the store refuses it.
+            Ok(_) => self.bounded(put(create()), stop).await?,
+            Err(object_store::Error::AlreadyExists { .. }) => first,
+            Err(
+                object_store::Error::NotImplemented { .. }
+                | object_store::Error::NotSupported { .. },
+            ) => {
+                self.bounded(put(PutOptions::default()), stop)
+                    .await?
+                    .map_err(Failure::Store)?;
+                first
+            }
+            Err(e) => return Err(Failure::Store(e)),
+        };
         let create_only = match again {
             Err(object_store::Error::AlreadyExists { .. }) => {
                 tracing::info!(sink = %sink.url, "the store refuses to overwrite: segments are uploaded create-only");
@@ -802,6 +822,18 @@ impl Shipper {
                 }
                 Err(object_store::Error::NotFound { .. }) => {
                     tracing::warn!(key = %key, reason = %why, "the pending segment cannot be built as planned and is not in the store: planning again, under a new sequence number");
+                    self.drop_plan().await
+                }
+                // A role that may write but not read (S3 without s3:GetObject, GCS
+                // objectCreator) cannot tell. Waiting would never end; the planned bytes
+                // cannot be sent again anyway. Planning again keeps what is still on disk:
+                // if the segment had arrived, those bytes arrive twice, which readers see
+                // (`logs get` reports overlapping chunks) where a loss would be silent.
+                Err(
+                    e @ (object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }),
+                ) => {
+                    tracing::warn!(key = %key, reason = %why, error = %e, "the pending segment cannot be built as planned, and the store does not let this sidecar read whether it has it (grant read access to the sink, such as s3:GetObject or storage.objects.get, for an exact answer): planning again, under a new sequence number; if it had arrived, the bytes of its files still on disk are shipped a second time");
                     self.drop_plan().await
                 }
                 Err(e) => Err(Failure::Store(e)),
