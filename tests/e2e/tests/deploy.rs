@@ -210,6 +210,59 @@ fn settings_of(objs: &[Value]) -> Value {
 
 // --- offline: renders, versions, RBAC ----------------------------------------------------------
 
+/// Installed in another namespace, the chart points the sidecars' bootstrap at its own
+/// Service (the webhook's default names rayshape-system's); settings the chart sets from
+/// its own values are refused under `settings`, not silently overridden.
+#[test]
+fn the_chart_follows_its_namespace_and_refuses_what_it_would_override() {
+    let chart = repo_path("charts/rayshape");
+    let chart = chart.to_string_lossy();
+    let url = |ns: &str, sets: &[&str]| {
+        let mut args = vec!["template", "rayshape", &chart, "-n", ns];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        settings_of(&objects(&helm(&args)))["sidecar"]["bootstrapUrl"].clone()
+    };
+    assert_eq!(
+        url("ray-admin", &[]),
+        "https://rayshape-webhook.ray-admin.svc:443/v1/bootstrap"
+    );
+    assert_eq!(
+        url(NS, &[]),
+        Value::Null,
+        "the webhook's default names {NS}"
+    );
+    assert_eq!(
+        url(
+            "ray-admin",
+            &["settings.sidecar.bootstrapUrl=https://lb.example.com/v1/bootstrap"]
+        ),
+        "https://lb.example.com/v1/bootstrap"
+    );
+    for (set, says) in [
+        ("settings.profile=eks", "set `provider` instead"),
+        (
+            "settings.labelPrefix=anyscale.com",
+            "set `labelPrefix` instead",
+        ),
+        (
+            "settings.sidecar.image=mirror/sidecar:1",
+            "set `sidecar.image.repository`",
+        ),
+    ] {
+        let out = Command::new(helm_bin())
+            .args(["template", "rayshape", &chart, "-n", NS, "--set", set])
+            .env("HELM_CACHE_HOME", scratch_home().join("cache"))
+            .env("HELM_CONFIG_HOME", scratch_home().join("config"))
+            .env("HELM_DATA_HOME", scratch_home().join("data"))
+            .output()
+            .expect("helm runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{set}: {err}");
+    }
+}
+
 #[test]
 fn every_overlay_renders_a_complete_safe_install() {
     let c = Cluster::get();
