@@ -500,6 +500,9 @@ fn load_dir(
 }
 
 fn check_config(dir: &std::path::Path) -> ExitCode {
+    for w in serve::config_dir::unknown_files(dir) {
+        eprintln!("warning: {w}");
+    }
     match load_dir(dir) {
         Ok(cfg) => {
             for w in &cfg.warnings {

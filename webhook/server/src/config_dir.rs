@@ -99,6 +99,30 @@ fn read_version(dir: &Path, version: Option<&Path>, between: &mut impl FnMut()) 
     Attempt::Done(Ok(sources))
 }
 
+/// Files in a config directory that rayshape does not read, with what to do: a misnamed
+/// file (`instance_types.yml`) would leave its defaults in force without a word. Names
+/// starting with `.` (the kubelet's own) are not listed.
+pub fn unknown_files(dir: &Path) -> Vec<String> {
+    let base = resolve(dir).unwrap_or_else(|| dir.to_path_buf());
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && !rayshape_engine::config::FILES.contains(&n.as_str()))
+        .map(|n| {
+            format!(
+                "{}: not a file rayshape reads (it reads {}), ignored; a misnamed file leaves that file's defaults in force",
+                dir.join(n).display(),
+                rayshape_engine::config::FILES.join(", ")
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// A PEM bundle of CA certificates, checked to hold at least one certificate.
 pub fn read_ca(path: &Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -127,6 +151,28 @@ fn problem(dir: &Path, message: &str) -> ConfigError {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn files_it_does_not_read_are_named() {
+        let d = scratch("unknown");
+        kubelet_version(
+            &d,
+            "..2026_11_30",
+            &[
+                ("instance_types.yml", "x"),
+                ("webhook.yaml", "profile: generic\n"),
+            ],
+        );
+        let u = unknown_files(&d);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert!(
+            u[0].contains("instance_types.yml") && u[0].contains("instance_types.yaml"),
+            "{u:?}"
+        );
+        let plain = scratch("known");
+        std::fs::write(plain.join("patches.yaml"), "patches: []\n").unwrap();
+        assert_eq!(unknown_files(&plain), Vec::<String>::new());
+    }
 
     fn scratch(name: &str) -> PathBuf {
         let d =

@@ -167,6 +167,9 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     for w in &cfg.warnings {
         tracing::warn!(problem = %w, "configuration note");
     }
+    for w in config_dir::unknown_files(&opts.config_dir) {
+        tracing::warn!(problem = %w, "configuration note");
+    }
     if opts.bootstrap_ca.is_none() && cfg.settings.sidecar.enabled {
         tracing::warn!(
             "no --bootstrap-ca: injected sidecars get no CA to check the bootstrap endpoint with, cannot bootstrap and ship nothing; pass the serving certificate's CA bundle (the ca.crt of its Secret)"
@@ -444,6 +447,9 @@ impl Reloader {
         };
         if self.seen_config.as_ref() == Some(&sources) {
             return;
+        }
+        for w in config_dir::unknown_files(&self.opts.config_dir) {
+            tracing::warn!(problem = %w, "configuration note");
         }
         match Config::from_sources(&sources) {
             Ok(cfg) => {

@@ -34,6 +34,21 @@ pub enum Trouble {
     Unavailable(String),
 }
 
+impl Trouble {
+    /// What an unauthenticated caller is told: what to fix, without the API server's own
+    /// words (names, addresses, its errors), which go to the webhook's log.
+    pub fn public(&self) -> String {
+        match self {
+            Trouble::Permission { permission, .. } => format!(
+                "the webhook's service account may not {permission}; grant it in the webhook's ClusterRole (the webhook's log has the API server's answer)"
+            ),
+            Trouble::Unavailable(_) => {
+                "the webhook cannot get an answer from the Kubernetes API server now; retry (the webhook's log says why)".to_string()
+            }
+        }
+    }
+}
+
 /// A Kubernetes API client for the bootstrap.
 #[derive(Clone)]
 pub struct KubeApi {

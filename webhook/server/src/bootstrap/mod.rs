@@ -95,7 +95,7 @@ pub async fn handle(
         Outcome::Trouble(t) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            refusal(t.to_string()),
+            refusal(t.public()),
             Some(RETRY_AFTER_TROUBLE),
         ),
         Outcome::Limited(wait) => (
