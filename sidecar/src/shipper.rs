@@ -942,7 +942,11 @@ impl Shipper {
         self.built = None;
         let path = self.cfg.checkpoint.clone();
         self.blocking(move |inner| {
-            inner.ck.pending = None;
+            if let Some(p) = inner.ck.pending.take() {
+                for c in &p.chunks {
+                    inner.tracker.check_soon(c.id);
+                }
+            }
             inner
                 .ck
                 .save(&path, true)

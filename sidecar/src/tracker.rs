@@ -305,6 +305,15 @@ impl Tracker {
         }
     }
 
+    /// Look at `id` again at the next scan, however quiet it has been: a plan of its bytes
+    /// could not be built as recorded (it shrank, or went), and a plan made again from the
+    /// size seen before would fail the same way.
+    pub fn check_soon(&mut self, id: u64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.next_check = 0;
+        }
+    }
+
     /// Find new files, refresh sizes, account for files that went away, and open or close
     /// descriptors. Files in the checkpoint's pending plan are left as they are until the
     /// plan is done. `thorough` lists every directory and looks at every file, however
@@ -1255,6 +1264,31 @@ mod tests {
         t.scan(&mut ck, now, false);
         assert_eq!(id(&ck), third);
         assert_eq!(ck.files[&third].size, 1304);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn a_file_asked_about_is_looked_at_however_quiet() {
+        let root = root("soon");
+        let p = root.join("session_1/logs/gcs_server.out");
+        write(&p, b"0123456789");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        // Quiet for a while: it is looked at less and less often.
+        for _ in 0..8 {
+            t.scan(&mut ck, now, false);
+            now += Duration::from_millis(100);
+        }
+        let id = *ck.files.keys().next().unwrap();
+        std::fs::write(&p, b"01234").unwrap();
+        t.scan(&mut ck, now, false);
+        assert_eq!(ck.files[&id].size, 10, "not due yet");
+        t.check_soon(id);
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        let st = ck.files.values().next().unwrap();
+        assert_eq!(st.size, 5, "{:?}", ck.files);
         let _ = std::fs::remove_dir_all(root);
     }
 
