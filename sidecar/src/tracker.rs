@@ -968,7 +968,9 @@ impl Tracker {
             if !unseen {
                 continue;
             }
-            e.misses += 1;
+            // Saturating: a file in a plan that stays pending (a long store outage) is missed
+            // at every scan and is not let go, for as long as the plan waits.
+            e.misses = e.misses.saturating_add(1);
             match e.dir {
                 Some(d) => self.dirs[d as usize].dirty = true,
                 None => unlocated = true,
@@ -1264,6 +1266,38 @@ mod tests {
         t.scan(&mut ck, now, false);
         assert_eq!(id(&ck), third);
         assert_eq!(ck.files[&third].size, 1304);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// A planned file that went stays followed, missed at every scan, for as long as its
+    /// plan waits (hundreds of scans in a long store outage).
+    #[test]
+    fn a_gone_file_in_a_waiting_plan_is_missed_for_ever() {
+        let root = root("waiting");
+        let p = root.join("session_1/logs/b.out");
+        write(&p, b"bytes");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        let id = *ck.files.keys().next().unwrap();
+        ck.pending = Some(checkpoint::Plan {
+            session: "session_1".into(),
+            sequence: 0,
+            chunks: vec![checkpoint::Chunk {
+                id,
+                start: 0,
+                end: 5,
+            }],
+        });
+        // Gone while the sidecar was down: the new start finds it nowhere.
+        std::fs::remove_file(&p).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        for _ in 0..600 {
+            now += Duration::from_millis(100);
+            t.scan(&mut ck, now, true);
+        }
+        assert!(ck.files.contains_key(&id), "let go while its plan waits");
         let _ = std::fs::remove_dir_all(root);
     }
 

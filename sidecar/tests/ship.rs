@@ -1949,3 +1949,139 @@ async fn azurite_blob() {
     };
     round_trip(sink, "azurite").await;
 }
+
+/// Set up moto with IAM enforced after the set-up's own calls: a bucket, a user that may
+/// only put objects (the least a shipper needs), one that may do anything (to look). Prints
+/// the two users' keys.
+const MOTO_IAM: &str = r#"
+import boto3, json, sys
+ep = sys.argv[1]
+kw = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+iam, s3 = boto3.client("iam", **kw), boto3.client("s3", **kw)
+s3.create_bucket(Bucket="shipped-logs")
+for user, actions in (("writer", ["s3:PutObject"]), ("reader", ["s3:*"])):
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": ["arn:aws:s3:::shipped-logs", "arn:aws:s3:::shipped-logs/*"]}]}))
+    k = iam.create_access_key(UserName=user)["AccessKey"]
+    print(k["AccessKeyId"], k["SecretAccessKey"])
+"#;
+
+/// The calls MOTO_IAM makes before IAM is enforced.
+const MOTO_IAM_CALLS: &str = "7";
+
+/// A role that may put objects and nothing else (no GetObject: HEAD answers 403; no
+/// overwrite question: a create-only put over an existing key answers 412) ships, starts
+/// again, and settles a pending plan it cannot rebuild instead of waiting for ever on a
+/// HEAD it may not make.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_that_may_only_put_ships_and_settles_what_it_cannot_rebuild() {
+    let _serial = serial().await;
+    let (Some(bin), Some(python)) = (tool("MOTO_SERVER_BIN"), tool("TEST_PYTHON")) else {
+        return;
+    };
+    let port = free_port();
+    let _moto = Proc(Some(
+        Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", MOTO_IAM_CALLS)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_port(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let out = Command::new(&python)
+        .args(["-c", MOTO_IAM, &endpoint])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys: Vec<Vec<String>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect();
+    let sink = |k: &[String]| SinkConfig {
+        url: "s3://shipped-logs/prefix".into(),
+        options: [
+            ("aws_endpoint", endpoint.clone()),
+            ("aws_allow_http", "true".into()),
+            ("aws_region", "us-east-1".into()),
+            ("aws_access_key_id", k[0].clone()),
+            ("aws_secret_access_key", k[1].clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    };
+    let (writer, reader) = (sink(&keys[0]), sink(&keys[1]));
+    let base = scratch("put-only");
+    let root = base.join("ray");
+    let logs_dir = root.join("session_1/logs");
+    std::fs::create_dir_all(&logs_dir).unwrap();
+    std::fs::write(logs_dir.join("a.out"), "a".repeat(5000)).unwrap();
+    std::fs::write(logs_dir.join("b.out"), "b".repeat(7000)).unwrap();
+    let mut side = Sidecar::new(&root, writer.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
+    side.start();
+    side.wait_metric(
+        "rayshape_sidecar_segments_uploaded_total",
+        |v| v == 1.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    let segments = || async {
+        let store = Sink::open(&reader).unwrap();
+        let listed: Vec<_> = futures_util::TryStreamExt::try_collect(store.store.list(None))
+            .await
+            .unwrap();
+        listed
+            .iter()
+            .filter(|m| !m.location.as_ref().ends_with(".rayshape-probe"))
+            .count()
+    };
+    assert_eq!(segments().await, 1);
+    // As if the sidecar had died after that upload and before its commit, and one of the
+    // planned files went while it was down: the plan cannot be rebuilt, and HEAD answers
+    // 403. (This start's probe also meets the key the first one made.)
+    let path = root.join("rayshape/checkpoint.json");
+    let mut ck: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut chunks = Vec::new();
+    for (id, f) in ck["files"].as_object_mut().unwrap() {
+        chunks.push(
+            serde_json::json!({"id": id.parse::<u64>().unwrap(), "start": 0, "end": f["size"]}),
+        );
+        f["shipped"] = 0.into();
+        f["announced"] = false.into();
+    }
+    ck["pending"] = serde_json::json!({"session": "session_1", "sequence": 0, "chunks": chunks});
+    std::fs::write(&path, serde_json::to_vec(&ck).unwrap()).unwrap();
+    std::fs::remove_file(logs_dir.join("b.out")).unwrap();
+    side.start();
+    // Planned again and shipped (a new process: its counter starts at 0).
+    side.wait_metric(
+        "rayshape_sidecar_segments_uploaded_total",
+        |v| v == 1.0,
+        Duration::from_secs(30),
+    );
+    assert_eq!(side.metric("rayshape_sidecar_unshipped_bytes"), Some(0.0));
+    assert_eq!(
+        side.metric("rayshape_sidecar_state{state=\"shipping\"}"),
+        Some(1.0),
+        "{}",
+        side.log_text()
+    );
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    let log = side.log_text();
+    assert!(
+        log.contains("the store refuses to overwrite")
+            && log.contains("does not let this sidecar read whether it has it"),
+        "{log}"
+    );
+    // a.out's bytes went again under a new sequence number: seen twice, never lost.
+    assert_eq!(segments().await, 2);
+    let _ = std::fs::remove_dir_all(base);
+}
