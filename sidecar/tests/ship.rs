@@ -1017,18 +1017,7 @@ async fn a_pending_segment_is_kept_when_the_store_cannot_say_whether_it_has_it()
     // As if the sidecar had died after that upload and before its commit: the plan is
     // pending again. At the restart one of its files is gone, and the store is down, so
     // HEAD cannot say whether it has the segment.
-    let path = root.join("rayshape/checkpoint.json");
-    let mut ck: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let mut chunks = Vec::new();
-    for (id, f) in ck["files"].as_object_mut().unwrap() {
-        chunks.push(
-            serde_json::json!({"id": id.parse::<u64>().unwrap(), "start": 0, "end": f["size"]}),
-        );
-        f["shipped"] = 0.into();
-        f["announced"] = false.into();
-    }
-    ck["pending"] = serde_json::json!({"session": "session_1", "sequence": 0, "chunks": chunks});
-    std::fs::write(&path, serde_json::to_vec(&ck).unwrap()).unwrap();
+    pend_everything_again(&root);
     std::fs::remove_file(logs_dir.join("b.out")).unwrap();
     store.proc.kill();
     side.start();
@@ -1058,6 +1047,24 @@ async fn a_pending_segment_is_kept_when_the_store_cannot_say_whether_it_has_it()
             .contains("the pending segment is already in the store")
     );
     let _ = std::fs::remove_dir_all(base);
+}
+
+/// Rewrite the checkpoint under `root` as a sidecar that died after uploading its first
+/// segment and before committing it would have left it: that plan (every file, from its
+/// first byte) pending, nothing shipped.
+fn pend_everything_again(root: &Path) {
+    let path = root.join("rayshape/checkpoint.json");
+    let mut ck: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut chunks = Vec::new();
+    for (id, f) in ck["files"].as_object_mut().unwrap() {
+        chunks.push(
+            serde_json::json!({"id": id.parse::<u64>().unwrap(), "start": 0, "end": f["size"]}),
+        );
+        f["shipped"] = 0.into();
+        f["announced"] = false.into();
+    }
+    ck["pending"] = serde_json::json!({"session": "session_1", "sequence": 0, "chunks": chunks});
+    std::fs::write(&path, serde_json::to_vec(&ck).unwrap()).unwrap();
 }
 
 /// Log files (under `root`) the process holds open.
@@ -2047,18 +2054,7 @@ async fn a_role_that_may_only_put_ships_and_settles_what_it_cannot_rebuild() {
     // As if the sidecar had died after that upload and before its commit, and one of the
     // planned files went while it was down: the plan cannot be rebuilt, and HEAD answers
     // 403. (This start's probe also meets the key the first one made.)
-    let path = root.join("rayshape/checkpoint.json");
-    let mut ck: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let mut chunks = Vec::new();
-    for (id, f) in ck["files"].as_object_mut().unwrap() {
-        chunks.push(
-            serde_json::json!({"id": id.parse::<u64>().unwrap(), "start": 0, "end": f["size"]}),
-        );
-        f["shipped"] = 0.into();
-        f["announced"] = false.into();
-    }
-    ck["pending"] = serde_json::json!({"session": "session_1", "sequence": 0, "chunks": chunks});
-    std::fs::write(&path, serde_json::to_vec(&ck).unwrap()).unwrap();
+    pend_everything_again(&root);
     std::fs::remove_file(logs_dir.join("b.out")).unwrap();
     side.start();
     // Planned again and shipped (a new process: its counter starts at 0).

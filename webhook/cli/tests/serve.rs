@@ -312,6 +312,30 @@ impl Client {
     }
 }
 
+/// A TLS connection to the server that checks its certificate against `ca`, offering
+/// `alpn` if given: for clients that speak HTTP by hand.
+async fn tls_to(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    alpn: Option<&[u8]>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
 /// Kubelet-style directories with a first certificate and the built-in configuration.
 fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf, Pki) {
     let root = scratch(name);
@@ -693,22 +717,7 @@ async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
         assert_eq!(c.get("/nope").await.unwrap().0, 404);
         assert_eq!(c.get("/healthz").await.unwrap().0, 200);
     }
-    let tls = || async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(p.ca_der.clone()).unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = TcpStream::connect(server.addr).await.unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap()
-    };
+    let tls = || tls_to(server.addr, &p.ca_der, None);
     // Over HTTP/1.1: a declared oversize body is refused before it is read; an undeclared
     // (chunked) one when it passes the limit.
     let mut s = tls().await;
@@ -825,22 +834,7 @@ async fn bodies_held_at_once_are_bounded() {
         &["--max-body-memory", "3"],
     )
     .await;
-    let tls = || async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(p.ca_der.clone()).unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = TcpStream::connect(server.addr).await.unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap()
-    };
+    let tls = || tls_to(server.addr, &p.ca_der, None);
     // 2 MiB of a 2.5 MiB body, and the client waits.
     let mut held = tls().await;
     held.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 2621440\r\n\r\n")
@@ -901,21 +895,7 @@ async fn pings_do_not_keep_a_connection_open() {
         &["--idle-timeout", "1"],
     )
     .await;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(p.ca_der.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = tls_to(server.addr, &p.ca_der, Some(b"h2")).await;
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_millis(200))
