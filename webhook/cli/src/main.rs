@@ -94,6 +94,8 @@ enum Command {
         /// Seconds a client may take to send a request body.
         #[arg(long, default_value_t = 30.0)]
         body_timeout: f64,
+        /// Connections open at once; a new one past this closes the connection longest
+        /// without a finished request.
         #[arg(long, default_value_t = 1024)]
         max_connections: usize,
         /// Admission reviews decided at once; more wait.

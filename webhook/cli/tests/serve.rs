@@ -882,6 +882,65 @@ async fn bodies_held_at_once_are_bounded() {
     let _ = std::fs::remove_dir_all(root);
 }
 
+/// Sockets held open do not lock the API server out: a full server closes the connection
+/// longest without a finished request to make room, so a client that can reach the port
+/// (every pod can, for the bootstrap) cannot hold every slot.
+#[tokio::test]
+async fn a_full_server_makes_room_for_a_new_connection() {
+    let (root, certs, config, p) = setup("room");
+    let server = Server::start(
+        &certs,
+        &config,
+        vec![p.ca_der.clone()],
+        &["--max-connections", "4"],
+    )
+    .await;
+    let open = || async {
+        let m = server.metrics_text().await;
+        Server::metric(&m, "rayshape_webhook_connections ")
+    };
+    // Four sockets that never start TLS fill the server.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(server.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    while open().await < 4.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "sockets not accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new client is served, and the socket held longest is closed for it.
+    let mut c = tokio::time::timeout(Duration::from_secs(5), server.client(Alpn::H2))
+        .await
+        .expect("a full server did not take a new connection")
+        .unwrap();
+    assert_eq!(c.get("/healthz").await.unwrap().0, 200);
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), held[0].read(&mut buf))
+        .await
+        .expect("the socket held longest is still open");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let m = server.metrics_text().await;
+    assert!(
+        Server::metric(
+            &m,
+            "rayshape_webhook_connections_full_total{action=\"closed_other\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    // The client in use is not the next to go: three more sockets take the others' places.
+    for _ in 0..3 {
+        held.push(TcpStream::connect(server.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(c.get("/healthz").await.unwrap().0, 200);
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
 /// Idle means no request in flight: an HTTP/2 client that only answers and sends PINGs
 /// (bytes moving, no requests) is closed after the idle timeout, as one that sends
 /// nothing is.

@@ -37,9 +37,20 @@ impl Activity {
 
     /// How long the connection has had no request in flight.
     pub fn idle_for(&self) -> Duration {
-        if self.0.in_flight.load(Ordering::Relaxed) > 0 {
+        if self.in_flight() > 0 {
             return Duration::ZERO;
         }
+        self.quiet_for()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// How long since a request last ended (or the connection began), requests in flight
+    /// or not: a request whose body trickles in does not make its connection look used.
+    pub fn quiet_for(&self) -> Duration {
         let last = Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed));
         self.0.start.elapsed().saturating_sub(last)
     }

@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 pub mod config_dir;
+mod connections;
 mod cork;
 mod http;
 mod idle;
@@ -26,6 +27,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+
+use connections::{Admitted, Table};
 use tokio::task::JoinSet;
 
 /// Everything `serve` is told on its command line.
@@ -280,6 +283,8 @@ async fn shutdown_signal() {
 
 /// How long an idle connection being closed gets to finish (at most its idle timeout).
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long a connection closed to make room for another gets to finish its requests.
+const ROOM_GRACE: Duration = Duration::from_secs(2);
 
 async fn accept_loop(
     listener: TcpListener,
@@ -289,7 +294,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let table = Table::new(opts.max_connections, state.metrics.connections.clone());
     let mut conns = JoinSet::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -305,10 +310,6 @@ async fn accept_loop(
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = stop.changed() => break,
-        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -322,6 +323,26 @@ async fn accept_loop(
             _ = stop.changed() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
+        let slot = match table.admit() {
+            Admitted::Room(s) => s,
+            Admitted::MadeRoom(s) => {
+                state
+                    .metrics
+                    .connections_full
+                    .with_label_values(&["closed_other"])
+                    .inc();
+                s
+            }
+            Admitted::Full => {
+                state
+                    .metrics
+                    .connections_full
+                    .with_label_values(&["refused"])
+                    .inc();
+                tracing::warn!(%peer, max = opts.max_connections, "connection refused: --max-connections open and a quarter of them already closing to make room");
+                continue;
+            }
+        };
         // Small HTTP/2 frames must not wait for ACKs (Nagle): p99 went from 11 ms to 2 ms.
         let _ = tcp.set_nodelay(true);
         let (acceptor, state, builder, opts, stop) = (
@@ -332,20 +353,25 @@ async fn accept_loop(
             stop.clone(),
         );
         conns.spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp)).await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
+            let handshake = tokio::time::timeout(opts.handshake_timeout, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                r = handshake => match r {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = slot.told_to_close() => {
+                    tracing::debug!(%peer, "connection closed during its TLS handshake to make room for another");
                     return;
                 }
             };
-            let activity = idle::Activity::new();
+            let activity = slot.activity.clone();
             let (io, uncork) = cork::Corked::new(tls);
             let source = peer.ip();
             let requests = activity.clone();
@@ -380,6 +406,14 @@ async fn accept_loop(
                     _ = stop.changed(), if closing.is_none() => {
                         closing = Some(tokio::time::Instant::now() + opts.shutdown_timeout);
                         conn.as_mut().graceful_shutdown();
+                    }
+                    _ = slot.told_to_close() => {
+                        tracing::debug!(%peer, "closing the connection to make room for another");
+                        let deadline = tokio::time::Instant::now() + ROOM_GRACE;
+                        if closing.is_none() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        closing = Some(closing.map_or(deadline, |d| d.min(deadline)));
                     }
                     _ = tick.tick() => {
                         uncork.release();

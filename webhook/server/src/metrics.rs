@@ -35,6 +35,11 @@ pub struct Metrics {
     pub bootstrap_cache_hits: IntCounter,
     /// Events recorded on pods by bootstraps, by result (created, failed).
     pub bootstrap_events: IntCounterVec,
+    /// Connections open on the webhook port.
+    pub connections: IntGauge,
+    /// New connections that found the server full, by what was done: `closed_other` (the
+    /// connection quiet longest was closed to make room) or `refused`.
+    pub connections_full: IntCounterVec,
 }
 
 const PREFIX: &str = "rayshape_webhook_";
@@ -108,7 +113,18 @@ impl Metrics {
         for result in crate::bootstrap::RESULTS {
             bootstrap_requests.with_label_values(&[result]);
         }
+        let connections_full = counter(
+            &r,
+            "connections_full_total",
+            "New connections that found --max-connections open, by what was done: closed_other (the connection longest without a finished request was closed to make room) or refused.",
+            &["action"],
+        );
+        for action in ["closed_other", "refused"] {
+            connections_full.with_label_values(&[action]);
+        }
         Metrics {
+            connections_full,
+            connections: int_gauge("connections", "Connections open on the webhook port."),
             bootstrap_requests,
             bootstrap_api_seconds,
             bootstrap_cache_hits,
