@@ -1967,7 +1967,7 @@ items:
     namespace: anyscale-operator
   data:
     patches.yaml: |
-      patches:
+      # A bare list, as the Anyscale chart writes it.
       - kind: Pod
         selector: "anyscale.com/market-type in (ON_DEMAND)"
         patch:

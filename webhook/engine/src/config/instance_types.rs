@@ -85,7 +85,11 @@ pub fn load(
     let doc: Option<BTreeMap<String, Spanned<Value>>> = match serde_saphyr::from_str(text) {
         Ok(d) => d,
         Err(e) => {
-            report.yaml(FILE, &e);
+            report.yaml(
+                FILE,
+                &e,
+                "a mapping of instance-type names, each given once, to their `resources` (and optional `nodeSelector`, `tolerations`), as in the Anyscale ConfigMap",
+            );
             return None;
         }
     };

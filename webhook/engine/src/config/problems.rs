@@ -65,23 +65,21 @@ impl Report {
         });
     }
 
-    /// Record a YAML syntax or type error from the parser, with its location.
-    pub fn yaml(&mut self, file: &str, err: &serde_saphyr::Error) {
+    /// Record a YAML syntax or type error from the parser, with its location and `shape`,
+    /// what the file is read as.
+    pub fn yaml(&mut self, file: &str, err: &serde_saphyr::Error, shape: &str) {
         let line = err.location().map(|l| l.line());
-        // The parser's own message can span lines with a source snippet; the first line says it.
+        // The parser's own message can span lines with a source snippet; the first line says
+        // it. Its advice on parser options is for programmers, not for the file's author.
         let text = err.to_string();
         let first = text
             .lines()
             .next()
             .unwrap_or("invalid YAML")
             .trim()
+            .trim_end_matches(", set DuplicateKeyPolicy in Options if acceptable")
             .to_string();
-        self.error(
-            file,
-            line,
-            "",
-            format!("{first} (the file must be valid YAML)"),
-        );
+        self.error(file, line, "", format!("{first}; expected {shape}"));
     }
 }
 

@@ -1,4 +1,5 @@
-//! `patches.yaml`: patch rules in the Anyscale operator's Patch ConfigMap format.
+//! `patches.yaml`: patch rules in the Anyscale operator's Patch ConfigMap format: a list of
+//! rules, as the Anyscale chart writes the file, or the same list under `patches:`.
 //!
 //! ```yaml
 //! patches:
@@ -36,18 +37,70 @@ struct RawFile {
     patches: Vec<Spanned<Value>>,
 }
 
+/// What a document holds at its top, so it is read in the form it is written in: an error
+/// then speaks of that form, not of the other.
+enum Top {
+    List,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Top {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Top, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Top;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of rules, or a mapping with `patches`")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Top, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Top::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Top, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Top::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Top, E> {
+                Ok(Top::Other)
+            }
+            fn visit_none<E>(self) -> Result<Top, E> {
+                Ok(Top::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Parse and check a rules file. `file` names it in messages (profiles reuse this loader).
 pub fn load(text: &str, file: &str, report: &mut Report) -> Option<Vec<Rule>> {
-    let raw: Option<RawFile> = match serde_saphyr::from_str(text) {
+    // A syntax error or a scalar falls through to the mapping form, whose error says what
+    // is accepted.
+    let list = matches!(
+        serde_saphyr::from_str::<Option<Top>>(text),
+        Ok(Some(Top::List))
+    );
+    let raw = if list {
+        serde_saphyr::from_str::<Vec<Spanned<Value>>>(text).map(|patches| RawFile { patches })
+    } else {
+        serde_saphyr::from_str::<Option<RawFile>>(text).map(Option::unwrap_or_default)
+    };
+    let raw = match raw {
         Ok(r) => r,
         Err(e) => {
-            report.yaml(file, &e);
+            report.yaml(
+                file,
+                &e,
+                "a list of rules (`- kind: Pod` with `selector` and `patch`), bare or under `patches:`",
+            );
             return None;
         }
     };
     let before = report.errors.len();
     let mut rules = Vec::new();
-    for (i, spanned) in raw.unwrap_or_default().patches.into_iter().enumerate() {
+    for (i, spanned) in raw.patches.into_iter().enumerate() {
         let line = Some(spanned.referenced.line());
         if let Some(rule) = parse_rule(&spanned.value, file, i, line, report) {
             rules.extend(rule);
@@ -199,6 +252,40 @@ patches:
         assert_eq!(rules.len(), 2);
         assert_eq!(r.warnings.len(), 1, "the Service rule is noted");
         assert_eq!(rules[1].ops.len(), 2);
+        // The Anyscale chart writes the list itself, with comments first: the same rules.
+        let bare = text.replace("\npatches:\n", "\n# Market Type Support\n");
+        let mut r2 = Report::default();
+        assert_eq!(
+            load(&bare, FILE, &mut r2).unwrap(),
+            rules,
+            "{:?}",
+            r2.errors
+        );
+        assert_eq!(r2.warnings.len(), 1);
+        // Places in a bare list read as in the wrapped one.
+        let mut r3 = Report::default();
+        assert!(load("# x\n- kind: Pod\n  patch:\n  - {op: add}\n", FILE, &mut r3).is_none());
+        let msg = r3.errors[0].to_string();
+        assert!(
+            msg.starts_with("patches.yaml:2: patches[0].patch[0]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn empty_and_scalar_files() {
+        for empty in ["", "# nothing yet\n", "patches: []\n", "[]\n"] {
+            let mut r = Report::default();
+            assert_eq!(
+                load(empty, FILE, &mut r),
+                Some(vec![]),
+                "{empty:?}: {:?}",
+                r.errors
+            );
+        }
+        let mut r = Report::default();
+        assert!(load("just words\n", FILE, &mut r).is_none());
+        assert_eq!(r.errors.len(), 1);
     }
 
     #[test]

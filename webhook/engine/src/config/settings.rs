@@ -160,7 +160,11 @@ impl Settings {
         let s: Settings = match serde_saphyr::from_str(text) {
             Ok(s) => s,
             Err(e) => {
-                report.yaml(FILE, &e);
+                report.yaml(
+                    FILE,
+                    &e,
+                    "a mapping of the settings the README lists under `webhook.yaml`, each of its type and range",
+                );
                 return None;
             }
         };
