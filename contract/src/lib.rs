@@ -204,6 +204,246 @@ pub mod sink_url {
     }
 }
 
+/// The option names each kind of sink reads: `object_store` 0.14's configuration keys, their
+/// aliases included (the sidecar's tests check every one against `object_store`), so the
+/// webhook can refuse a misspelt option before every sidecar does, and refuse credentials,
+/// which the bootstrap would hand to every Ray pod.
+pub mod sink_options {
+    use super::sink_url::Kind;
+
+    /// What an option name is to a kind of sink.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Name {
+        /// An option that says where or how to reach the store.
+        Setting,
+        /// An option that holds a secret (a key, a token, a password).
+        Credential,
+        /// Not an option of this kind of sink.
+        Unknown,
+    }
+
+    /// HTTP client options every cloud backend reads, also with its prefix (`aws_timeout`).
+    pub const CLIENT: &[&str] = &[
+        "allow_http",
+        "allow_invalid_certificates",
+        "disable_system_certificates",
+        "connect_timeout",
+        "default_content_type",
+        "http1_only",
+        "http2_only",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+        "http2_keep_alive_while_idle",
+        "http2_max_frame_size",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "proxy_url",
+        "proxy_ca_certificate",
+        "proxy_excludes",
+        "randomize_addresses",
+        "read_timeout",
+        "timeout",
+        "user_agent",
+    ];
+
+    /// S3 settings.
+    pub const S3: &[&str] = &[
+        "aws_access_key_id",
+        "access_key_id",
+        "aws_default_region",
+        "default_region",
+        "aws_region",
+        "region",
+        "aws_bucket",
+        "aws_bucket_name",
+        "bucket_name",
+        "bucket",
+        "aws_endpoint_url",
+        "aws_endpoint",
+        "endpoint_url",
+        "endpoint",
+        "aws_endpoint_url_s3",
+        "aws_virtual_hosted_style_request",
+        "virtual_hosted_style_request",
+        "aws_s3_express",
+        "s3_express",
+        "aws_imdsv1_fallback",
+        "imdsv1_fallback",
+        "aws_metadata_endpoint",
+        "metadata_endpoint",
+        "aws_unsigned_payload",
+        "unsigned_payload",
+        "aws_checksum_algorithm",
+        "checksum_algorithm",
+        "aws_container_credentials_relative_uri",
+        "container_credentials_relative_uri",
+        "aws_container_credentials_full_uri",
+        "container_credentials_full_uri",
+        "aws_container_authorization_token_file",
+        "container_authorization_token_file",
+        "aws_web_identity_token_file",
+        "web_identity_token_file",
+        "aws_role_arn",
+        "role_arn",
+        "aws_role_session_name",
+        "role_session_name",
+        "aws_endpoint_url_sts",
+        "endpoint_url_sts",
+        "aws_skip_signature",
+        "skip_signature",
+        "aws_copy_if_not_exists",
+        "copy_if_not_exists",
+        "aws_conditional_put",
+        "conditional_put",
+        "aws_disable_tagging",
+        "disable_tagging",
+        "aws_disable_bulk_delete",
+        "disable_bulk_delete",
+        "aws_request_payer",
+        "request_payer",
+        "aws_allow_http",
+        "aws_server_side_encryption",
+        "server_side_encryption",
+        "aws_sse_kms_key_id",
+        "sse_kms_key_id",
+        "aws_sse_bucket_key_enabled",
+        "sse_bucket_key_enabled",
+    ];
+
+    /// S3 secrets.
+    pub const S3_CREDENTIALS: &[&str] = &[
+        "aws_secret_access_key",
+        "secret_access_key",
+        "aws_session_token",
+        "aws_token",
+        "session_token",
+        "token",
+        "aws_sse_customer_key_base64",
+        "sse_customer_key_base64",
+    ];
+
+    /// Google Cloud Storage settings.
+    pub const GCS: &[&str] = &[
+        "google_service_account",
+        "service_account",
+        "google_service_account_path",
+        "service_account_path",
+        "google_bucket",
+        "google_bucket_name",
+        "bucket",
+        "bucket_name",
+        "google_base_url",
+        "base_url",
+        "google_application_credentials",
+        "application_credentials",
+        "google_skip_signature",
+        "skip_signature",
+    ];
+
+    /// Google Cloud Storage secrets.
+    pub const GCS_CREDENTIALS: &[&str] = &[
+        "google_service_account_key",
+        "service_account_key",
+        "google_bearer_token",
+        "bearer_token",
+    ];
+
+    /// Azure Blob Storage settings.
+    pub const AZURE: &[&str] = &[
+        "azure_storage_account_name",
+        "account_name",
+        "azure_storage_client_id",
+        "azure_client_id",
+        "client_id",
+        "azure_storage_tenant_id",
+        "azure_storage_authority_id",
+        "azure_tenant_id",
+        "azure_authority_id",
+        "tenant_id",
+        "authority_id",
+        "azure_storage_authority_host",
+        "azure_authority_host",
+        "authority_host",
+        "azure_storage_use_emulator",
+        "use_emulator",
+        "azure_storage_endpoint",
+        "azure_endpoint",
+        "endpoint",
+        "azure_msi_endpoint",
+        "azure_identity_endpoint",
+        "identity_endpoint",
+        "msi_endpoint",
+        "azure_object_id",
+        "object_id",
+        "azure_msi_resource_id",
+        "msi_resource_id",
+        "azure_federated_token_file",
+        "federated_token_file",
+        "azure_use_fabric_endpoint",
+        "use_fabric_endpoint",
+        "azure_use_azure_cli",
+        "use_azure_cli",
+        "azure_skip_signature",
+        "skip_signature",
+        "azure_container_name",
+        "container_name",
+        "azure_disable_tagging",
+        "disable_tagging",
+        "azure_fabric_token_service_url",
+        "fabric_token_service_url",
+        "azure_fabric_workload_host",
+        "fabric_workload_host",
+        "azure_fabric_cluster_identifier",
+        "fabric_cluster_identifier",
+        "azure_credential_type",
+        "credential_type",
+        "azure_allow_http",
+    ];
+
+    /// Azure Blob Storage secrets.
+    pub const AZURE_CREDENTIALS: &[&str] = &[
+        "azure_storage_account_key",
+        "azure_storage_access_key",
+        "azure_storage_master_key",
+        "master_key",
+        "account_key",
+        "access_key",
+        "azure_storage_client_secret",
+        "azure_client_secret",
+        "client_secret",
+        "azure_storage_sas_key",
+        "azure_storage_sas_token",
+        "sas_key",
+        "sas_token",
+        "azure_storage_token",
+        "bearer_token",
+        "token",
+        "azure_fabric_session_token",
+        "fabric_session_token",
+        "azure_storage_encryption_key",
+        "encryption_key",
+    ];
+
+    /// What `key` is to a sink of `kind`. A `file://` sink reads no options.
+    pub fn name(kind: Kind, key: &str) -> Name {
+        let (settings, credentials, prefix) = match kind {
+            Kind::S3 => (S3, S3_CREDENTIALS, "aws_"),
+            Kind::Gcs => (GCS, GCS_CREDENTIALS, "google_"),
+            Kind::Azure => (AZURE, AZURE_CREDENTIALS, "azure_"),
+            Kind::File => return Name::Unknown,
+        };
+        if credentials.contains(&key) {
+            Name::Credential
+        } else if settings.contains(&key)
+            || CLIENT.contains(&key.strip_prefix(prefix).unwrap_or(key))
+        {
+            Name::Setting
+        } else {
+            Name::Unknown
+        }
+    }
+}
+
 /// The largest segment the sidecar builds, uncompressed: it is held in memory while it
 /// uploads, so `flush.maxBytes` may not be larger.
 pub const MAX_FLUSH_BYTES: u64 = 64 << 20;

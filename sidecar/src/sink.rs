@@ -216,6 +216,45 @@ mod tests {
         }
     }
 
+    /// The webhook checks option names against the contract's lists, without linking
+    /// `object_store`: every name there must be one `object_store` reads for that kind, and
+    /// names it reads for no kind must be unknown there too.
+    #[test]
+    fn the_contracts_option_names_are_object_stores() {
+        use object_store::{aws::AmazonS3ConfigKey, azure::AzureConfigKey, gcp::GoogleConfigKey};
+        use rayshape_contract::sink_options::{self as so, Name};
+        use rayshape_contract::sink_url::Kind;
+        let reads = |kind: Kind, key: &str| match kind {
+            Kind::S3 => AmazonS3ConfigKey::from_str(key).is_ok(),
+            Kind::Gcs => GoogleConfigKey::from_str(key).is_ok(),
+            Kind::Azure => AzureConfigKey::from_str(key).is_ok(),
+            Kind::File => false,
+        };
+        for (kind, lists, prefix) in [
+            (Kind::S3, [so::S3, so::S3_CREDENTIALS], "aws_"),
+            (Kind::Gcs, [so::GCS, so::GCS_CREDENTIALS], "google_"),
+            (Kind::Azure, [so::AZURE, so::AZURE_CREDENTIALS], "azure_"),
+        ] {
+            for key in lists.concat() {
+                assert!(reads(kind, key), "{kind:?} {key}");
+                assert_ne!(so::name(kind, key), Name::Unknown, "{kind:?} {key}");
+            }
+            for key in so::CLIENT {
+                assert!(reads(kind, key) && reads(kind, &format!("{prefix}{key}")));
+            }
+            for typo in [
+                "aws_regon",
+                "endpiont",
+                "google_service_acount",
+                "azure_acount_name",
+                "",
+            ] {
+                assert!(!reads(kind, typo), "{kind:?} {typo}");
+                assert_eq!(so::name(kind, typo), Name::Unknown, "{kind:?} {typo}");
+            }
+        }
+    }
+
     #[test]
     fn urls_and_options() {
         let s = Sink::open(&cfg(

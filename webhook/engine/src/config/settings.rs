@@ -151,6 +151,59 @@ impl Default for NamespaceSettings {
     }
 }
 
+/// Every sidecar opens the sink with these options as the bootstrap hands them out, so a
+/// misspelt one would stop every sidecar's shipping, and a secret would go to every Ray pod.
+fn check_sink_options<'k>(
+    url: &rayshape_contract::sink_url::SinkUrl<'_>,
+    keys: impl Iterator<Item = &'k String>,
+    r: &mut Report,
+) {
+    use rayshape_contract::sink_options::{self as so, Name};
+    use rayshape_contract::sink_url::Kind;
+    let (names, prefix) = match url.kind {
+        Kind::S3 => (so::S3, "aws_"),
+        Kind::Gcs => (so::GCS, "google_"),
+        Kind::Azure => (so::AZURE, "azure_"),
+        Kind::File => (&[][..], ""),
+    };
+    for key in keys {
+        let place = format!("sidecar.logSink.options.{key}");
+        match so::name(url.kind, key) {
+            Name::Setting => {}
+            Name::Credential => r.error(
+                FILE,
+                None,
+                place,
+                "holds a credential, and the bootstrap hands these options to every Ray pod's sidecar: give the Ray pods' service account its cloud's workload identity instead (IRSA or EKS Pod Identity, GKE Workload Identity, Azure Workload Identity), which the sidecar uses when no credential is set",
+            ),
+            Name::Unknown if url.kind == Kind::File => r.error(
+                FILE,
+                None,
+                place,
+                "file:// sinks take no options",
+            ),
+            Name::Unknown => {
+                let known: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|n| n.starts_with(prefix))
+                    .collect();
+                r.error(
+                    FILE,
+                    None,
+                    place,
+                    format!(
+                        "is not an option of {}:// sinks; accepted: {} (also without the `{prefix}` prefix), and the HTTP client's {}",
+                        url.scheme,
+                        known.join(", "),
+                        so::CLIENT.join(", "),
+                    ),
+                );
+            }
+        }
+    }
+}
+
 impl Settings {
     /// Parse and check `webhook.yaml`; problems go to `report`.
     pub fn load(text: &str, report: &mut Report) -> Option<Settings> {
@@ -293,6 +346,9 @@ impl Settings {
                 "sidecar.logSink.options",
                 "keys must be non-empty and without `,` or `=`, values without `,` (the sidecar receives them as key=value,key=value)",
             );
+        }
+        if let Some(url) = rayshape_contract::sink_url::parse(&sc.log_sink.url) {
+            check_sink_options(&url, sc.log_sink.options.keys(), r);
         }
         if let Some(b) = &sc.flush.max_bytes {
             let max = rayshape_contract::MAX_FLUSH_BYTES;
@@ -506,6 +562,19 @@ mod tests {
         let ok = "sidecar:\n  logSink: {url: \"s3://logs/ray\"}\n  flush: {maxBytes: 64Mi, maxAgeSeconds: 86400}\n";
         let mut r = Report::default();
         assert!(Settings::load(ok, &mut r).is_some(), "{:?}", r.errors);
+        for ok in [
+            "s3://l\", options: {aws_endpoint: \"http://minio:9000\", region: us-east-1, aws_allow_http: \"true\", aws_timeout: 30s, connect_timeout: 5s",
+            "gs://l\", options: {google_service_account: /var/run/sa.json",
+            "az://l\", options: {azure_storage_account_name: a, azure_storage_endpoint: \"http://127.0.0.1:10000/a\"",
+        ] {
+            let yaml = format!("sidecar:\n  logSink: {{url: \"{ok}}}}}\n");
+            let mut r = Report::default();
+            assert!(
+                Settings::load(&yaml, &mut r).is_some(),
+                "{yaml}: {:?}",
+                r.errors
+            );
+        }
         for (yaml, key, says) in [
             (
                 "logSink: {url: \"s3:/logs\"}",
@@ -536,6 +605,31 @@ mod tests {
                 "flush: {maxAgeSeconds: -1}",
                 "sidecar.flush.maxAgeSeconds",
                 "above 0",
+            ),
+            (
+                "logSink: {url: \"s3://logs\", options: {aws_region: eu-west-1, aws_secret_access_key: x}}",
+                "sidecar.logSink.options.aws_secret_access_key",
+                "holds a credential",
+            ),
+            (
+                "logSink: {url: \"az://logs\", options: {sas_token: x}}",
+                "sidecar.logSink.options.sas_token",
+                "workload identity",
+            ),
+            (
+                "logSink: {url: \"s3://logs\", options: {aws_regon: eu-west-1}}",
+                "sidecar.logSink.options.aws_regon",
+                "is not an option of s3:// sinks; accepted: aws_access_key_id, aws_default_region, aws_region",
+            ),
+            (
+                "logSink: {url: \"s3://logs\", options: {azure_storage_account_name: a}}",
+                "sidecar.logSink.options.azure_storage_account_name",
+                "is not an option of s3://",
+            ),
+            (
+                "logSink: {url: \"file:///var/log/x\", options: {aws_region: a}}",
+                "sidecar.logSink.options.aws_region",
+                "file:// sinks take no options",
             ),
         ] {
             let mut r = Report::default();
