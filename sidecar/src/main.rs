@@ -243,8 +243,12 @@ async fn bootstrap(
     }
 }
 
-/// How often a sidecar without a sink asks the webhook again (jittered down to half).
+/// How long a sidecar without a sink first waits to ask the webhook again (jittered down to
+/// half); each turn without one doubles it, up to [`ASK_AGAIN_MAX`]. A cluster that sets no
+/// sink has every sidecar asking, and each ask costs the API server a TokenReview and a pod
+/// read: 2,000 pods asking every minute would be 33 of each a second.
 const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(60);
+const ASK_AGAIN_MAX: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The sink a later bootstrap answer gave, for a shipper that started without one.
 #[derive(Default)]
@@ -258,8 +262,8 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Ask the webhook for the node's configuration every [`ASK_AGAIN`] while the shipper has
-/// no sink, and keep the latest sink it names. Ends when the shipper stops asking (it has
+/// Ask the webhook for the node's configuration, after [`ASK_AGAIN`] and then less and less
+/// often, while the shipper has no sink, and keep the latest sink it names. Ends when the shipper stops asking (it has
 /// a sink) or on stop. Refusals and outages are left to the next turn, quietly: the first
 /// bootstrap already said how to fix them, and the shipper's state says there is no sink.
 async fn ask_again(
@@ -271,11 +275,13 @@ async fn ask_again(
     let Ok(client) = Client::new(&b.url, &b.ca, b.token_file.clone()) else {
         return;
     };
+    let mut wait = ASK_AGAIN;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(rayshape_sidecar::random::jitter(ASK_AGAIN)) => {}
+            _ = tokio::time::sleep(rayshape_sidecar::random::jitter(wait)) => {}
             _ = stop.changed() => return,
         }
+        wait = (wait * 2).min(ASK_AGAIN_MAX);
         let shipper_waits = lock(&later.asked)
             .is_some_and(|t| t.elapsed() < rayshape_sidecar::shipper::SINK_RELOAD * 3);
         if !shipper_waits {

@@ -55,6 +55,16 @@ fn ray_pod(c: &Cluster, ns: &str, name: &str, sa: &str) -> String {
     )
 }
 
+/// Bootstrap with `token`, which must be refused 403 with a reason saying `words`.
+fn refused_saying(c: &Cluster, token: &str, words: &str) {
+    let (status, body, _) = bootstrap(c, token, "{}");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["reason"].as_str().unwrap_or("").contains(words),
+        "{body}"
+    );
+}
+
 /// The notes of the bootstrap Events on a pod.
 fn events(c: &Cluster, ns: &str, pod: &str, reason: &str) -> Vec<String> {
     let list = c.json(&["get", "events.events.k8s.io", "-n", ns]);
@@ -104,6 +114,17 @@ fn a_shaped_pod_gets_its_configuration_and_a_verified_event() {
     assert_eq!(body["identity"]["serviceAccount"], "ray");
     assert_eq!(body["keyPrefix"], format!("{ns}/none/ray-1-{uid}"));
     expect_event(&c, &ns, "ray-1", "BootstrapVerified", "sidecar verified");
+    // Asked again (as a sidecar without a sink does for as long as it has none), the same
+    // outcome is not recorded again.
+    for _ in 0..2 {
+        assert_eq!(bootstrap(&c, &t, "{}").0, 200);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        events(&c, &ns, "ray-1", "BootstrapVerified").len(),
+        1,
+        "one Event per outcome"
+    );
     // Tokens appear nowhere: not in Events, not in the webhook's log or metrics.
     let all_events = c.ok(
         &["get", "events.events.k8s.io", "-n", &ns, "-o", "yaml"],
@@ -138,6 +159,11 @@ fn every_refusal_says_why_and_is_recorded() {
             .contains("not authenticated"),
         "{body}"
     );
+    // The API server's own words go to the webhook's log, not to an unauthenticated caller.
+    assert!(
+        !body["reason"].as_str().unwrap().contains("audience"),
+        "{body}"
+    );
     // No Event for it: what an unverified token claims is the caller's word, and an Event
     // on the pod it names would let anyone write warnings on any pod.
 
@@ -147,15 +173,7 @@ fn every_refusal_says_why_and_is_recorded() {
 
     // A service-account token bound to no pod.
     let t = c.token(&ns, "ray", "rayshape.io", None);
-    let (status, body, _) = bootstrap(&c, &t, "{}");
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not bound to a pod"),
-        "{body}"
-    );
+    refused_saying(&c, &t, "not bound to a pod");
 
     // A pod that did not go through the webhook (not a Ray pod, so never sent to it).
     let plain = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain", "namespace": ns},
@@ -236,15 +254,7 @@ fn every_refusal_says_why_and_is_recorded() {
         &["delete", "pod", "leaving", "-n", &ns, "--wait=false"],
         None,
     );
-    let (status, body, _) = bootstrap(&c, &t, "{}");
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("is being deleted"),
-        "{body}"
-    );
+    refused_saying(&c, &t, "is being deleted");
     expect_event(&c, &ns, "leaving", "BootstrapRefused", "is being deleted");
     c.ok(
         &[
@@ -276,30 +286,25 @@ fn allow_lists_are_enforced() {
         "{}bootstrap:\n  namespaces: [somewhere-else]\n  cacheSeconds: 0\n",
         c.default_settings()
     ));
-    let (status, body, _) = bootstrap(&c, &t, "{}");
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("bootstrap.namespaces"),
-        "{body}"
-    );
+    refused_saying(&c, &t, "bootstrap.namespaces");
     expect_event(&c, &ns, "ray-1", "BootstrapRefused", "may not bootstrap");
     c.set_webhook_settings(&format!(
         "{}bootstrap:\n  serviceAccounts: [{ns}/ray]\n  cacheSeconds: 0\n",
         c.default_settings()
     ));
     assert_eq!(bootstrap(&c, &t, "{}").0, 200);
-    let (status, body, _) = bootstrap(&c, &t_other, "{}");
-    assert_eq!(status, 403, "{body}");
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("bootstrap.serviceAccounts"),
-        "{body}"
-    );
+    // A namespace whose pods the webhook does not shape: a pod there that carries the
+    // `shaped` annotation (anyone may write it) gets nothing, allow-list or not.
+    c.set_webhook_settings(&format!(
+        "{}namespaces:\n  exclude: [kube-system, kube-public, kube-node-lease, {ns}]\nbootstrap:\n  namespaces: [{ns}]\n  cacheSeconds: 0\n",
+        c.default_settings()
+    ));
+    refused_saying(&c, &t, "not one whose pods the webhook shapes");
+    c.set_webhook_settings(&format!(
+        "{}bootstrap:\n  serviceAccounts: [{ns}/ray]\n  cacheSeconds: 0\n",
+        c.default_settings()
+    ));
+    refused_saying(&c, &t_other, "bootstrap.serviceAccounts");
     c.set_webhook_settings(&c.default_settings());
 }
 

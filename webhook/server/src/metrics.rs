@@ -131,7 +131,7 @@ impl Metrics {
             bootstrap_events: counter(
                 &r,
                 "bootstrap_events_total",
-                "Events recorded on pods by bootstraps, by result: created, failed, skipped (too many under way).",
+                "Events recorded on pods by bootstraps, by result: created, failed, skipped (too many under way), unchanged (the pod's last Event said the same).",
                 &["result"],
             ),
             panics,

@@ -404,6 +404,16 @@ impl Settings {
                 );
             }
         }
+        for (i, ns) in b.namespaces.iter().enumerate() {
+            if !self.manages_namespace(Some(ns)) {
+                r.warn(
+                    FILE,
+                    None,
+                    format!("bootstrap.namespaces[{i}]"),
+                    format!("{ns:?} is not a namespace whose pods the webhook shapes (`namespaces`), so its pods may not bootstrap all the same"),
+                );
+            }
+        }
         if !(b.rate_per_second.is_finite() && b.rate_per_second > 0.0) || b.burst == 0 {
             r.error(
                 FILE,

@@ -22,6 +22,8 @@ use rayshape_contract::keys;
 use rayshape_engine::config::Config;
 use rayshape_engine::primitives::quantity::Quantity;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -40,7 +42,13 @@ pub struct Bootstrap {
     cache: Mutex<ReviewCache>,
     /// Event writes under way: recorded after the answer, at most [`EVENTS_AT_ONCE`].
     events: Arc<Semaphore>,
+    /// The last Event recorded on each pod (by UID), as a digest of what it said.
+    recorded: Arc<Mutex<HashMap<String, u64>>>,
 }
+
+/// Pods whose last Event is remembered; past that the memory starts again, at the cost of
+/// one repeated Event per pod.
+const RECORDED_MAX: usize = 16_384;
 
 /// Event writes under way at once; past that an Event is skipped (and counted): a slow
 /// API server must not pile them up, and no answer waits for one.
@@ -58,6 +66,7 @@ impl Bootstrap {
             limiter: Mutex::default(),
             cache: Mutex::default(),
             events: Arc::new(Semaphore::new(EVENTS_AT_ONCE)),
+            recorded: Arc::default(),
         }
     }
 }
@@ -89,7 +98,7 @@ pub async fn handle(
         Outcome::Refused(r) => (
             StatusCode::from_u16(r.status()).unwrap_or(StatusCode::FORBIDDEN),
             r.label(),
-            refusal(r.reason()),
+            refusal(r.public()),
             None,
         ),
         Outcome::Trouble(t) => (
@@ -209,7 +218,7 @@ async fn decide(authorization: Option<&HeaderValue>, source: IpAddr, state: &Sta
             }
         }
     };
-    if let Err(r) = verify::allowed(&caller, &settings.bootstrap) {
+    if let Err(r) = verify::allowed(&caller, settings) {
         record(b, api, state, &caller, false, r.reason());
         return Outcome::Refused(r);
     }
@@ -278,7 +287,9 @@ fn remember(b: &Bootstrap, key: [u8; 32], caller: &Caller, token: &str, seconds:
 }
 
 /// Record an Event on the pod after the answer has gone: a failure is logged and counted,
-/// and changes no answer; with [`EVENTS_AT_ONCE`] writes under way, it is skipped.
+/// and changes no answer; with [`EVENTS_AT_ONCE`] writes under way, it is skipped. An
+/// outcome already recorded on the pod is not recorded again: a sidecar without a sink
+/// asks for as long as it has none, and each ask would otherwise leave one more Event.
 fn record(
     b: &Bootstrap,
     api: &KubeApi,
@@ -288,18 +299,45 @@ fn record(
     note: String,
 ) {
     let counter = state.metrics.bootstrap_events.clone();
+    let digest = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (verified, &note).hash(&mut h);
+        h.finish()
+    };
+    let already = b
+        .recorded
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&caller.pod_uid)
+        == Some(&digest);
+    if already {
+        counter.with_label_values(&["unchanged"]).inc();
+        return;
+    }
     let Ok(slot) = b.events.clone().try_acquire_owned() else {
         tracing::debug!(namespace = %caller.namespace, pod = %caller.pod, "bootstrap: Event skipped, too many under way");
         counter.with_label_values(&["skipped"]).inc();
         return;
     };
-    let (api, caller) = (api.clone(), caller.clone());
+    {
+        let mut r = b.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() >= RECORDED_MAX {
+            r.clear();
+        }
+        r.insert(caller.pod_uid.clone(), digest);
+    }
+    let (api, caller, recorded) = (api.clone(), caller.clone(), b.recorded.clone());
     tokio::spawn(async move {
         let _slot = slot;
         let result = match api.event(&caller, verified, &note).await {
             Ok(()) => "created",
             Err(e) => {
                 tracing::warn!(namespace = %caller.namespace, pod = %caller.pod, error = %e, "bootstrap: cannot record an Event");
+                // Not recorded: the next ask tries again.
+                let mut r = recorded.lock().unwrap_or_else(|e| e.into_inner());
+                if r.get(&caller.pod_uid) == Some(&digest) {
+                    r.remove(&caller.pod_uid);
+                }
                 "failed"
             }
         };

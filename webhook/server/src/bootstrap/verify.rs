@@ -9,7 +9,7 @@
 
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use k8s_openapi::api::core::v1::Pod;
-use rayshape_engine::config::settings::BootstrapSettings;
+use rayshape_engine::config::settings::Settings;
 
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
@@ -41,6 +41,8 @@ pub enum Refused {
     NotServiceAccount(String),
     /// A service-account token not bound to a pod.
     NotPodBound,
+    /// A namespace whose pods the webhook does not shape (`namespaces` of `webhook.yaml`).
+    NamespaceNotManaged(String),
     NamespaceNotAllowed(String),
     ServiceAccountNotAllowed(String),
     /// The pod no longer exists.
@@ -89,6 +91,15 @@ impl Refused {
         }
     }
 
+    /// What the caller is told: the reason, except the API server's own words about a token
+    /// it did not authenticate (they can name its authenticators), which only our log gets.
+    pub fn public(&self) -> String {
+        match self {
+            Refused::Unauthenticated(_) => "the token was not authenticated by the API server (the webhook's log has its reason); the sidecar re-reads its projected token and retries".into(),
+            _ => self.reason(),
+        }
+    }
+
     /// What was wrong, for the sidecar's log, the Event and ours.
     pub fn reason(&self) -> String {
         match self {
@@ -102,6 +113,9 @@ impl Refused {
                 "the token belongs to {user:?}, not to a service account of a pod"
             ),
             Refused::NotPodBound => "the token is not bound to a pod; use the projected token the webhook mounts, not a secret-based or TokenRequest token without a bound pod".into(),
+            Refused::NamespaceNotManaged(ns) => format!(
+                "namespace {ns:?} is not one whose pods the webhook shapes (webhook.yaml namespaces), so its pods may not bootstrap"
+            ),
             Refused::NamespaceNotAllowed(ns) => format!(
                 "namespace {ns:?} may not bootstrap (webhook.yaml bootstrap.namespaces)"
             ),
@@ -168,8 +182,14 @@ pub fn token(status: &TokenReviewStatus, audience: &str) -> Result<Caller, Refus
     })
 }
 
-/// Check the caller against the allow-lists of `webhook.yaml`.
-pub fn allowed(caller: &Caller, allow: &BootstrapSettings) -> Result<(), Refused> {
+/// Check the caller against `webhook.yaml`: its namespace must be one the webhook shapes pods
+/// in (anyone who can create a Ray pod there gets its configuration anyway, so a pod that
+/// only carries a forged `shaped` annotation gains nothing), then the allow-lists.
+pub fn allowed(caller: &Caller, settings: &Settings) -> Result<(), Refused> {
+    if !settings.manages_namespace(Some(&caller.namespace)) {
+        return Err(Refused::NamespaceNotManaged(caller.namespace.clone()));
+    }
+    let allow = &settings.bootstrap;
     if !allow.namespaces.is_empty() && !allow.namespaces.contains(&caller.namespace) {
         return Err(Refused::NamespaceNotAllowed(caller.namespace.clone()));
     }
@@ -301,6 +321,7 @@ mod tests {
         let e = token(&s, "rayshape.io").unwrap_err();
         assert_eq!(e.status(), 401);
         assert!(e.reason().contains("token has expired"));
+        assert!(!e.public().contains("expired") && e.public().contains("log"));
         let e = token(&bound(), "vault").unwrap_err();
         assert!(
             matches!(e, Refused::WrongAudience { .. }) && e.status() == 401,
@@ -313,24 +334,38 @@ mod tests {
         ));
         let s = status("system:serviceaccount:ml:ray", &["rayshape.io"], &[]);
         assert_eq!(token(&s, "rayshape.io"), Err(Refused::NotPodBound));
-        let only = BootstrapSettings {
-            namespaces: vec!["other".into()],
-            ..Default::default()
+        let with = |yaml: &str| {
+            let mut r = rayshape_engine::config::problems::Report::default();
+            Settings::load(yaml, &mut r).expect("valid settings")
         };
         let caller = token(&bound(), "rayshape.io").unwrap();
         assert_eq!(
-            allowed(&caller, &only),
+            allowed(&caller, &with("bootstrap: {namespaces: [other]}")),
             Err(Refused::NamespaceNotAllowed("ml".into()))
         );
-        let only = BootstrapSettings {
-            service_accounts: vec!["ml/other".into()],
-            ..Default::default()
-        };
         assert_eq!(
-            allowed(&caller, &only),
+            allowed(&caller, &with("bootstrap: {serviceAccounts: [ml/other]}")),
             Err(Refused::ServiceAccountNotAllowed("ml/ray".into()))
         );
-        assert_eq!(allowed(&caller, &BootstrapSettings::default()), Ok(()));
+        assert_eq!(allowed(&caller, &Settings::default()), Ok(()));
+        // Namespaces the webhook does not shape pods in may not bootstrap, allow-list or not.
+        for yaml in [
+            "namespaces: {exclude: [ml]}",
+            "namespaces: {include: [other]}",
+            "namespaces: {exclude: [ml]}\nbootstrap: {namespaces: [ml]}",
+        ] {
+            assert_eq!(
+                allowed(&caller, &with(yaml)),
+                Err(Refused::NamespaceNotManaged("ml".into())),
+                "{yaml}"
+            );
+        }
+        let mut system = caller.clone();
+        system.namespace = "kube-system".into();
+        assert_eq!(
+            allowed(&system, &Settings::default()),
+            Err(Refused::NamespaceNotManaged("kube-system".into()))
+        );
     }
 
     fn a_pod(uid: &str, shaped: bool) -> Pod {
