@@ -652,9 +652,31 @@ async fn configuration_swaps_like_the_kubelet_does() {
         1.0,
         "{m}"
     );
+    assert_eq!(
+        Server::metric(&m, "rayshape_webhook_config_refused "),
+        1.0,
+        "an alert can see the refusal for as long as it lasts: {m}"
+    );
     let log = server.log_text();
     assert!(
         log.contains("configuration refused") && log.contains("unknown profile"),
+        "{log}"
+    );
+    // A version without instance_types.yaml loads, with the built-in types, and says so.
+    kubelet_write(&config, &[("webhook.yaml", "profile: generic\n")]);
+    let swapped = Instant::now();
+    loop {
+        let m = server.metrics_text().await;
+        if Server::metric(&m, "rayshape_webhook_config_refused ") == 0.0 {
+            assert_eq!(Server::metric(&m, "rayshape_webhook_instance_types "), 4.0);
+            break;
+        }
+        assert!(swapped.elapsed() < Duration::from_secs(5), "{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log_text();
+    assert!(
+        log.contains("the file is gone") && log.contains("\"file\":\"instance_types.yaml\""),
         "{log}"
     );
     let _ = std::fs::remove_dir_all(root);

@@ -127,6 +127,7 @@ impl State {
             .set(cfg.instance_types.len() as i64);
         self.metrics.rules.set(cfg.rule_count() as i64);
         self.metrics.config_last_success.set(now());
+        self.metrics.config_refused.set(0);
         self.metrics
             .config_reloads
             .with_label_values(&["success"])
@@ -438,6 +439,25 @@ async fn accept_loop(
     while conns.join_next().await.is_some() {}
 }
 
+/// The configuration files `before` had and `now` lacks: a ConfigMap key removed brings back
+/// the built-in defaults (Anyscale's instance types, no rules) without a word otherwise.
+fn gone(before: &Sources, now: &Sources) -> Vec<&'static str> {
+    use rayshape_engine::config::{instance_types, rules, settings};
+    [
+        (
+            &before.instance_types,
+            &now.instance_types,
+            instance_types::FILE,
+        ),
+        (&before.patches, &now.patches, rules::FILE),
+        (&before.settings, &now.settings, settings::FILE),
+    ]
+    .into_iter()
+    .filter(|(b, n, _)| b.is_some() && n.is_none())
+    .map(|(_, _, f)| f)
+    .collect()
+}
+
 /// Re-reads the configuration and certificate files and installs changed versions that load.
 struct Reloader {
     state: Arc<State>,
@@ -469,6 +489,7 @@ impl Reloader {
                 // A half-written directory reads as an error; only count it once per state.
                 if self.seen_config.is_some() {
                     self.seen_config = None;
+                    self.state.metrics.config_refused.set(1);
                     self.state
                         .metrics
                         .config_reloads
@@ -485,12 +506,21 @@ impl Reloader {
         for w in config_dir::unknown_files(&self.opts.config_dir) {
             tracing::warn!(problem = %w, "configuration note");
         }
+        if let Some(before) = &self.seen_config {
+            for file in gone(before, &sources) {
+                tracing::warn!(
+                    file,
+                    "configuration note: the file is gone, so its built-in default is in force"
+                );
+            }
+        }
         match Config::from_sources(&sources) {
             Ok(cfg) => {
                 tracing::info!(instance_types = cfg.instance_types.len(), rules = cfg.rule_count(), config = %cfg.fingerprint, "configuration reloaded");
                 self.state.install(cfg);
             }
             Err(e) => {
+                self.state.metrics.config_refused.set(1);
                 self.state
                     .metrics
                     .config_reloads

@@ -19,6 +19,8 @@ pub struct Metrics {
     /// Configuration reloads by result (success, failure).
     pub config_reloads: IntCounterVec,
     pub config_last_success: Gauge,
+    /// 1 while the configuration files were refused and an older version is in force.
+    pub config_refused: IntGauge,
     pub instance_types: IntGauge,
     pub rules: IntGauge,
     /// Rules that failed on a pod, by rule and by what happened (denied, skipped).
@@ -168,6 +170,10 @@ impl Metrics {
             in_flight: int_gauge(
                 "in_flight_requests",
                 "Requests being handled on the webhook port.",
+            ),
+            config_refused: int_gauge(
+                "config_refused",
+                "1 while the configuration files on disk were refused and an older version stays in force (alert on it: a restart would not start), else 0.",
             ),
             config_last_success: gauge(
                 "config_last_reload_success_timestamp_seconds",
