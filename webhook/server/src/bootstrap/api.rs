@@ -32,6 +32,9 @@ pub enum Trouble {
     },
     #[error("the API server did not answer: {0}")]
     Unavailable(String),
+    /// As many bootstraps as the webhook lets the API server see at once are under way.
+    #[error("{0} bootstraps are being checked with the API server already")]
+    Busy(usize),
 }
 
 impl Trouble {
@@ -44,6 +47,9 @@ impl Trouble {
             ),
             Trouble::Unavailable(_) => {
                 "the webhook cannot get an answer from the Kubernetes API server now; retry (the webhook's log says why)".to_string()
+            }
+            Trouble::Busy(_) => {
+                "the webhook is checking as many bootstraps with the API server as it lets itself at once; retry".to_string()
             }
         }
     }

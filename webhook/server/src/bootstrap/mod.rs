@@ -44,7 +44,14 @@ pub struct Bootstrap {
     events: Arc<Semaphore>,
     /// The last Event recorded on each pod (by UID), as a digest of what it said.
     recorded: Arc<Mutex<HashMap<String, u64>>>,
+    /// Bootstraps being checked with the API server, at most [`API_CHECKS_AT_ONCE`].
+    checks: Semaphore,
 }
+
+/// Bootstraps being checked with the API server at once (TokenReview, pod read); past that
+/// they are answered 503 with `Retry-After`. The per-source rate limit alone let many pods
+/// together send the API server as many TokenReviews as they liked.
+const API_CHECKS_AT_ONCE: usize = 16;
 
 /// Pods whose last Event is remembered; past that the memory starts again, at the cost of
 /// one repeated Event per pod.
@@ -67,6 +74,7 @@ impl Bootstrap {
             cache: Mutex::default(),
             events: Arc::new(Semaphore::new(EVENTS_AT_ONCE)),
             recorded: Arc::default(),
+            checks: Semaphore::new(API_CHECKS_AT_ONCE),
         }
     }
 }
@@ -128,6 +136,9 @@ pub async fn handle(
         Outcome::Verified(cfg) => {
             tracing::info!(namespace = %cfg.identity.namespace, pod = %cfg.identity.pod, uid = %cfg.identity.pod_uid, %source, "bootstrap verified");
         }
+        Outcome::Trouble(t @ Trouble::Busy(_)) => {
+            tracing::debug!(%source, error = %t, "bootstrap: too many under way")
+        }
         Outcome::Trouble(t) => {
             tracing::error!(%source, error = %t, "bootstrap: API server trouble")
         }
@@ -168,6 +179,9 @@ async fn decide(authorization: Option<&HeaderValue>, source: IpAddr, state: &Sta
         return Outcome::BadRequest(
             "no `Authorization: Bearer <token>` header: send the pod's projected service-account token".into(),
         );
+    };
+    let Ok(_check) = b.checks.try_acquire() else {
+        return Outcome::Trouble(Trouble::Busy(API_CHECKS_AT_ONCE));
     };
     let Some(api) = &b.api else {
         return Outcome::Trouble(Trouble::Unavailable(format!(
@@ -398,6 +412,30 @@ pub const RESULTS: [&str; 6] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn api_checks_at_once_are_bounded() {
+        let state = State::new(
+            Config::builtin(),
+            1,
+            Duration::from_secs(1),
+            1 << 20,
+            Bootstrap::new(Err("no API in this test".into())),
+        );
+        let h = HeaderValue::from_static("Bearer abc");
+        let source: IpAddr = [127, 0, 0, 1].into();
+        let busy = |o: &Outcome| matches!(o, Outcome::Trouble(Trouble::Busy(_)));
+        assert!(!busy(&decide(Some(&h), source, &state).await));
+        let all = state
+            .bootstrap
+            .checks
+            .try_acquire_many(API_CHECKS_AT_ONCE as u32)
+            .unwrap();
+        let o = decide(Some(&h), source, &state).await;
+        assert!(busy(&o), "answered 503 at once, not queued");
+        drop(all);
+        assert!(!busy(&decide(Some(&h), source, &state).await));
+    }
 
     #[test]
     fn bearer_tokens() {
