@@ -72,6 +72,17 @@ impl InstanceType {
 }
 
 /// Whether a Kubernetes resource name is a GPU the way KubeRay decides it (`IsGPUResourceKey`).
+/// The Kubernetes resource of TPU chips, which Ray calls `TPU`.
+pub const TPU_RESOURCE: &str = "google.com/tpu";
+
+/// Ray refuses a node whose resources are not whole (`ray start` fails: "Resource quantities
+/// must all be whole numbers"), so a fraction here would stop every pod of the type.
+fn ray_quantity(n: f64) -> bool {
+    n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= 1e15
+}
+const RAY_QUANTITY: &str =
+    "must be a whole, non-negative number (Ray refuses fractional node resources at `ray start`)";
+
 pub fn is_gpu_resource(name: &str) -> bool {
     name.ends_with("gpu") || (name.starts_with("nvidia.com/mig-") && name.ends_with("gb"))
 }
@@ -204,6 +215,7 @@ fn parse_one(
         return None;
     };
     let mut explicit_gpu_resource = false;
+    let mut tpus = 0;
     for (k, val) in res {
         let place = format!("{name}.resources.{k}");
         let quantity = |err: &mut dyn FnMut(String, String)| match Quantity::from_json(val) {
@@ -230,7 +242,11 @@ fn parse_one(
             "memory" => {
                 if let Some(q) = quantity(&mut err) {
                     if q.millis() % 1000 != 0 || !q.is_positive() {
-                        err(place, "must be a positive whole number of bytes, like 8Gi or 8589934592".into());
+                        err(
+                            place,
+                            "must be a positive whole number of bytes, like 8Gi or 8589934592"
+                                .into(),
+                        );
                     } else {
                         t.shape.insert("memory".into(), q);
                     }
@@ -250,30 +266,53 @@ fn parse_one(
                     }
                 }
             }
-            "accelerators" => match val.as_array().map(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>()) {
+            "accelerators" => match val
+                .as_array()
+                .map(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+            {
                 Some(Some(names)) if !names.is_empty() => {
                     // Anyscale takes the first of several as the node's accelerator; so do we.
                     // It is the same as the legacy `accelerator_type:X: 1` Ray resource.
                     set_accelerator(&mut t, names[0], &place, &mut err);
-                    t.ray_resources.entry(format!("accelerator_type:{}", names[0])).or_insert(1.0);
+                    t.ray_resources
+                        .entry(format!("accelerator_type:{}", names[0]))
+                        .or_insert(1.0);
                 }
-                _ => err(place, "must be a non-empty list of Ray accelerator names, like [T4]".into()),
+                _ => err(
+                    place,
+                    "must be a non-empty list of Ray accelerator names, like [T4]".into(),
+                ),
             },
             key if key.starts_with("accelerator_type:") => {
                 let acc = &key["accelerator_type:".len()..];
                 match val.as_f64() {
-                    Some(n) if n >= 0.0 => {
+                    Some(n) if ray_quantity(n) => {
                         t.ray_resources.insert(key.to_string(), n);
                         set_accelerator(&mut t, acc, &place, &mut err);
                     }
-                    _ => err(place, "must be a non-negative number (Ray custom resource)".into()),
+                    _ => err(place, RAY_QUANTITY.into()),
                 }
             }
+            // Ray's TPU resource is the pod's TPU chips: KubeRay gives Ray `TPU` from the
+            // `google.com/tpu` limit, and GKE attaches chips only to pods that request them.
+            "TPU" => match val.as_f64() {
+                Some(n) if ray_quantity(n) => {
+                    t.ray_resources.insert(k.to_string(), n);
+                    tpus = n as i64;
+                }
+                _ => err(
+                    place,
+                    format!("{RAY_QUANTITY}: the pod's TPU chips, requested as {TPU_RESOURCE} too"),
+                ),
+            },
             // Anyscale's own scheduling hints for TPU slices; no Kubernetes or Ray meaning here.
             key if key.starts_with("anyscale/") => {}
             key if key.contains('/') || key.starts_with("hugepages-") => {
                 if !is_resource_name(key) && !key.starts_with("hugepages-") {
-                    err(place.clone(), "is not a Kubernetes extended resource name (domain/name)".into());
+                    err(
+                        place.clone(),
+                        "is not a Kubernetes extended resource name (domain/name)".into(),
+                    );
                 }
                 if let Some(q) = quantity(&mut err) {
                     if q.millis() % 1000 != 0 && !key.starts_with("hugepages-") {
@@ -287,10 +326,15 @@ fn parse_one(
                 }
             }
             key => match val.as_f64() {
-                Some(n) if n >= 0.0 => {
+                Some(n) if ray_quantity(n) => {
                     t.ray_resources.insert(key.to_string(), n);
                 }
-                _ => err(place, "must be a non-negative number: keys other than CPU, GPU, memory, ephemeral-storage, accelerators and domain/name resources are Ray custom resources".into()),
+                _ => err(
+                    place,
+                    format!(
+                        "{RAY_QUANTITY}: keys other than CPU, GPU, TPU, memory, ephemeral-storage, accelerators and domain/name resources are Ray custom resources"
+                    ),
+                ),
             },
         }
     }
@@ -305,6 +349,11 @@ fn parse_one(
             format!("{name}.resources"),
             "has no memory; every instance type needs CPU and memory".into(),
         );
+    }
+    if tpus > 0 {
+        t.shape
+            .entry(TPU_RESOURCE.into())
+            .or_insert(Quantity::from_units(tpus));
     }
     if t.gpus > 0 && !explicit_gpu_resource {
         t.shape.insert(
@@ -460,6 +509,33 @@ mod tests {
         assert_eq!(trn.node_selector["kubernetes.io/arch"], "arm64");
         assert_eq!(t["amd"].gpus, 1);
         assert!(!t["amd"].shape.contains_key("nvidia.com/gpu"));
+        // Anyscale's TPU types: `TPU` is Ray's name for the chips the pod requests.
+        let t = load_ok(
+            "tpu:\n  resources: {CPU: 8, TPU: 4, memory: 16Gi, accelerators: [TPU-V5E], anyscale/tpu_hosts: 1}\n\
+             both:\n  resources: {CPU: 8, TPU: 4, google.com/tpu: 4, memory: 16Gi}\n",
+        );
+        assert_eq!(t["tpu"].shape["google.com/tpu"], Quantity::from_units(4));
+        assert_eq!(t["tpu"].ray_resources["TPU"], 4.0);
+        assert_eq!(t["both"].shape["google.com/tpu"], Quantity::from_units(4));
+    }
+
+    #[test]
+    fn ray_resources_must_be_whole() {
+        for bad in [
+            "my_res: 0.5",
+            "TPU: 1.5",
+            "\"accelerator_type:T4\": 0.5",
+            "my_res: -1",
+        ] {
+            let mut r = Report::default();
+            let text = format!("a:\n  resources: {{CPU: 2, memory: 8Gi, {bad}}}\n");
+            assert!(load(&text, &Settings::default(), &mut r).is_none(), "{bad}");
+            assert!(
+                r.errors[0].to_string().contains("whole, non-negative"),
+                "{bad}: {:?}",
+                r.errors
+            );
+        }
     }
 
     #[test]

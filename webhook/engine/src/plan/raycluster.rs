@@ -108,8 +108,10 @@ pub fn plan<'c>(
         let Some(template) = g.spec.get("template") else {
             continue;
         };
-        let type_name = pod::vocab(template, &type_key)
-            .or_else(|| pod::at(g.spec, &["labels", &type_key]).and_then(Value::as_str));
+        // KubeRay's `mergeLabels`: the group's `labels` win over the template's.
+        let type_name = pod::at(g.spec, &["labels", &type_key])
+            .and_then(Value::as_str)
+            .or_else(|| pod::vocab(template, &type_key));
         let Some(type_name) = type_name else { continue };
         let Some(it) = cfg.instance_types.get(type_name) else {
             faults.push(format!(
@@ -312,7 +314,12 @@ fn plan_group<'c>(
             json!({"name": SUBMITTER_NAME, "resources": resources(SUBMITTER)}),
         );
     }
-    if cfg.settings.sidecar.enabled && !sidecar::opted_out(template, &cfg.settings) {
+    // The pods carry the group's labels over the template's (KubeRay's `mergeLabels`).
+    let opted_out = match pod::at(g.spec, &["labels", &cfg.settings.key(keys::SIDECAR)]) {
+        Some(v) => v.as_str() == Some(keys::SIDECAR_DISABLED),
+        None => sidecar::opted_out(template, &cfg.settings),
+    };
+    if cfg.settings.sidecar.enabled && !opted_out {
         let r: Map = cfg
             .settings
             .sidecar
@@ -672,6 +679,28 @@ mod tests {
             plain,
             &json!({"cpu": "1700m", "memory": "7872Mi"}),
             "2 CPU - sidecar 100m - collector 200m"
+        );
+        // The group's labels win over the template's, as KubeRay's `mergeLabels` merges them
+        // onto the pods.
+        let mut both = c.clone();
+        both["spec"]["workerGroupSpecs"][1]["template"]["metadata"] =
+            json!({"labels": {"rayshape.io/instance-type": "8CPU-32GB"}});
+        let out = shape(&both, &cfg).unwrap();
+        assert_eq!(
+            &out.object["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"]
+                ["limits"],
+            plain,
+            "sized as the group's 2CPU-8GB"
+        );
+        // So does the group's sidecar opt-out: no room kept for a sidecar its pods lack.
+        let mut off = c.clone();
+        off["spec"]["workerGroupSpecs"][1]["labels"]["rayshape.io/sidecar"] = json!("disabled");
+        let out = shape(&off, &cfg).unwrap();
+        assert_eq!(
+            out.object["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"]
+                ["limits"],
+            json!({"cpu": "1800m", "memory": "7936Mi"}),
+            "2 CPU - collector 200m, no sidecar"
         );
         let head =
             &spec["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"];

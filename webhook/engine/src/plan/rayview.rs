@@ -9,6 +9,7 @@
 
 use super::sizing::{Sizing, kuberay_flags_of};
 use crate::config::instance_types::{InstanceType, is_gpu_resource};
+use crate::plan::sizing::RAY_ACCELERATORS;
 use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
 use crate::primitives::vecmap::VecMap;
@@ -94,6 +95,12 @@ pub fn plan(
     for (k, v) in &it.ray_resources {
         desired.insert(k.clone(), *v);
     }
+    // TPU chips and Neuron cores, as KubeRay tells Ray of them, from the limits as sized.
+    for (k8s, ray) in RAY_ACCELERATORS {
+        if let Some(q) = sized.ray.get(k8s) {
+            desired.insert(ray.into(), q.floor_units() as f64);
+        }
+    }
 
     let existing = existing_override(c);
     let Some(existing) = existing else {
@@ -108,6 +115,14 @@ pub fn plan(
         _ => None,
     };
 
+    let custom_flag = |key: &str| {
+        custom_flags
+            .as_ref()
+            .and_then(|m| m.get(key))
+            .map_or(Flag::Absent, |v| {
+                v.as_f64().map_or(Flag::Opaque, Flag::Number)
+            })
+    };
     let mut corrections: VecMap<String, f64> = VecMap::new();
     let mut was: Vec<String> = Vec::new();
     for (key, want) in &desired {
@@ -125,15 +140,8 @@ pub fn plan(
             "CPU" => (number_flag(&cmd, "num-cpus"), derived.get("CPU")),
             "memory" => (number_flag(&cmd, "memory"), derived.get("memory")),
             "GPU" => (number_flag(&cmd, "num-gpus"), derived.get("GPU")),
-            _ => (
-                custom_flags
-                    .as_ref()
-                    .and_then(|m| m.get(key))
-                    .map_or(Flag::Absent, |v| {
-                        v.as_f64().map_or(Flag::Opaque, Flag::Number)
-                    }),
-                None,
-            ),
+            "TPU" | "neuron_cores" => (custom_flag(key), derived.get(key.as_str())),
+            _ => (custom_flag(key), None),
         };
         let fix = match current {
             Flag::Opaque => false,
@@ -147,7 +155,8 @@ pub fn plan(
                     .ray
                     .get("cpu")
                     .is_some_and(|q| q.floor_units() as f64 != *want),
-                "memory" | "GPU" => false,
+                // Ray finds its GPUs, TPU chips and Neuron cores itself.
+                "memory" | "GPU" | "TPU" | "neuron_cores" => false,
                 _ => true,
             },
         };
@@ -235,9 +244,29 @@ fn ray_command(c: &Value) -> String {
         && line.contains("KUBERAY_GEN_RAY_START_CMD")
         && let Some(gen_cmd) = pod::env_value(c, "KUBERAY_GEN_RAY_START_CMD")
     {
-        return gen_cmd.to_string();
+        return ray_start_only(gen_cmd).to_string();
     }
-    line
+    ray_start_only(&line).to_string()
+}
+
+/// The `ray start` command of a shell line, up to the first `;`, `&`, `|` or newline
+/// outside quotes: a later command's `--num-cpus` (`ray start ... && python bench.py
+/// --num-cpus 2`) is not Ray's. The whole line when it has no `ray start`.
+fn ray_start_only(line: &str) -> &str {
+    let Some(start) = line.find("ray start") else {
+        return line;
+    };
+    let rest = &line[start..];
+    let mut quote = None;
+    for (i, ch) in rest.char_indices() {
+        match (quote, ch) {
+            (None, '\'' | '"') => quote = Some(ch),
+            (Some(q), _) if ch == q => quote = None,
+            (None, ';' | '&' | '|' | '\n') => return &rest[..i],
+            _ => {}
+        }
+    }
+    rest
 }
 
 enum FlagText {
@@ -366,7 +395,22 @@ mod tests {
 
     /// Plan sizing and Ray's view, and write both as `apply` does.
     fn run(pod: Value, ty: &str) -> (Value, Vec<String>) {
-        let it = Config::builtin().instance_types[ty].clone();
+        run_as(pod, Config::builtin().instance_types[ty].clone())
+    }
+
+    /// [`run`] with an instance type of `instance_types.yaml` text.
+    fn run_yaml(pod: Value, yaml: &str) -> (Value, Vec<String>) {
+        let mut r = crate::config::problems::Report::default();
+        let types = crate::config::instance_types::load(
+            yaml,
+            &crate::config::settings::Settings::default(),
+            &mut r,
+        )
+        .unwrap_or_else(|| panic!("{:?}", r.errors));
+        run_as(pod, types.into_values().next().unwrap())
+    }
+
+    fn run_as(pod: Value, it: InstanceType) -> (Value, Vec<String>) {
         let original = Original::of(&pod["spec"]["containers"][0]);
         let sized = super::super::sizing::plan(&pod, 0, &it).unwrap();
         let fix = plan(&pod, 0, &original, &sized, &it, true);
@@ -402,6 +446,73 @@ mod tests {
             "{w:?}"
         );
         assert!(w.len() <= 3 && w.iter().all(|m| m.len() <= 120), "{w:?}");
+    }
+
+    /// KubeRay tells Ray of TPU chips and Neuron cores in `--resources`, from the limits;
+    /// when the instance type changes those, Ray's view follows (it did not: Ray registered
+    /// the chips the pod no longer had).
+    #[test]
+    fn tpu_and_neuron_counts_follow_the_limits() {
+        let tpu = json!({"spec": {"containers": [{"name": "ray",
+            "args": ["ray start  --resources='{\"TPU\":8}'  --num-cpus=8  --memory=34359738368 "],
+            "resources": {"limits": {"cpu": "8", "memory": "32Gi", "google.com/tpu": "8"}}}]}});
+        let (pod, w) = run_yaml(
+            tpu.clone(),
+            "tpu4:\n  resources: {CPU: 8, memory: 32Gi, google.com/tpu: 4}\n",
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["limits"]["google.com/tpu"],
+            "4"
+        );
+        assert_eq!(override_of(&pod).unwrap()["TPU"], 4, "{w:?}");
+        assert!(
+            w.iter()
+                .any(|m| m.contains("flags said") && m.contains("TPU 8")),
+            "{w:?}"
+        );
+        // The Anyscale form: `TPU` in the type requests the chips too.
+        let (pod, _) = run_yaml(tpu, "tpu4:\n  resources: {CPU: 8, memory: 32Gi, TPU: 4}\n");
+        assert_eq!(
+            pod["spec"]["containers"][0]["resources"]["limits"]["google.com/tpu"],
+            "4"
+        );
+        assert_eq!(override_of(&pod).unwrap()["TPU"], 4);
+        let neuron = json!({"spec": {"containers": [{"name": "ray",
+            "args": ["ray start  --resources='{\"neuron_cores\":4}'  --num-cpus=8  --memory=34359738368 "],
+            "resources": {"limits": {"cpu": "8", "memory": "32Gi", "aws.amazon.com/neuroncore": "4"}}}]}});
+        let (pod, _) = run_yaml(
+            neuron,
+            "inf2:\n  resources: {CPU: 8, memory: 32Gi, aws.amazon.com/neuroncore: 2}\n",
+        );
+        assert_eq!(override_of(&pod).unwrap()["neuron_cores"], 2);
+        // Unchanged chips: nothing to correct.
+        let same = json!({"spec": {"containers": [{"name": "ray",
+            "args": ["ray start  --resources='{\"TPU\":4}'  --num-cpus=8  --memory=34359738368 "],
+            "resources": {"limits": {"cpu": "8", "memory": "32Gi", "google.com/tpu": "4"}}}]}});
+        let (pod, w) = run_yaml(
+            same,
+            "tpu4:\n  resources: {CPU: 8, memory: 32Gi, google.com/tpu: 4}\n",
+        );
+        assert_eq!(override_of(&pod), None, "{w:?}");
+    }
+
+    #[test]
+    fn only_the_ray_start_command_is_read() {
+        assert_eq!(
+            ray_start_only(
+                "ulimit -n 65536; ray start --head --num-cpus=4 --resources='{\"a;b\":1}' && python /app/bench.py --num-cpus 2"
+            ),
+            "ray start --head --num-cpus=4 --resources='{\"a;b\":1}' "
+        );
+        assert_eq!(
+            ray_start_only("python x.py --num-cpus 2"),
+            "python x.py --num-cpus 2"
+        );
+        let pod = json!({"spec": {"containers": [{"name": "ray",
+            "args": ["ray start --head --num-cpus=4 && python /app/bench.py --num-cpus 2"],
+            "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}}]}});
+        let (pod, w) = run(pod, "8CPU-32GB");
+        assert_eq!(override_of(&pod), None, "--num-cpus=4 is the user's: {w:?}");
     }
 
     #[test]

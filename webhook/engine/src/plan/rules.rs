@@ -79,14 +79,14 @@ pub fn run<'c>(
 /// Apply every operation of a rule, or none.
 fn apply_rule(pod: &mut Value, rule: &Rule, ctx: Context) -> Result<(), ApplyError> {
     // Everything an operation can change lies under the first two segments of its paths
-    // (`/spec/tolerations`, `/metadata/annotations`); the first segment is saved too, so a
-    // parent that an `add` created is removed again.
-    let heads = rule
+    // (`/spec/tolerations`, `/metadata/annotations`), or under the whole path if it is
+    // shorter (`/metadata`).
+    let roots = rule
         .ops
         .iter()
         .flat_map(|op| op.from().into_iter().chain([op.path()]))
-        .flat_map(|p| [p.head(1), p.head(2)]);
-    let snapshot = Snapshot::take(pod, heads);
+        .map(|p| p.head(2));
+    let snapshot = Snapshot::take(pod, roots);
     for op in &rule.ops {
         if let Err(e) = rfc6902::apply(pod, op, ctx) {
             snapshot.restore(pod);

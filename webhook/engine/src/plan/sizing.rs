@@ -197,8 +197,8 @@ fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
 }
 
 /// KubeRay's derivation of Ray's flags from a Ray container's resources
-/// (`generateRayStartCommand`): what `--num-cpus`, `--memory` and `--num-gpus` say when the
-/// user did not set them.
+/// (`generateRayStartCommand`): what `--num-cpus`, `--memory`, `--num-gpus` and the
+/// accelerator in `--resources` (`TPU`, `neuron_cores`) say when the user did not set them.
 pub fn kuberay_flags(c: &Value) -> VecMap<&'static str, i128> {
     kuberay_flags_of(
         &pod::resource_list(c, "limits"),
@@ -221,8 +221,23 @@ pub fn kuberay_flags_of(
     if let Some((_, g)) = limits.iter().find(|(k, _)| is_gpu_resource(k)) {
         out.insert("GPU", g.ceil_units());
     }
+    // `addWellKnownAcceleratorResources`: the first of these in name order that is not zero.
+    if let Some((ray, n)) = RAY_ACCELERATORS
+        .iter()
+        .filter_map(|(k8s, ray)| Some((*ray, limits.get(k8s)?.floor_units())))
+        .find(|(_, n)| *n != 0)
+    {
+        out.insert(ray, n);
+    }
     out
 }
+
+/// Accelerators KubeRay passes to Ray in `--resources`, by Kubernetes resource name (in
+/// name order) and Ray resource name (its `customAcceleratorToRayResourceMap`).
+pub const RAY_ACCELERATORS: [(&str, &str); 2] = [
+    ("aws.amazon.com/neuroncore", "neuron_cores"),
+    ("google.com/tpu", "TPU"),
+];
 
 /// What the pod's containers and native sidecars can take of a resource in all: the sum
 /// the instance type bounds.

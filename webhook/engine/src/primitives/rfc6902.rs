@@ -516,23 +516,29 @@ fn remove(doc: &mut Value, steps: &[Step]) -> Result<(), String> {
 pub struct Snapshot<'p>(Vec<(&'p [String], Option<Value>)>);
 
 impl<'p> Snapshot<'p> {
-    /// Save what is needed to restore every path under `prefixes`: the value at each
-    /// deepest prefix, and the absence of any prefix that does not exist yet.
-    pub fn take(doc: &Value, prefixes: impl IntoIterator<Item = &'p [String]>) -> Snapshot<'p> {
-        let mut all: Vec<&[String]> = prefixes.into_iter().collect();
+    /// Save what is needed to restore everything under `roots`, the paths whose subtrees
+    /// may change: the value at each root that no other root contains, or its absence (and
+    /// that of the first missing object on the way, so a parent an `add` creates goes too).
+    pub fn take(doc: &Value, roots: impl IntoIterator<Item = &'p [String]>) -> Snapshot<'p> {
+        let mut all: Vec<&[String]> = roots.into_iter().collect();
         all.sort_by_key(|p| p.len());
         all.dedup();
         let mut saved: Vec<(&[String], Option<Value>)> = Vec::new();
         for &p in &all {
-            // Under a prefix that was absent: removing that prefix again restores this too.
-            if saved.iter().any(|(q, v)| v.is_none() && p.starts_with(q)) {
+            // Inside a root already saved (or one that was absent): restored with it.
+            if saved.iter().any(|(q, _)| p.starts_with(q)) {
                 continue;
             }
-            let current = p.iter().try_fold(doc, |v, t| v.as_object()?.get(t));
-            let deepest = !all.iter().any(|q| q.len() > p.len() && q.starts_with(p));
-            if current.is_none() || deepest {
-                saved.push((p, current.cloned()));
+            let mut at = Some(doc);
+            let mut depth = 0;
+            while depth < p.len() {
+                at = at.and_then(|v| v.as_object()?.get(&p[depth]));
+                depth += 1;
+                if at.is_none() {
+                    break;
+                }
             }
+            saved.push((&p[..depth], at.cloned()));
         }
         Snapshot(saved)
     }
@@ -701,14 +707,14 @@ mod tests {
         let before = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"tolerations": [{"key": "x"}], "containers": [{"name": "c"}]}});
         let mut d = before.clone();
         let heads = [
-            vec!["spec".to_string()],
-            vec!["spec".into(), "tolerations".into()],
+            vec!["spec".to_string(), "tolerations".into()],
             vec!["spec".into(), "nodeSelector".into()],
-            vec!["status".into()],
             vec!["status".into(), "x".into()],
+            vec!["status".into(), "y".into()],
         ];
         let snap = Snapshot::take(&d, heads.iter().map(Vec::as_slice));
         assert_eq!(snap.0.len(), 3, "spec is not copied whole: {:?}", snap.0);
+        assert_eq!(snap.0[2], (&["status".to_string()][..], None));
         run(
             &mut d,
             json!({"op":"add","path":"/spec/tolerations/-","value":{"key":"y"}}),
@@ -720,6 +726,20 @@ mod tests {
         )
         .unwrap();
         run(&mut d, json!({"op":"add","path":"/status/x/y","value":1})).unwrap();
+        snap.restore(&mut d);
+        assert_eq!(d, before);
+        // A root that contains another is saved whole: replacing /metadata and then failing
+        // must give back all of it, not only its labels.
+        let roots = [
+            vec!["metadata".to_string()],
+            vec!["metadata".into(), "labels".into()],
+        ];
+        let snap = Snapshot::take(&d, roots.iter().map(Vec::as_slice));
+        run(
+            &mut d,
+            json!({"op":"add","path":"/metadata","value":{"name":"x"}}),
+        )
+        .unwrap();
         snap.restore(&mut d);
         assert_eq!(d, before);
     }
