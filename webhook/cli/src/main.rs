@@ -501,6 +501,25 @@ fn load_dir(
     Config::from_sources(&serve::config_dir::read(dir)?)
 }
 
+/// Shape a plain Ray worker of every instance type, and say which would be denied: a
+/// configuration can load and still deny every pod of a type (a sidecar larger than the
+/// type, a rule that cannot apply). Warnings, since real pods may differ from the trial one
+/// (more containers, labels rules select on).
+fn trial_pods(cfg: &Config) -> Vec<String> {
+    let label = cfg.settings.key(rayshape_contract::keys::INSTANCE_TYPE);
+    cfg.instance_types
+        .keys()
+        .filter_map(|name| {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "trial", "namespace": "default", "labels": {(label.as_str()): name}},
+                "spec": {"containers": [{"name": "ray", "image": "rayproject/ray", "command": ["ray", "start", "--block"]}]}});
+            rayshape_engine::shape(&pod, Some("default"), cfg)
+                .err()
+                .map(|d| format!("instance_types.yaml: {name}: a plain Ray worker pod of this type would be denied: {}", d.message))
+        })
+        .collect()
+}
+
 fn check_config(dir: &std::path::Path) -> ExitCode {
     for w in serve::config_dir::unknown_files(dir) {
         eprintln!("warning: {w}");
@@ -508,6 +527,9 @@ fn check_config(dir: &std::path::Path) -> ExitCode {
     match load_dir(dir) {
         Ok(cfg) => {
             for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
+            for w in trial_pods(&cfg) {
                 eprintln!("warning: {w}");
             }
             println!(

@@ -181,6 +181,29 @@ fn check_config_reports_every_problem() {
         text(&ok.stdout)
     );
     assert!(text(&ok.stderr).contains("kind \"Service\" is skipped"));
+    assert!(
+        !text(&ok.stderr).contains("would be denied"),
+        "{}",
+        text(&ok.stderr)
+    );
+    // A configuration that loads but denies every pod of some types says which.
+    let dir = std::env::temp_dir().join(format!("rayshape-trial-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("webhook.yaml"),
+        "sidecar:\n  resources: {cpu: 4, memory: 64Mi}\n",
+    )
+    .unwrap();
+    let trial = run(&["check-config", "--config", dir.to_str().unwrap()], None);
+    let err = text(&trial.stderr);
+    assert_eq!(trial.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("2CPU-8GB: a plain Ray worker pod of this type would be denied")
+            && err.contains("4CPU-16GB: a plain Ray worker pod")
+            && !err.contains("8CPU-32GB: a plain"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     let none = run(&["check-config", "--config", "no/such/dir"], None);
     assert_eq!(none.status.code(), Some(1));
     assert!(text(&none.stderr).contains("is not a directory"));
