@@ -263,9 +263,10 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Ask the webhook for the node's configuration, after [`ASK_AGAIN`] and then less and less
-/// often, while the shipper has no sink, and keep the latest sink it names. Ends when the shipper stops asking (it has
-/// a sink) or on stop. Refusals and outages are left to the next turn, quietly: the first
-/// bootstrap already said how to fix them, and the shipper's state says there is no sink.
+/// often, while the shipper has no sink, and keep the latest sink it names. Ends when the
+/// shipper stops asking (it has a sink) or on stop. Refusals and outages are left to the
+/// next turn, quietly: the first bootstrap already said how to fix them, and the shipper's
+/// state says there is no sink.
 async fn ask_again(
     b: rayshape_sidecar::config::Bootstrap,
     later: Arc<LaterSink>,

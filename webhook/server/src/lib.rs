@@ -16,6 +16,7 @@ mod idle;
 pub mod metrics;
 pub mod tls;
 
+use connections::{Admitted, Table};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::Metrics;
@@ -27,8 +28,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-
-use connections::{Admitted, Table};
 use tokio::task::JoinSet;
 
 /// Everything `serve` is told on its command line.
@@ -310,6 +309,8 @@ async fn accept_loop(
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
+    // Refusals come in floods when they come: logged at most once a second (all counted).
+    let mut refusal_logged: Option<tokio::time::Instant> = None;
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -340,7 +341,10 @@ async fn accept_loop(
                     .connections_full
                     .with_label_values(&["refused"])
                     .inc();
-                tracing::warn!(%peer, max = opts.max_connections, "connection refused: --max-connections open and a quarter of them already closing to make room");
+                if refusal_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    refusal_logged = Some(tokio::time::Instant::now());
+                    tracing::warn!(%peer, max = opts.max_connections, "connection refused: --max-connections open and a quarter of them already closing to make room (rayshape_webhook_connections_full_total counts every one)");
+                }
                 continue;
             }
         };
