@@ -424,13 +424,38 @@ pub mod sink_options {
         "encryption_key",
     ];
 
-    /// What `key` is to a sink of `kind`. A `file://` sink reads no options.
-    pub fn name(kind: Kind, key: &str) -> Name {
+    /// The option names of a kind of sink.
+    pub struct Names {
+        pub settings: &'static [&'static str],
+        pub credentials: &'static [&'static str],
+        /// The prefix of its canonical names (`aws_`), which [`CLIENT`]'s names may take.
+        pub prefix: &'static str,
+    }
+
+    /// The option names of `kind`; `None` for `file://`, which reads no options.
+    pub fn of(kind: Kind) -> Option<Names> {
         let (settings, credentials, prefix) = match kind {
             Kind::S3 => (S3, S3_CREDENTIALS, "aws_"),
             Kind::Gcs => (GCS, GCS_CREDENTIALS, "google_"),
             Kind::Azure => (AZURE, AZURE_CREDENTIALS, "azure_"),
-            Kind::File => return Name::Unknown,
+            Kind::File => return None,
+        };
+        Some(Names {
+            settings,
+            credentials,
+            prefix,
+        })
+    }
+
+    /// What `key` is to a sink of `kind`. A `file://` sink reads no options.
+    pub fn name(kind: Kind, key: &str) -> Name {
+        let Some(Names {
+            settings,
+            credentials,
+            prefix,
+        }) = of(kind)
+        else {
+            return Name::Unknown;
         };
         if credentials.contains(&key) {
             Name::Credential

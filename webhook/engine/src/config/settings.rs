@@ -159,13 +159,7 @@ fn check_sink_options<'k>(
     r: &mut Report,
 ) {
     use rayshape_contract::sink_options::{self as so, Name};
-    use rayshape_contract::sink_url::Kind;
-    let (names, prefix) = match url.kind {
-        Kind::S3 => (so::S3, "aws_"),
-        Kind::Gcs => (so::GCS, "google_"),
-        Kind::Azure => (so::AZURE, "azure_"),
-        Kind::File => (&[][..], ""),
-    };
+    let names = so::of(url.kind);
     for key in keys {
         let place = format!("sidecar.logSink.options.{key}");
         match so::name(url.kind, key) {
@@ -176,14 +170,14 @@ fn check_sink_options<'k>(
                 place,
                 "holds a credential, and the bootstrap hands these options to every Ray pod's sidecar: give the Ray pods' service account its cloud's workload identity instead (IRSA or EKS Pod Identity, GKE Workload Identity, Azure Workload Identity), which the sidecar uses when no credential is set",
             ),
-            Name::Unknown if url.kind == Kind::File => r.error(
-                FILE,
-                None,
-                place,
-                "file:// sinks take no options",
-            ),
             Name::Unknown => {
+                let Some(names) = &names else {
+                    r.error(FILE, None, place, "file:// sinks take no options");
+                    continue;
+                };
+                let prefix = names.prefix;
                 let known: Vec<&str> = names
+                    .settings
                     .iter()
                     .copied()
                     .filter(|n| n.starts_with(prefix))
