@@ -72,6 +72,9 @@ pub mod keys {
     pub const RAY_CONTAINER: &str = "ray-container";
     /// Annotation the webhook writes on every pod it shaped: the proof the bootstrap checks.
     pub const SHAPED: &str = "shaped";
+    /// Annotation on a KubeRay group's template, and so on its pods: `<type>@<definition>`,
+    /// the instance type and the hash of its definition the template was sized for.
+    pub const SIZED_FOR: &str = "sized-for";
     /// KubeRay's label naming the Ray cluster of a pod.
     pub const KUBERAY_CLUSTER: &str = "ray.io/cluster";
 }

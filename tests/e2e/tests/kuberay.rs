@@ -1526,3 +1526,169 @@ fn ray_start_flags_are_read_as_the_shell_reads_them() {
         Some(json!({"a": 1}))
     );
 }
+
+/// An admin changes an instance type while a cluster of it runs. The RayCluster keeps its
+/// shape (the autoscaler plans from it), and so do the pods KubeRay adds when it scales;
+/// once the group is changed, it and its new pods take the new definition together.
+#[test]
+fn a_changed_definition_reaches_a_running_cluster_only_when_its_group_changes() {
+    let c = Cluster::get();
+    let _x = exclusive();
+    let ns = c.namespace("kr-redefined");
+    let define = |cpu: u32, memory_gi: u32| {
+        format!(
+            "{}kr-redefined:\n  resources: {{CPU: {cpu}, memory: {memory_gi}Gi}}\n",
+            types_yaml()
+        )
+    };
+    let instance_types = c.set_webhook_file("instance_types.yaml", Some(&define(2, 4)));
+    let _restore = Restore {
+        c: &c,
+        instance_types,
+    };
+    let (objects, _) = c.read_known_objects(&samples_dir(&c).join("ray-cluster.sample.yaml"));
+    let mut rc = objects
+        .into_iter()
+        .find(|o| o["kind"] == "RayCluster")
+        .expect("ray-cluster.sample.yaml: a RayCluster");
+    rc["metadata"]["namespace"] = json!(ns);
+    let name = rc["metadata"]["name"].as_str().expect("a name").to_string();
+    let worker = &mut rc["spec"]["workerGroupSpecs"][0];
+    worker["replicas"] = json!(1);
+    worker["minReplicas"] = json!(0);
+    worker["maxReplicas"] = json!(5);
+    worker["template"]["metadata"]["labels"]["rayshape.io/instance-type"] = json!("kr-redefined");
+    let group = worker["groupName"]
+        .as_str()
+        .expect("a group name")
+        .to_string();
+    c.ok(&["create", "-f", "-"], Some(&rc.to_string()));
+
+    let patch = |ops: &Value| {
+        let ops = ops.to_string();
+        c.ok(
+            &[
+                "patch",
+                "raycluster",
+                &name,
+                "-n",
+                &ns,
+                "--type",
+                "json",
+                "-p",
+                &ops,
+            ],
+            None,
+        );
+    };
+    let template_limits = || {
+        let rc = c.json(&["get", "raycluster", &name, "-n", &ns]);
+        rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]
+            ["limits"]
+            .clone()
+    };
+    // The group's live pods: name → (the Ray container's limits, the template's stamp).
+    let pods = |want: usize| -> BTreeMap<String, (Value, Value)> {
+        let mut got = BTreeMap::new();
+        rayshape_e2e::wait_until(
+            Duration::from_secs(90),
+            &format!("{want} pods of group {group}"),
+            || {
+                let list = c.json(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    &ns,
+                    "-l",
+                    &format!("ray.io/cluster={name},ray.io/group={group}"),
+                ]);
+                got = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+                    .map(|p| {
+                        (
+                            p["metadata"]["name"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                            (
+                                p["spec"]["containers"][0]["resources"]["limits"].clone(),
+                                p["metadata"]["annotations"]["rayshape.io/sized-for"].clone(),
+                            ),
+                        )
+                    })
+                    .collect();
+                got.len() == want
+            },
+        );
+        got
+    };
+    let first = template_limits();
+    assert_eq!(first["cpu"], "1900m", "2 CPUs less the sidecar's: {first}");
+    let before = pods(1);
+    let (limits, stamp) = before.values().next().expect("one pod");
+    assert_eq!(limits, &first);
+    let old_stamp = stamp
+        .as_str()
+        .expect("the pod carries its template's stamp")
+        .to_string();
+    assert!(old_stamp.starts_with("kr-redefined@"), "{old_stamp}");
+
+    // The admin makes the type larger; the autoscaler then scales the group up.
+    c.set_webhook_file("instance_types.yaml", Some(&define(3, 6)));
+    let scale = json!([{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 2}]);
+    patch(&scale);
+    assert_eq!(template_limits(), first, "the RayCluster keeps its shape");
+    let scaled = pods(2);
+    for (pod, (limits, stamp)) in &scaled {
+        assert_eq!(limits, &first, "{pod}: not sized as the RayCluster says");
+        assert_eq!(stamp, &json!(old_stamp), "{pod}");
+    }
+
+    // The user changes the group: it is re-sized, and the pods KubeRay makes from it now
+    // take the new definition, as the RayCluster does.
+    let bump = json!([{"op": "add",
+        "path": "/spec/workerGroupSpecs/0/template/metadata/annotations/example.com~1rollout",
+        "value": "2"}]);
+    patch(&bump);
+    let second = template_limits();
+    assert_eq!(
+        second["cpu"], "2900m",
+        "3 CPUs less the sidecar's: {second}"
+    );
+    let gone = scaled.keys().next().expect("a pod").clone();
+    // No kubelet runs here to finish a graceful deletion.
+    c.ok(
+        &[
+            "delete",
+            "pod",
+            &gone,
+            "-n",
+            &ns,
+            "--grace-period=0",
+            "--force",
+        ],
+        None,
+    );
+    let mut after = BTreeMap::new();
+    rayshape_e2e::wait_until(
+        Duration::from_secs(90),
+        "KubeRay to replace the pod",
+        || {
+            after = pods(2);
+            !after.contains_key(&gone)
+        },
+    );
+    let (fresh, (limits, stamp)) = after
+        .iter()
+        .find(|(p, _)| !scaled.contains_key(*p))
+        .expect("a new pod");
+    assert_eq!(
+        limits, &second,
+        "{fresh}: not sized as the RayCluster now says"
+    );
+    assert_ne!(stamp, &json!(old_stamp), "{fresh}");
+    c.ok(&["delete", "namespace", &ns, "--wait=false"], None);
+}

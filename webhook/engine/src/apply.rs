@@ -115,6 +115,10 @@ pub fn cluster(obj: &Value, plan: ClusterPlan<'_>) -> Shaped {
         }) else {
             continue;
         };
+        if let Some(template) = group.get_mut("template") {
+            let (key, value) = g.stamp;
+            pod::set_annotation(template, &key, value);
+        }
         if let Some(c) = pod::at_mut(group, &["template", "spec", "containers"])
             .and_then(Value::as_array_mut)
             .and_then(|a| a.first_mut())

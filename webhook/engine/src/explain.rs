@@ -124,6 +124,13 @@ fn pod_plan(p: &PodPlan<'_>, cfg: &Config, out: &mut Map) {
             containers.push(json!({"name": name, "role": role, "takes": resources(takes)}));
         }
         out.insert("containers", Value::Array(containers));
+    } else if let Some(stamp) = &p.kept {
+        out.insert(
+            "containers",
+            json!(format!(
+                "not sized: the pod keeps the sizing of its group's template ({stamp}), as the RayCluster the autoscaler plans from does"
+            )),
+        );
     } else {
         out.insert(
             "containers",
@@ -156,7 +163,7 @@ fn cluster_plan(p: &ClusterPlan<'_>, out: &mut Map) {
         .groups
         .iter()
         .map(|g| {
-            json!({"group": g.name, "instanceType": g.instance_type.name, "definition": g.instance_type.definition(),
+            json!({"group": g.name, "instanceType": g.instance_type.name, "definition": g.instance_type.definition,
                    "shape": g.instance_type.describe(), "rayContainerResources": g.resources,
                    "rayResources": match &g.custom {
                        Some(crate::plan::raycluster::Custom::StartParams(t)) => json!({"rayStartParams.resources": t}),

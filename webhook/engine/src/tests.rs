@@ -82,9 +82,18 @@ fn pods_of_a_sized_template_agree_with_ray() {
     )]);
     ray["volumeMounts"] = json!([{"name": "shared-mem", "mountPath": "/dev/shm"}]);
     let limit = ray["resources"]["limits"]["memory"].clone();
+    // KubeRay copies the template's labels and annotations onto the pod.
     let pod = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c", "rayshape.io/instance-type": "8CPU-32GB-1xT4"}},
+            "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c", "rayshape.io/instance-type": "8CPU-32GB-1xT4"},
+                "annotations": template["metadata"]["annotations"].clone()},
             "spec": {"containers": [ray], "volumes": [{"name": "shared-mem", "emptyDir": {"medium": "Memory", "sizeLimit": limit}}]}});
+    assert_eq!(
+        pod["metadata"]["annotations"]["rayshape.io/sized-for"],
+        json!(format!(
+            "8CPU-32GB-1xT4@{}",
+            cfg.instance_types["8CPU-32GB-1xT4"].definition
+        ))
+    );
     let out = shape(&pod, None, &cfg).unwrap();
     let c = &out.object["spec"]["containers"][0];
     assert_eq!(
@@ -103,6 +112,70 @@ fn pods_of_a_sized_template_agree_with_ray() {
     );
     assert!(
         !out.warnings.iter().any(|w| w.contains("/dev/shm")),
+        "{:?}",
+        out.warnings
+    );
+
+    // The admin changes the type; the RayCluster keeps its shape (the autoscaler plans from
+    // it), and so do the group's new pods, with a warning that says how to move.
+    let bigger = Config::from_sources(&Sources {
+        instance_types: Some(
+            "8CPU-32GB-1xT4:\n  resources: {CPU: 8, GPU: 1, memory: 48Gi, accelerators: [T4]}\n  nodeSelector: {pool: t4}\n4CPU-16GB:\n  resources: {CPU: 4, memory: 16Gi}\n"
+                .into(),
+        ),
+        ..Default::default()
+    })
+    .unwrap();
+    let out = shape(&pod, None, &bigger).unwrap();
+    let c = &out.object["spec"]["containers"][0];
+    assert_eq!(c["resources"], pod["spec"]["containers"][0]["resources"]);
+    assert_eq!(
+        primitives::pod::env_value(c, plan::rayview::OVERRIDE_ENV),
+        None
+    );
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.starts_with("sized as its group was (8CPU-32GB-1xT4@")
+                && w.contains("update the group")),
+        "{:?}",
+        out.warnings
+    );
+    assert_eq!(
+        out.object["spec"]["nodeSelector"]["pool"],
+        json!("t4"),
+        "placement still follows the current configuration"
+    );
+    let why = explain::explain(&pod, None, &bigger);
+    assert!(
+        why["containers"]
+            .as_str()
+            .unwrap()
+            .contains("keeps the sizing of its group's template"),
+        "{why:#}"
+    );
+
+    // A stamp for another type (the pod's own label changed) does not keep anything.
+    let mut relabelled = pod.clone();
+    relabelled["metadata"]["labels"]["rayshape.io/instance-type"] = json!("4CPU-16GB");
+    let out = shape(&relabelled, None, &bigger).unwrap();
+    assert_eq!(
+        out.object["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+        json!("3900m"),
+        "4 CPUs, less the sidecar's"
+    );
+    // Nor does a pod created without one.
+    let mut unstamped = pod.clone();
+    unstamped["metadata"]["annotations"] = json!({});
+    let out = shape(&unstamped, None, &bigger).unwrap();
+    assert_ne!(
+        out.object["spec"]["containers"][0]["resources"],
+        pod["spec"]["containers"][0]["resources"]
+    );
+    assert!(
+        !out.warnings
+            .iter()
+            .any(|w| w.starts_with("sized as its group")),
         "{:?}",
         out.warnings
     );

@@ -43,12 +43,13 @@ pub struct InstanceType {
     pub accelerator: Option<String>,
     pub node_selector: Map,
     pub tolerations: Vec<Value>,
+    /// A short hash of everything the type applies, so a record can say which definition
+    /// of a type shaped an object, and a changed definition is noticed.
+    pub definition: String,
 }
 
 impl InstanceType {
-    /// A short hash of everything the type applies, so a record can say which definition
-    /// of a type shaped an object, and a changed definition is noticed.
-    pub fn definition(&self) -> String {
+    fn hash(&self) -> String {
         use sha2::{Digest, Sha256};
         let canonical = rayshape_json::json!({
             "shape": self.shape.iter().map(|(k, q)| (k.clone(), q.millis().to_string())).collect::<BTreeMap<_, _>>(),
@@ -147,6 +148,7 @@ fn parse_one(
         accelerator: None,
         node_selector: Map::new(),
         tolerations: Vec::new(),
+        definition: String::new(),
     };
     for (k, val) in m {
         let place = format!("{name}.{k}");
@@ -368,6 +370,7 @@ fn parse_one(
             .map(|(_, q)| q.floor_units())
             .sum();
     }
+    t.definition = t.hash();
     ok.then_some(t)
 }
 

@@ -15,7 +15,7 @@ pub mod sizing;
 pub mod vocabulary;
 
 use crate::classify::{FoundBy, RayPod};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::primitives::pod;
 use rayshape_contract::keys;
 use rayshape_json::Value;
@@ -66,6 +66,9 @@ pub struct PodPlan<'c> {
     pub rules: Vec<rules::Outcome<'c>>,
     /// The Ray container's new resources, for pods with an instance type.
     pub sizing: Option<sizing::Sizing>,
+    /// The `<type>@<definition>` a KubeRay group's template was sized for, when the type's
+    /// definition has changed since: the pod then keeps the template's sizing.
+    pub kept: Option<String>,
     /// Corrections of what Ray sees.
     pub ray_view: rayview::Corrections,
     /// The `<prefix>/shaped` annotation: what was applied.
@@ -115,7 +118,16 @@ pub fn pod<'c>(input: &Value, ray: RayPod, cfg: &'c Config) -> Result<PodPlan<'c
         )));
     };
 
-    let (sizing, ray_view) = match vocabulary.instance_type {
+    let kept = vocabulary
+        .instance_type
+        .and_then(|t| sized_for_earlier(input, t, s));
+    if let (Some(t), Some(stamp)) = (vocabulary.instance_type, &kept) {
+        warnings.push(format!(
+            "sized as its group was ({stamp}), not to {}'s changed definition: update the group to resize it",
+            t.name
+        ));
+    }
+    let (sizing, ray_view) = match vocabulary.instance_type.filter(|_| kept.is_none()) {
         Some(t) => {
             let sized = sizing::plan(&staged, ray_index, t).map_err(Denial::new)?;
             warnings.extend(sized.warnings.iter().cloned());
@@ -141,10 +153,30 @@ pub fn pod<'c>(input: &Value, ray: RayPod, cfg: &'c Config) -> Result<PodPlan<'c
         sidecar,
         rules,
         sizing,
+        kept,
         ray_view,
         record,
         warnings: tidy(warnings),
     })
+}
+
+/// The `<type>@<definition>` a KubeRay group's template was sized for, when it names this
+/// type with an earlier definition.
+///
+/// The autoscaler plans from the RayCluster, never from pods, and an UPDATE that leaves a
+/// group alone keeps the group's shape; sizing the group's new pods to a changed definition
+/// would make Ray and the kubelet disagree with what the autoscaler plans with. Placement
+/// (node selectors, tolerations, rules) still follows the current configuration.
+fn sized_for_earlier(
+    input: &Value,
+    t: &config::instance_types::InstanceType,
+    s: &config::settings::Settings,
+) -> Option<String> {
+    let stamp = pod::annotations(input)?
+        .get(&s.key(keys::SIZED_FOR))?
+        .as_str()?;
+    let definition = stamp.strip_prefix(t.name.as_str())?.strip_prefix('@')?;
+    (definition != t.definition).then(|| stamp.to_string())
 }
 
 /// The `<prefix>/shaped` annotation: the configuration, the choices and a hash of all that

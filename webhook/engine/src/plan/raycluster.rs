@@ -65,6 +65,10 @@ pub struct GroupPlan<'c> {
     pub resources: Value,
     /// Custom Ray resources to add where KubeRay reads them.
     pub custom: Option<Custom>,
+    /// The template's `<prefix>/sized-for` annotation: key and `<type>@<definition>`.
+    /// KubeRay copies it onto the group's pods, whose shaping then keeps this sizing when
+    /// the type's definition has changed since (see [`super::pod`]).
+    pub stamp: (String, String),
     /// Whether anything differs from what the group has.
     pub changed: bool,
 }
@@ -138,7 +142,7 @@ pub fn plan<'c>(
                 out.warnings.extend(warnings);
                 record.insert(
                     g.name.clone(),
-                    json!({"instanceType": it.name, "definition": it.definition()}),
+                    json!({"instanceType": it.name, "definition": it.definition}),
                 );
                 out.groups.push(group);
             }
@@ -221,6 +225,11 @@ fn same_group(a: &Value, b: &Value) -> bool {
     ["template", "labels", "resources", "rayStartParams"]
         .iter()
         .all(|k| a.get(*k) == b.get(*k))
+}
+
+/// The value of the `<prefix>/sized-for` annotation for a template sized for `it`.
+pub fn sized_for(it: &InstanceType) -> String {
+    format!("{}@{}", it.name, it.definition)
 }
 
 /// The per-group entries of a record annotation.
@@ -351,7 +360,13 @@ fn plan_group<'c>(
     );
     check_ray_values(g, template, it, &sized.ray, &mut warnings)?;
     let custom = custom_resources(g.spec, it, &mut warnings, &g.name);
-    let changed = ray.get("resources") != Some(&sized.resources) || custom.is_some();
+    let stamp_key = cfg.settings.key(keys::SIZED_FOR);
+    let stamp = sized_for(it);
+    let stamped = pod::annotations(template)
+        .and_then(|a| a.get(&stamp_key))
+        .and_then(Value::as_str)
+        == Some(stamp.as_str());
+    let changed = ray.get("resources") != Some(&sized.resources) || custom.is_some() || !stamped;
     Ok((
         GroupPlan {
             name: g.name.clone(),
@@ -359,6 +374,7 @@ fn plan_group<'c>(
             instance_type: it,
             resources: sized.resources,
             custom,
+            stamp: (stamp_key, stamp),
             changed,
         },
         warnings,
@@ -909,11 +925,36 @@ mod tests {
         .unwrap();
         assert_ne!(
             record["groups"]["gpu"]["definition"],
-            json!(cfg.instance_types["8CPU-32GB-1xT4"].definition())
+            json!(cfg.instance_types["8CPU-32GB-1xT4"].definition)
         );
         assert_eq!(
             record["groups"]["head"]["definition"],
-            json!(cfg.instance_types["4CPU-16GB"].definition())
+            json!(cfg.instance_types["4CPU-16GB"].definition)
         );
+        // The template says it too, for the group's pods (KubeRay copies its annotations).
+        let stamp = |o: &Value| {
+            o["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["annotations"]
+                ["rayshape.io/sized-for"]
+                .clone()
+        };
+        let new = &bigger.instance_types["8CPU-32GB-1xT4"];
+        assert_eq!(
+            stamp(&out.object),
+            json!(format!("8CPU-32GB-1xT4@{}", new.definition))
+        );
+        assert_eq!(
+            stamp(&stored),
+            json!(format!(
+                "8CPU-32GB-1xT4@{}",
+                cfg.instance_types["8CPU-32GB-1xT4"].definition
+            ))
+        );
+        // A template sized by an earlier release, without the stamp, gets it when created
+        // again (as KubeRay creates a RayJob's RayCluster from the RayJob's spec).
+        let mut unstamped = stored.clone();
+        unstamped["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["annotations"] = json!({});
+        let out = shape(&unstamped, &cfg).unwrap();
+        assert_eq!(stamp(&out.object), stamp(&stored));
+        assert_eq!(out.object, stored);
     }
 }
