@@ -87,9 +87,19 @@ pub fn write_ray_container(
                 ("name", Value::from(OVERRIDE_ENV)),
                 ("value", Value::from(value.as_str())),
             ]);
-            match env.iter_mut().find(|e| pod::name(e) == OVERRIDE_ENV) {
-                Some(e) => *e = entry,
-                None => env.push(entry),
+            // One entry, where the first was: the plan merged what the last one said.
+            let mut first = true;
+            env.retain_mut(|e| {
+                if pod::name(e) != OVERRIDE_ENV {
+                    return true;
+                }
+                if first {
+                    *e = entry.clone();
+                }
+                std::mem::replace(&mut first, false)
+            });
+            if first {
+                env.push(entry);
             }
         }
     }

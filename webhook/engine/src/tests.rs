@@ -323,3 +323,39 @@ fn response_bytes_are_the_response() {
         }
     }
 }
+
+/// A rule that sets `RAY_OVERRIDE_RESOURCES` again: the pod keeps one entry, the value the
+/// kubelet would have used with Ray's corrections added, and shaping it again changes
+/// nothing (the rule's append is not equal to the merged entry, so it runs every time).
+#[test]
+fn one_ray_override_however_often_it_is_set() {
+    let cfg = cfg(
+        "patches:\n- name: site\n  patch:\n  - {op: add, path: '/spec/containers/[ray]/env/-', value: {name: RAY_OVERRIDE_RESOURCES, value: '{\"site\":1}'}}\n",
+    );
+    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c", "rayshape.io/instance-type": "8CPU-32GB-1xT4"}},
+        "spec": {"containers": [{"name": "ray", "image": "ray", "args": ["ray start --address=h:6379 --num-cpus=2"],
+            "env": [{"name": "A", "value": "1"}, {"name": "RAY_OVERRIDE_RESOURCES", "value": "{\"mine\":2}"}, {"name": "B", "value": "2"}]}]}});
+    let out = shape(&pod, None, &cfg).unwrap();
+    let env = out.object["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = env.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["A", "RAY_OVERRIDE_RESOURCES", "B"], "{env:?}");
+    let value: Value = serde_json::from_str(env[1]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        value["site"],
+        json!(1),
+        "the last entry, which the kubelet uses"
+    );
+    assert_eq!(value.get("mine"), None, "{value}");
+    assert_eq!(value["accelerator_type:T4"], json!(1), "{value}");
+    assert!(
+        out.warnings.iter().any(|w| w
+            == "RAY_OVERRIDE_RESOURCES was set 2 times on ray: kept the last, which Kubernetes uses"),
+        "{:?}",
+        out.warnings
+    );
+    let again = shape(&out.object, None, &cfg).unwrap();
+    assert_eq!(again.object, out.object);
+}

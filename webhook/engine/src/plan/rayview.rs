@@ -102,7 +102,7 @@ pub fn plan(
         }
     }
 
-    let existing = existing_override(c);
+    let (existing, entries) = existing_override(c);
     let Some(existing) = existing else {
         warnings.push(format!(
             "{OVERRIDE_ENV} on {} is not a literal JSON object: Ray's view was not checked",
@@ -168,6 +168,17 @@ pub fn plan(
         }
     }
 
+    if corrections.is_empty() && entries > 1 {
+        // A rule or the user set it again: one entry, the one the kubelet used, so the pod
+        // says what Ray gets and shaping it again changes nothing.
+        out.override_env = Some(Value::Object(existing.clone()).to_string());
+    }
+    if entries > 1 {
+        warnings.push(format!(
+            "{OVERRIDE_ENV} was set {entries} times on {}: kept the last, which Kubernetes uses",
+            pod::name(c)
+        ));
+    }
     if !corrections.is_empty() {
         let mut merged = existing.clone();
         for (k, v) in &corrections {
@@ -366,20 +377,23 @@ fn number_flag(cmd: &Command, name: &str) -> Flag {
     }
 }
 
-/// `Some(map)` for an absent or literal-JSON-object override, `None` when it cannot be read.
-fn existing_override(c: &Value) -> Option<Map> {
-    let entry = pod::field(c, "env")
+/// The override Ray gets: `Some(map)` for an absent or literal-JSON-object override, `None`
+/// when it cannot be read; and how many entries set it. Of several, the kubelet gives the
+/// container the last.
+fn existing_override(c: &Value) -> (Option<Map>, usize) {
+    let (last, entries) = pod::field(c, "env")
         .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .find(|e| pod::field(e, "name").and_then(Value::as_str) == Some(OVERRIDE_ENV))
-        });
-    match entry {
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter(|e| pod::field(e, "name").and_then(Value::as_str) == Some(OVERRIDE_ENV))
+        .fold((None, 0), |(_, n), e| (Some(e), n + 1));
+    let map = match last {
         None => Some(Map::new()),
         Some(e) => pod::field(e, "value")
             .and_then(Value::as_str)
             .and_then(|s| serde_json::from_str(s).ok()),
-    }
+    };
+    (map, entries)
 }
 
 fn number(v: f64) -> Value {

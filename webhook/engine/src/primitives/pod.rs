@@ -146,11 +146,13 @@ pub fn footprint(c: &Value) -> VecMap<&str, Quantity> {
 }
 
 /// The env var `name` of a container, if set with a literal value.
+/// The literal value of a container's environment variable: of the last entry of that
+/// name, the one the kubelet uses.
 pub fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
     field(c, "env")?
         .as_array()?
         .iter()
-        .find(|e| field(e, "name").and_then(Value::as_str) == Some(name))
+        .rfind(|e| field(e, "name").and_then(Value::as_str) == Some(name))
         .and_then(|e| field(e, "value"))
         .and_then(Value::as_str)
 }

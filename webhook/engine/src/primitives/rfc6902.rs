@@ -3,8 +3,9 @@
 //! Differences from strict RFC 6902, each on purpose (the API server only ever sees
 //! `diff(original, shaped)`, which is strict):
 //! - `add`, `copy` and `move` create missing parent objects and arrays;
-//! - `add` to the end of an array (`/-`) is skipped when an equal element is already there,
-//!   so rules are idempotent (Kubernetes' advice: treat unkeyed arrays as sets);
+//! - `add`, `copy` and `move` to the end of an array (`/-`) add nothing when an equal
+//!   element is already there, so rules are idempotent (Kubernetes' advice: treat unkeyed
+//!   arrays as sets); a `move` still removes its source, and the value is at the target;
 //! - `remove` of a missing path does nothing;
 //! - `add` without a `value` (the Anyscale chart's zone rule has one) does nothing: it only
 //!   asked for parents to exist, which every `add`, `copy` and `move` here ensures.
@@ -770,5 +771,47 @@ mod tests {
             Op::from_value(&json!({"op":"add","path":"/a","valu":1})),
             Err(OpError::UnknownField(_))
         ));
+    }
+
+    /// Where an op is strict RFC 6902 here, it does what the `json-patch` crate does; the
+    /// set-like append is the one difference (the module docs), on `add`, `copy` and `move`.
+    #[test]
+    fn copy_and_move_are_rfc_6902_but_for_the_set_like_append() {
+        let strict = |doc: Value, o: Value| {
+            let mut theirs = serde_json::Value::from(doc.clone());
+            let patch: json_patch::Patch =
+                serde_json::from_value(serde_json::Value::from(json!([o.clone()]))).unwrap();
+            json_patch::patch(&mut theirs, &patch).unwrap();
+            let mut ours = doc;
+            run(&mut ours, o).unwrap();
+            assert_eq!(serde_json::Value::from(ours), theirs);
+        };
+        strict(
+            json!({"a": [1], "b": [2]}),
+            json!({"op":"copy","from":"/a/0","path":"/b/-"}),
+        );
+        strict(
+            json!({"a": [1], "b": [2]}),
+            json!({"op":"move","from":"/a/0","path":"/b/-"}),
+        );
+        strict(
+            json!({"a": [1, 2]}),
+            json!({"op":"move","from":"/a/0","path":"/a/-"}),
+        );
+        strict(
+            json!({"a": [1, 2]}),
+            json!({"op":"copy","from":"/a/1","path":"/a/0"}),
+        );
+        strict(
+            json!({"a": {"k": 1}, "b": {}}),
+            json!({"op":"move","from":"/a/k","path":"/b/k"}),
+        );
+
+        // Already there: nothing is appended, and a moved value is where it was sent.
+        let mut d = json!({"a": [{"k": 1}], "b": [{"k": 1}]});
+        run(&mut d, json!({"op":"copy","from":"/a/0","path":"/b/-"})).unwrap();
+        assert_eq!(d, json!({"a": [{"k": 1}], "b": [{"k": 1}]}));
+        run(&mut d, json!({"op":"move","from":"/a/0","path":"/b/-"})).unwrap();
+        assert_eq!(d, json!({"a": [], "b": [{"k": 1}]}));
     }
 }
