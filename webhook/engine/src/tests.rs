@@ -359,3 +359,57 @@ fn one_ray_override_however_often_it_is_set() {
     let again = shape(&out.object, None, &cfg).unwrap();
     assert_eq!(again.object, out.object);
 }
+
+/// Ray told to claim GPUs the pod does not get cannot work: denied with the fix, on the pod
+/// path as on a RayCluster's group. KubeRay's own flag from replaced limits is corrected.
+#[test]
+fn a_pods_own_gpu_claim_beyond_its_type_is_denied() {
+    let cfg = Config::builtin();
+    let pod = |args: &str, env: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"labels": {"ray.io/node-type": "worker", "ray.io/cluster": "c", "rayshape.io/instance-type": "8CPU-32GB-1xT4"}},
+            "spec": {"containers": [{"name": "ray", "image": "ray", "args": [args], "env": env}]}})
+    };
+    let e = shape(
+        &pod("ray start --address=h:6379 --num-gpus=4", json!([])),
+        None,
+        &cfg,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.message,
+        "Ray container \"ray\": --num-gpus=4 makes Ray claim 4 GPUs, but instance type 8CPU-32GB-1xT4 gives 1; remove it (Ray then counts the GPUs the pod gets) or choose a type with 4 GPUs"
+    );
+    let e = shape(
+        &pod(
+            "ray start --address=h:6379",
+            json!([{"name": "RAY_OVERRIDE_RESOURCES", "value": "{\"GPU\": 2}"}]),
+        ),
+        None,
+        &cfg,
+    )
+    .unwrap_err();
+    assert!(
+        e.message.starts_with(
+            "Ray container \"ray\": RAY_OVERRIDE_RESOURCES GPU=2 makes Ray claim 2 GPUs"
+        ),
+        "{e}"
+    );
+    // As many or fewer: the user's choice.
+    for args in [
+        "ray start --address=h:6379 --num-gpus=1",
+        "ray start --address=h:6379 --num-gpus=0",
+    ] {
+        shape(&pod(args, json!([])), None, &cfg).unwrap();
+    }
+    // KubeRay derived `--num-gpus=4` from the 4 GPUs the container asked for; the type
+    // gives 1, and Ray is told so.
+    let mut kuberay = pod("ray start --address=h:6379 --num-gpus=4", json!([]));
+    kuberay["spec"]["containers"][0]["resources"] = json!({"limits": {"nvidia.com/gpu": "4"}});
+    let out = shape(&kuberay, None, &cfg).unwrap();
+    let c = &out.object["spec"]["containers"][0];
+    let view: Value =
+        serde_json::from_str(primitives::pod::env_value(c, plan::rayview::OVERRIDE_ENV).unwrap())
+            .unwrap();
+    assert_eq!(view["GPU"], json!(1), "{view}");
+}

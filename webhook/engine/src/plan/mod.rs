@@ -132,6 +132,9 @@ pub fn pod<'c>(input: &Value, ray: RayPod, cfg: &'c Config) -> Result<PodPlan<'c
             let sized = sizing::plan(&staged, ray_index, t).map_err(Denial::new)?;
             warnings.extend(sized.warnings.iter().cloned());
             let view = rayview::plan(&staged, ray_index, &original_ray, &sized, t, ray.kuberay);
+            if let Some(why) = view.denial {
+                return Err(Denial::new(format!("Ray container {ray_name:?}: {why}")));
+            }
             warnings.extend(view.warnings.iter().cloned());
             (Some(sized), view)
         }

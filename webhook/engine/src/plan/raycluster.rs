@@ -415,8 +415,13 @@ fn check_ray_values(
         let n = text.trim_matches('"').parse::<f64>().ok()?;
         Some((format!("rayStartParams {k}={text}"), n))
     };
-    let group_res = |k: &str| -> Option<(String, f64)> {
-        let v = pod::at(g.spec, &["resources", k])?;
+    // KubeRay lower-cases these names (`updateRayStartParamsResources`): `CPU` and `cpu`
+    // both become `--num-cpus`, `GPU` and `nvidia.com/gpu` both `--num-gpus`.
+    let group_res = |is: &dyn Fn(&str) -> bool| -> Option<(String, f64)> {
+        let (k, v) = pod::at(g.spec, &["resources"])?
+            .as_object()?
+            .iter()
+            .find(|(k, _)| is(&k.to_ascii_lowercase()))?;
         let text = v
             .as_str()
             .map(str::to_string)
@@ -427,12 +432,7 @@ fn check_ray_values(
             n.millis() as f64 / 1000.0,
         ))
     };
-    let gpu_asked = param("num-gpus").or_else(|| group_res("GPU")).or_else(|| {
-        pod::at(g.spec, &["resources"])
-            .and_then(Value::as_object)
-            .and_then(|m| m.keys().find(|k| is_gpu_resource(k)).cloned())
-            .and_then(|k| group_res(&k))
-    });
+    let gpu_asked = param("num-gpus").or_else(|| group_res(&is_gpu_resource));
     if let Some((what, n)) = gpu_asked {
         if n > gpus as f64 {
             return Err(format!(
@@ -448,7 +448,7 @@ fn check_ray_values(
         }
     }
     let cpus = ray.get("cpu").map_or(0, |q| q.ceil_units());
-    if let Some((what, n)) = param("num-cpus").or_else(|| group_res("cpu"))
+    if let Some((what, n)) = param("num-cpus").or_else(|| group_res(&|k| k == "cpu"))
         && n > cpus as f64
     {
         warnings.push(format!(
@@ -457,7 +457,7 @@ fn check_ray_values(
         ));
     }
     let memory = ray.get("memory").map_or(0, |q| q.ceil_units());
-    if let Some((what, n)) = param("memory").or_else(|| group_res("memory"))
+    if let Some((what, n)) = param("memory").or_else(|| group_res(&|k| k == "memory"))
         && n > memory as f64
     {
         warnings.push(format!(
@@ -772,6 +772,26 @@ mod tests {
                 .message
                 .contains("group resources GPU=1")
         );
+        // KubeRay reads the group's `resources` names in any case.
+        c["spec"]["workerGroupSpecs"][1]["resources"] = json!({"gpu": "1"});
+        assert!(
+            shape(&c, &cfg)
+                .unwrap_err()
+                .message
+                .contains("group resources gpu=1")
+        );
+        c["spec"]["workerGroupSpecs"][1]["resources"] = json!({"CPU": "3", "Memory": "9Gi"});
+        let out = shape(&c, &cfg).unwrap();
+        for w in [
+            "group resources CPU=3 is more than the 2 CPUs",
+            "group resources Memory=9Gi is more than the memory",
+        ] {
+            assert!(
+                out.warnings.iter().any(|x| x.contains(w)),
+                "{w}: {:?}",
+                out.warnings
+            );
+        }
         // A fractional GPU from KAI cannot be a whole GPU.
         let mut c = cluster();
         c["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["annotations"] =

@@ -58,6 +58,9 @@ pub struct Corrections {
     pub shm: Option<(String, String)>,
     /// What was corrected, in words.
     pub warnings: Vec<String>,
+    /// Why the pod cannot work as it is: the user's own value makes Ray claim GPUs the pod
+    /// does not get (as a RayCluster group's `num-gpus` is denied).
+    pub denial: Option<String>,
 }
 
 /// Plan the corrections of Ray's view on the Ray container (index `ray_idx`) of `pod`.
@@ -125,8 +128,24 @@ pub fn plan(
     };
     let mut corrections: VecMap<String, f64> = VecMap::new();
     let mut was: Vec<String> = Vec::new();
+    let too_many_gpus = |what: String, n: f64| {
+        format!(
+            "{what} makes Ray claim {} GPUs, but instance type {} gives {}; remove it (Ray then counts the GPUs the pod gets) or choose a type with {} GPUs",
+            show("GPU", n),
+            it.name,
+            show("GPU", gpus as f64),
+            show("GPU", n)
+        )
+    };
     for (key, want) in &desired {
         if let Some(v) = existing.get(key) {
+            if key == "GPU"
+                && let Some(n) = v.as_f64()
+                && n > *want
+            {
+                out.denial = Some(too_many_gpus(format!("{OVERRIDE_ENV} GPU={v}"), n));
+                return out;
+            }
             if v.as_f64() != Some(*want) {
                 warnings.push(format!(
                     "kept {OVERRIDE_ENV} {key}={v} set on the pod (instance type {} gives {})",
@@ -160,6 +179,14 @@ pub fn plan(
                 _ => true,
             },
         };
+        if key == "GPU"
+            && !fix
+            && let Flag::Number(n) = current
+            && n > *want
+        {
+            out.denial = Some(too_many_gpus(format!("--num-gpus={}", show(key, n)), n));
+            return out;
+        }
         if fix {
             if let Flag::Number(n) = current {
                 was.push(format!("{key} {}", show(key, n)));
