@@ -68,6 +68,11 @@ impl Report {
     /// Record a YAML syntax or type error from the parser, with its location and `shape`,
     /// what the file is read as.
     pub fn yaml(&mut self, file: &str, err: &serde_saphyr::Error, shape: &str) {
+        self.yaml_at(file, err, "", shape);
+    }
+
+    /// [`yaml`](Report::yaml), at a known `place` in the document.
+    pub fn yaml_at(&mut self, file: &str, err: &serde_saphyr::Error, place: &str, shape: &str) {
         let line = err.location().map(|l| l.line());
         // The parser's own message can span lines with a source snippet; the first line says
         // it. Its advice on parser options is for programmers, not for the file's author.
@@ -79,7 +84,79 @@ impl Report {
             .trim()
             .trim_end_matches(", set DuplicateKeyPolicy in Options if acceptable")
             .to_string();
-        self.error(file, line, "", format!("{first}; expected {shape}"));
+        self.error(file, line, place, format!("{first}; expected {shape}"));
+    }
+}
+
+/// The dotted path of the mapping key whose value is at `line` and `column` (1-based) of a
+/// YAML document, found from the keys of the less indented lines above it:
+/// `sidecar.metricsPort`, also for a one-line flow mapping (`sidecar: {metricsPort: 0}`).
+/// `None` when the line holds no key (a list item, a scalar).
+pub fn key_path_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let lines: Vec<&str> = text.lines().take(usize::try_from(line).ok()?).collect();
+    let key_of = |l: &str| -> Option<(usize, String)> {
+        let body = l.trim_start();
+        if body.starts_with(['#', '-', '{', '[']) || body.is_empty() {
+            return None;
+        }
+        let (key, _) = body.split_once(':')?;
+        let key = key.trim().trim_matches(['"', '\'']);
+        (!key.is_empty() && !key.contains(' ')).then(|| (l.len() - body.len(), key.to_string()))
+    };
+    if lines.len() as u64 != line {
+        return None;
+    }
+    let here = lines.last()?;
+    let (mut indent, last) = key_of(here)?;
+    let mut path = vec![last];
+    // Inside a flow mapping on this line: the last `key:` before the column.
+    let before: String = here
+        .chars()
+        .take(usize::try_from(column).ok()?.saturating_sub(1))
+        .collect();
+    if let Some(open) = before.find('{') {
+        let inner = &before[open + 1..];
+        if let Some((head, _)) = inner.rsplit_once(':') {
+            let key = head
+                .rsplit([',', '{'])
+                .next()
+                .map(|k| k.trim().trim_matches(['"', '\'']))
+                .filter(|k| !k.is_empty() && !k.contains(' '));
+            path.insert(0, key?.to_string());
+        }
+    }
+    for l in lines.iter().rev().skip(1) {
+        if indent == 0 {
+            break;
+        }
+        if let Some((i, key)) = key_of(l)
+            && i < indent
+        {
+            path.push(key);
+            indent = i;
+        }
+    }
+    (indent == 0).then(|| {
+        path.reverse();
+        path.join(".")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_path_at;
+
+    #[test]
+    fn key_paths_are_found_from_indentation() {
+        let text = "# settings\nsidecar:\n  image: x\n\n  # the port\n  metricsPort: 0\n  flush:\n    maxAgeSeconds: soon\nbootstrap: {burst: -1, cacheSeconds: x}\nnamespaces:\n  include:\n  - a\n";
+        let at = |line, column| key_path_at(text, line, column);
+        assert_eq!(at(2, 1).as_deref(), Some("sidecar"));
+        assert_eq!(at(6, 16).as_deref(), Some("sidecar.metricsPort"));
+        assert_eq!(at(8, 20).as_deref(), Some("sidecar.flush.maxAgeSeconds"));
+        assert_eq!(at(9, 20).as_deref(), Some("bootstrap.burst"));
+        assert_eq!(at(9, 38).as_deref(), Some("bootstrap.cacheSeconds"));
+        assert_eq!(at(12, 3), None, "a list item");
+        assert_eq!(at(40, 1), None, "past the end");
     }
 }
 

@@ -99,6 +99,72 @@ pub struct NamespaceSettings {
     pub exclude: Vec<String>,
 }
 
+/// What each setting takes, for the parser's type errors (`invalid u16` says neither).
+const KINDS: &[(&str, &str)] = &[
+    (
+        "labelPrefix",
+        "a DNS subdomain, like rayshape.io or anyscale.com",
+    ),
+    (
+        "profile",
+        "the name of a placement profile: generic, eks, karpenter, gke or aks",
+    ),
+    (
+        "gpuResourceName",
+        "an extended resource name, like nvidia.com/gpu",
+    ),
+    ("sidecar", "a mapping of sidecar settings"),
+    ("sidecar.enabled", "true or false"),
+    ("sidecar.native", "true or false"),
+    ("sidecar.name", "a container name"),
+    ("sidecar.image", "an image reference"),
+    ("sidecar.imagePullPolicy", "Always, IfNotPresent or Never"),
+    (
+        "sidecar.resources",
+        "a mapping of resource names to quantities, like {cpu: 100m, memory: 64Mi}",
+    ),
+    (
+        "sidecar.metricsPort",
+        "a port: a whole number from 1 to 65535",
+    ),
+    ("sidecar.tokenAudience", "a string"),
+    (
+        "sidecar.tokenExpirationSeconds",
+        "a whole number of seconds from 600 to 4294967295",
+    ),
+    ("sidecar.bootstrapUrl", "an https:// URL"),
+    ("sidecar.logSink", "a mapping with url and options"),
+    (
+        "sidecar.logSink.url",
+        "a URL: s3://bucket/prefix, gs://..., az://... or file:///dir",
+    ),
+    (
+        "sidecar.logSink.options",
+        "a mapping of option names to strings",
+    ),
+    ("sidecar.flush", "a mapping with maxBytes and maxAgeSeconds"),
+    ("sidecar.flush.maxBytes", "a quantity of bytes, like 4Mi"),
+    (
+        "sidecar.flush.maxAgeSeconds",
+        "a number of seconds, like 2.5",
+    ),
+    ("namespaces", "a mapping with include and exclude"),
+    ("namespaces.include", "a list of namespace names"),
+    ("namespaces.exclude", "a list of namespace names"),
+    ("bootstrap", "a mapping of bootstrap settings"),
+    ("bootstrap.namespaces", "a list of namespace names"),
+    (
+        "bootstrap.serviceAccounts",
+        "a list of namespace/name service accounts",
+    ),
+    (
+        "bootstrap.cacheSeconds",
+        "a whole number of seconds from 0 to 4294967295",
+    ),
+    ("bootstrap.ratePerSecond", "a number above 0, like 1 or 0.5"),
+    ("bootstrap.burst", "a whole number from 1 to 4294967295"),
+];
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -207,11 +273,16 @@ impl Settings {
         let s: Settings = match serde_saphyr::from_str(text) {
             Ok(s) => s,
             Err(e) => {
-                report.yaml(
-                    FILE,
-                    &e,
-                    "a mapping of the settings the README lists under `webhook.yaml`, each of its type and range",
-                );
+                // The parser names the line; the setting and what it takes are ours to say.
+                let place = e
+                    .location()
+                    .and_then(|l| super::problems::key_path_at(text, l.line(), l.column()))
+                    .unwrap_or_default();
+                let shape = match KINDS.iter().find(|(k, _)| *k == place) {
+                    Some((_, kind)) => kind.to_string(),
+                    None => "a mapping of the settings the README lists under `webhook.yaml`, each of its type and range".into(),
+                };
+                report.yaml_at(FILE, &e, &place, &shape);
                 return None;
             }
         };
@@ -649,5 +720,85 @@ mod tests {
         let mut r = Report::default();
         assert!(Settings::load("labelprefix: x\n", &mut r).is_none());
         assert_eq!(r.errors[0].line, Some(1), "{:?}", r.errors);
+    }
+
+    /// The parser says `invalid u16`; the problem names the setting and what it takes.
+    #[test]
+    fn type_errors_name_the_setting_and_its_range() {
+        for (yaml, place, says) in [
+            (
+                "sidecar:\n  metricsPort: 70000\n",
+                "sidecar.metricsPort",
+                "a whole number from 1 to 65535",
+            ),
+            (
+                "sidecar: {enabled: 3}\n",
+                "sidecar.enabled",
+                "true or false",
+            ),
+            (
+                "bootstrap:\n  burst: -1\n",
+                "bootstrap.burst",
+                "a whole number from 1 to 4294967295",
+            ),
+            (
+                "bootstrap:\n  namespaces: kube-system\n",
+                "bootstrap.namespaces",
+                "a list of namespace names",
+            ),
+        ] {
+            let mut r = Report::default();
+            assert!(Settings::load(yaml, &mut r).is_none(), "{yaml}");
+            assert_eq!(r.errors[0].place, place, "{yaml}");
+            assert!(
+                r.errors[0].message.ends_with(says),
+                "{yaml}: {}",
+                r.errors[0]
+            );
+        }
+        // Every setting the table names is one the file takes, and the table has them all.
+        for (key, _) in KINDS {
+            let mut yaml = String::new();
+            for (i, part) in key.split('.').enumerate() {
+                yaml.push_str(&format!("{}{part}:\n", "  ".repeat(i)));
+            }
+            let mut r = Report::default();
+            // A value no setting takes: a list of lists.
+            Settings::load(&format!("{} [[]]\n", yaml.trim_end()), &mut r);
+            let e = r
+                .errors
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                e.contains(&format!(": {key}: ")) && !e.contains("unknown field"),
+                "{key}: {e}"
+            );
+        }
+        // Serde's own list of each mapping's fields, from its unknown-field error.
+        for (at, yaml) in [
+            ("", "zzz: 1\n"),
+            ("sidecar.", "sidecar:\n  zzz: 1\n"),
+            ("sidecar.logSink.", "sidecar:\n  logSink:\n    zzz: 1\n"),
+            ("sidecar.flush.", "sidecar:\n  flush:\n    zzz: 1\n"),
+            ("namespaces.", "namespaces:\n  zzz: 1\n"),
+            ("bootstrap.", "bootstrap:\n  zzz: 1\n"),
+        ] {
+            let mut r = Report::default();
+            Settings::load(yaml, &mut r);
+            let e = r.errors[0].message.clone();
+            let fields = e
+                .split("expected one of ")
+                .nth(1)
+                .and_then(|s| s.split(';').next())
+                .unwrap_or_else(|| panic!("{yaml}: {e}"));
+            for f in fields.split(", ") {
+                let key = format!("{at}{}", f.trim_matches('`'));
+                assert!(
+                    KINDS.iter().any(|(k, _)| *k == key),
+                    "{key} is not in KINDS"
+                );
+            }
+        }
     }
 }
