@@ -70,6 +70,11 @@ fn helm_bin() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> String {
+    ok_out(&format!("helm {}", args.join(" ")), helm_output(args))
+}
+
+/// Helm's output, whether it succeeded or not.
+fn helm_output(args: &[&str]) -> Output {
     let mut cmd = Command::new(helm_bin());
     cmd.args(args)
         .env("HELM_CACHE_HOME", scratch_home().join("cache"))
@@ -77,7 +82,7 @@ fn helm(args: &[&str]) -> String {
         .env("HELM_DATA_HOME", scratch_home().join("data"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    ok_out(&format!("helm {}", args.join(" ")), run_in(&mut cmd, None))
+    run_in(&mut cmd, None)
 }
 
 /// Helm's own directories for these tests, so nothing of the user's is read or written.
@@ -1012,6 +1017,134 @@ fn the_webhook_identity_may_do_what_the_code_needs_and_nothing_more() {
     // And the live ClusterRole is the rendered one.
     let live = c.json(&["get", "clusterrole", "rayshape-webhook"]);
     assert_eq!(role_permissions(&live), code_permissions());
+}
+
+/// With the namespaces sidecars may bootstrap in set, the chart lets the webhook read pods
+/// and record Events there only: the API server's own answer for the identity.
+#[test]
+fn the_chart_reads_pods_only_where_sidecars_may_bootstrap() {
+    let c = Cluster::get();
+    let _s = shared();
+    let release = c.namespace("deploy-rbac-release");
+    let (a, b, other) = (
+        c.namespace("deploy-rbac-a"),
+        c.namespace("deploy-rbac-b"),
+        c.namespace("deploy-rbac-other"),
+    );
+    let chart = repo_path("charts/rayshape").to_string_lossy().into_owned();
+    let render = |sets: &[String]| {
+        let mut args = vec![
+            "template",
+            "rayshape",
+            chart.as_str(),
+            "-n",
+            release.as_str(),
+        ];
+        for s in sets {
+            args.extend(["--set", s.as_str()]);
+        }
+        objects(&helm(&args))
+    };
+    let objs = render(&[
+        format!("settings.bootstrap.namespaces={{{a},{b},{other}}}"),
+        format!("settings.namespaces.include={{{a},{b}}}"),
+    ]);
+    let want = code_permissions();
+    let cluster_role = find(&objs, "ClusterRole", "rayshape-webhook");
+    let cluster_wide = role_permissions(cluster_role);
+    assert_eq!(
+        cluster_wide,
+        [("create", "authentication.k8s.io", "tokenreviews")]
+            .iter()
+            .map(|(v, g, r)| (v.to_string(), g.to_string(), r.to_string()))
+            .collect(),
+    );
+    let roles: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "Role").collect();
+    let in_namespaces: BTreeSet<&str> = roles
+        .iter()
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        in_namespaces,
+        [a.as_str(), b.as_str()].into_iter().collect()
+    );
+    for r in &roles {
+        let mut all = role_permissions(r);
+        all.extend(cluster_wide.iter().cloned());
+        assert_eq!(all, want);
+    }
+    // Applied (the namespaced objects: the cluster-wide ones are the installed webhook's),
+    // for a ServiceAccount of that release.
+    c.ok(
+        &[
+            "create",
+            "serviceaccount",
+            "rayshape-webhook",
+            "-n",
+            &release,
+        ],
+        None,
+    );
+    let namespaced: Vec<&Value> = objs
+        .iter()
+        .filter(|o| ["Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap()))
+        .collect();
+    c.ok(
+        &["apply", "-f", "-"],
+        Some(&json!({"apiVersion": "v1", "kind": "List", "items": namespaced}).to_string()),
+    );
+    let sa = format!("system:serviceaccount:{release}:rayshape-webhook");
+    let can = |verb: &str, what: &str, ns: &str| {
+        let out = c.kubectl(&["auth", "can-i", verb, what, "-n", ns, "--as", &sa], None);
+        text(&out.stdout).trim() == "yes"
+    };
+    for ns in [&a, &b] {
+        assert!(
+            can("get", "pods", ns) && can("create", "events.events.k8s.io", ns),
+            "{ns}"
+        );
+        assert!(
+            !can("list", "pods", ns) && !can("get", "secrets", ns),
+            "{ns}"
+        );
+    }
+    for ns in [&other, &release, &"kube-system".to_string()] {
+        assert!(!can("get", "pods", ns), "{ns}: pods readable");
+        assert!(!can("create", "events.events.k8s.io", ns), "{ns}: events");
+    }
+    // Namespaces of which sidecars can bootstrap in none: refused with the reason.
+    let (only_other, only_a) = (
+        format!("settings.bootstrap.namespaces={{{other}}}"),
+        format!("settings.namespaces.include={{{a}}}"),
+    );
+    let out = helm_output(&[
+        "template",
+        "rayshape",
+        &chart,
+        "-n",
+        &release,
+        "--set",
+        &only_other,
+        "--set",
+        &only_a,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("none of them is in settings.namespaces.include"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Only one of them set: that list.
+    let objs = render(&[format!("settings.namespaces.include={{{b}}}")]);
+    let roles: Vec<&str> = objs
+        .iter()
+        .filter(|o| o["kind"] == "Role")
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, [b.as_str()]);
+    for ns in [&release, &a, &b, &other] {
+        c.ok(&["delete", "namespace", ns, "--wait=false"], None);
+    }
 }
 
 #[test]
