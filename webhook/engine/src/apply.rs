@@ -114,6 +114,38 @@ pub fn write_ray_container(
     }
 }
 
+/// Write one group's sizing into its spec: the Ray container's resources, the custom Ray
+/// resources and the template's stamp.
+pub fn write_group(
+    group: &mut Value,
+    resources: Value,
+    custom: Option<Custom>,
+    stamp: Option<(String, String)>,
+) {
+    if let Some((key, value)) = stamp
+        && let Some(template) = group.get_mut("template")
+    {
+        pod::set_annotation(template, &key, value);
+    }
+    if let Some(c) = pod::at_mut(group, &["template", "spec", "containers"])
+        .and_then(Value::as_array_mut)
+        .and_then(|a| a.first_mut())
+        .and_then(Value::as_object_mut)
+    {
+        c.insert("resources", resources);
+    }
+    match custom {
+        Some(Custom::StartParams(text)) => {
+            pod::ensure_object(pod::ensure_field(group, "rayStartParams"))
+                .insert("resources", Value::from(text));
+        }
+        Some(Custom::GroupResources(m)) => {
+            pod::ensure_object(group).insert("resources", Value::Object(m));
+        }
+        None => {}
+    }
+}
+
 /// Carry out a RayCluster, RayJob or RayService plan.
 pub fn cluster(obj: &Value, plan: ClusterPlan<'_>) -> Shaped {
     let mut out = obj.clone();
@@ -125,27 +157,7 @@ pub fn cluster(obj: &Value, plan: ClusterPlan<'_>) -> Shaped {
         }) else {
             continue;
         };
-        if let Some(template) = group.get_mut("template") {
-            let (key, value) = g.stamp;
-            pod::set_annotation(template, &key, value);
-        }
-        if let Some(c) = pod::at_mut(group, &["template", "spec", "containers"])
-            .and_then(Value::as_array_mut)
-            .and_then(|a| a.first_mut())
-            .and_then(Value::as_object_mut)
-        {
-            c.insert("resources", g.resources);
-        }
-        match g.custom {
-            Some(Custom::StartParams(text)) => {
-                pod::ensure_object(pod::ensure_field(group, "rayStartParams"))
-                    .insert("resources", Value::from(text));
-            }
-            Some(Custom::GroupResources(m)) => {
-                pod::ensure_object(group).insert("resources", Value::Object(m));
-            }
-            None => {}
-        }
+        write_group(group, g.resources, g.custom, g.stamp);
     }
     if let Some((key, text)) = plan.record {
         pod::set_annotation(&mut out, &key, text);

@@ -91,7 +91,7 @@ fn pods_of_a_sized_template_agree_with_ray() {
         pod["metadata"]["annotations"]["rayshape.io/sized-for"],
         json!(format!(
             "8CPU-32GB-1xT4@{}",
-            cfg.instance_types["8CPU-32GB-1xT4"].definition
+            cfg.instance_types["8CPU-32GB-1xT4"].sizing
         ))
     );
     let out = shape(&pod, None, &cfg).unwrap();
@@ -134,10 +134,8 @@ fn pods_of_a_sized_template_agree_with_ray() {
         None
     );
     assert!(
-        out.warnings
-            .iter()
-            .any(|w| w.starts_with("sized as its group was (8CPU-32GB-1xT4@")
-                && w.contains("update the group")),
+        out.warnings.iter().any(|w| w
+            == "kept the sizing of its group's template, made before 8CPU-32GB-1xT4 changed; change the group to resize"),
         "{:?}",
         out.warnings
     );
@@ -172,13 +170,33 @@ fn pods_of_a_sized_template_agree_with_ray() {
         out.object["spec"]["containers"][0]["resources"],
         pod["spec"]["containers"][0]["resources"]
     );
-    assert!(
-        !out.warnings
-            .iter()
-            .any(|w| w.starts_with("sized as its group")),
-        "{:?}",
-        out.warnings
+    let kept = |w: &Vec<String>| w.iter().any(|w| w.starts_with("kept the sizing"));
+    assert!(!kept(&out.warnings), "{:?}", out.warnings);
+    // Nor does a pod KubeRay did not make from a template: the stamp is no way around sizing.
+    let mut plain = pod.clone();
+    plain["metadata"]["labels"] = json!({"rayshape.io/instance-type": "8CPU-32GB-1xT4"});
+    let out = shape(&plain, None, &bigger).unwrap();
+    assert_ne!(
+        out.object["spec"]["containers"][0]["resources"],
+        pod["spec"]["containers"][0]["resources"]
     );
+    assert!(!kept(&out.warnings), "{:?}", out.warnings);
+    // A change of the type's placement alone leaves its shape: nothing to keep or to say.
+    let moved = Config::from_sources(&Sources {
+        instance_types: Some(
+            "8CPU-32GB-1xT4:\n  resources: {CPU: 8, GPU: 1, memory: 32Gi, accelerators: [T4]}\n  nodeSelector: {pool: t4}\n"
+                .into(),
+        ),
+        ..Default::default()
+    })
+    .unwrap();
+    let out = shape(&pod, None, &moved).unwrap();
+    assert_eq!(
+        out.object["spec"]["containers"][0]["resources"],
+        pod["spec"]["containers"][0]["resources"]
+    );
+    assert_eq!(out.object["spec"]["nodeSelector"]["pool"], json!("t4"));
+    assert!(!kept(&out.warnings), "{:?}", out.warnings);
 }
 
 #[test]
@@ -351,8 +369,10 @@ fn one_ray_override_however_often_it_is_set() {
     assert_eq!(value.get("mine"), None, "{value}");
     assert_eq!(value["accelerator_type:T4"], json!(1), "{value}");
     assert!(
-        out.warnings.iter().any(|w| w
-            == "RAY_OVERRIDE_RESOURCES was set 2 times on ray: kept the last, which Kubernetes uses"),
+        out.warnings
+            .iter()
+            .any(|w| w
+                == "RAY_OVERRIDE_RESOURCES was set 2 times: kept the last, which Kubernetes uses"),
         "{:?}",
         out.warnings
     );

@@ -46,18 +46,23 @@ pub struct InstanceType {
     /// A short hash of everything the type applies, so a record can say which definition
     /// of a type shaped an object, and a changed definition is noticed.
     pub definition: String,
+    /// A short hash of what sizing depends on (the shape and the Ray resources): a change
+    /// of placement alone leaves it as it was.
+    pub sizing: String,
 }
 
 impl InstanceType {
-    fn hash(&self) -> String {
+    fn hash(&self, placement: bool) -> String {
         use sha2::{Digest, Sha256};
-        let canonical = rayshape_json::json!({
+        let mut canonical = rayshape_json::json!({
             "shape": self.shape.iter().map(|(k, q)| (k.clone(), q.millis().to_string())).collect::<BTreeMap<_, _>>(),
             "ray": self.ray_resources,
-            "accelerator": self.accelerator,
-            "nodeSelector": self.node_selector,
-            "tolerations": self.tolerations,
         });
+        if placement && let Some(m) = canonical.as_object_mut() {
+            m.insert("accelerator", rayshape_json::json!(self.accelerator));
+            m.insert("nodeSelector", Value::Object(self.node_selector.clone()));
+            m.insert("tolerations", Value::Array(self.tolerations.clone()));
+        }
         let hash = Sha256::digest(canonical.to_string().as_bytes());
         hash[..4].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -149,6 +154,7 @@ fn parse_one(
         node_selector: Map::new(),
         tolerations: Vec::new(),
         definition: String::new(),
+        sizing: String::new(),
     };
     for (k, val) in m {
         let place = format!("{name}.{k}");
@@ -370,7 +376,8 @@ fn parse_one(
             .map(|(_, q)| q.floor_units())
             .sum();
     }
-    t.definition = t.hash();
+    t.definition = t.hash(true);
+    t.sizing = t.hash(false);
     ok.then_some(t)
 }
 

@@ -89,54 +89,88 @@ impl Report {
 }
 
 /// The dotted path of the mapping key whose value is at `line` and `column` (1-based) of a
-/// YAML document, found from the keys of the less indented lines above it:
-/// `sidecar.metricsPort`, also for a one-line flow mapping (`sidecar: {metricsPort: 0}`).
-/// `None` when the line holds no key (a list item, a scalar).
+/// YAML document, from the keys of the less indented lines above it and of the flow
+/// mappings open on the line: `sidecar.metricsPort` for `metricsPort: 0` under `sidecar:`,
+/// for `sidecar: {flush: {maxBytes: 0}}` `sidecar.flush.maxBytes`, and for a value or list
+/// item on a line of its own, its key's. `None` when no key is found.
 pub fn key_path_at(text: &str, line: u64, column: u64) -> Option<String> {
     let lines: Vec<&str> = text.lines().take(usize::try_from(line).ok()?).collect();
+    if lines.len() as u64 != line {
+        return None;
+    }
+    let unquote = |k: &str| k.trim().trim_matches(['"', '\'']).to_string();
+    // A block mapping's key on a line: its indentation and the key.
     let key_of = |l: &str| -> Option<(usize, String)> {
         let body = l.trim_start();
         if body.starts_with(['#', '-', '{', '[']) || body.is_empty() {
             return None;
         }
         let (key, _) = body.split_once(':')?;
-        let key = key.trim().trim_matches(['"', '\'']);
-        (!key.is_empty() && !key.contains(' ')).then(|| (l.len() - body.len(), key.to_string()))
+        let key = unquote(key);
+        (!key.is_empty() && !key.contains(' ')).then(|| (l.len() - body.len(), key))
     };
-    if lines.len() as u64 != line {
-        return None;
-    }
     let here = lines.last()?;
-    let (mut indent, last) = key_of(here)?;
-    let mut path = vec![last];
-    // Inside a flow mapping on this line: the last `key:` before the column.
-    let before: String = here
-        .chars()
-        .take(usize::try_from(column).ok()?.saturating_sub(1))
-        .collect();
-    if let Some(open) = before.find('{') {
-        let inner = &before[open + 1..];
-        if let Some((head, _)) = inner.rsplit_once(':') {
-            let key = head
-                .rsplit([',', '{'])
-                .next()
-                .map(|k| k.trim().trim_matches(['"', '\'']))
-                .filter(|k| !k.is_empty() && !k.contains(' '));
-            path.insert(0, key?.to_string());
+    let mut path: Vec<String> = Vec::new();
+    let (mut indent, mut strictly) = (here.len() - here.trim_start().len(), false);
+    if let Some((i, key)) = key_of(here) {
+        // The flow mappings open before the column, after the line's own key.
+        enum Level {
+            Map(Option<String>),
+            List,
         }
+        let before: String = here
+            .chars()
+            .take(usize::try_from(column).ok()?.saturating_sub(1))
+            .collect();
+        let flow = before.split_once(':').map_or("", |(_, rest)| rest);
+        let (mut levels, mut token, mut quote) = (Vec::new(), String::new(), None);
+        for ch in flow.chars() {
+            match (quote, ch) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => token.push(c),
+                (None, '"' | '\'') => quote = Some(ch),
+                (None, '{') => levels.push(Level::Map(None)),
+                (None, '[') => levels.push(Level::List),
+                (None, '}' | ']') => {
+                    levels.pop();
+                }
+                (None, ':') => {
+                    if let Some(Level::Map(k)) = levels.last_mut() {
+                        *k = Some(unquote(&token));
+                    }
+                }
+                (None, ',') => {
+                    if let Some(Level::Map(k)) = levels.last_mut() {
+                        *k = None;
+                    }
+                }
+                (None, c) => token.push(c),
+            }
+            if matches!(ch, '{' | '[' | '}' | ']' | ':' | ',') && quote.is_none() {
+                token.clear();
+            }
+        }
+        path.extend(levels.into_iter().rev().filter_map(|l| match l {
+            Level::Map(k) => k,
+            Level::List => None,
+        }));
+        path.push(key);
+        (indent, strictly) = (i, true);
     }
+    // The keys above: strictly less indented than a key, no more than a value or list item
+    // (`include:` may have its `- a` at its own indentation).
     for l in lines.iter().rev().skip(1) {
-        if indent == 0 {
+        if strictly && indent == 0 {
             break;
         }
         if let Some((i, key)) = key_of(l)
-            && i < indent
+            && (i < indent || (!strictly && i <= indent))
         {
             path.push(key);
-            indent = i;
+            (indent, strictly) = (i, true);
         }
     }
-    (indent == 0).then(|| {
+    (strictly && indent == 0).then(|| {
         path.reverse();
         path.join(".")
     })
@@ -155,8 +189,23 @@ mod tests {
         assert_eq!(at(8, 20).as_deref(), Some("sidecar.flush.maxAgeSeconds"));
         assert_eq!(at(9, 20).as_deref(), Some("bootstrap.burst"));
         assert_eq!(at(9, 38).as_deref(), Some("bootstrap.cacheSeconds"));
-        assert_eq!(at(12, 3), None, "a list item");
+        assert_eq!(
+            at(12, 3).as_deref(),
+            Some("namespaces.include"),
+            "a list item"
+        );
         assert_eq!(at(40, 1), None, "past the end");
+        assert_eq!(at(1, 3), None, "a comment");
+        let flow = "sidecar: {flush: {maxBytes: [1]}, \"name\": \"a:b,c\", resources: {cpu: [1]}}\nx:\n  y:\n    70000\n";
+        let at = |line, column| key_path_at(flow, line, column);
+        assert_eq!(at(1, 30).as_deref(), Some("sidecar.flush.maxBytes"));
+        assert_eq!(at(1, 50).as_deref(), Some("sidecar.name"));
+        assert_eq!(at(1, 72).as_deref(), Some("sidecar.resources.cpu"));
+        assert_eq!(
+            at(4, 5).as_deref(),
+            Some("x.y"),
+            "a value on the line after its key"
+        );
     }
 }
 

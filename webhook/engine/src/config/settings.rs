@@ -123,6 +123,7 @@ const KINDS: &[(&str, &str)] = &[
         "sidecar.resources",
         "a mapping of resource names to quantities, like {cpu: 100m, memory: 64Mi}",
     ),
+    ("sidecar.resources.*", "a quantity, like 100m or 64Mi"),
     (
         "sidecar.metricsPort",
         "a port: a whole number from 1 to 65535",
@@ -142,11 +143,12 @@ const KINDS: &[(&str, &str)] = &[
         "sidecar.logSink.options",
         "a mapping of option names to strings",
     ),
+    ("sidecar.logSink.options.*", "a string"),
     ("sidecar.flush", "a mapping with maxBytes and maxAgeSeconds"),
     ("sidecar.flush.maxBytes", "a quantity of bytes, like 4Mi"),
     (
         "sidecar.flush.maxAgeSeconds",
-        "a number of seconds, like 2.5",
+        "a number of seconds above 0 and at most 86400, like 2.5",
     ),
     ("namespaces", "a mapping with include and exclude"),
     ("namespaces.include", "a list of namespace names"),
@@ -164,6 +166,26 @@ const KINDS: &[(&str, &str)] = &[
     ("bootstrap.ratePerSecond", "a number above 0, like 1 or 0.5"),
     ("bootstrap.burst", "a whole number from 1 to 4294967295"),
 ];
+
+/// What the setting at `place` takes: its own entry, its mapping's `*`, or, inside a list
+/// or a value of the wrong shape, the nearest enclosing setting's.
+fn kind_of(place: &str) -> Option<&'static str> {
+    let mut at = place;
+    loop {
+        if let Some((_, kind)) = KINDS.iter().find(|(k, _)| *k == at) {
+            return Some(kind);
+        }
+        let (parent, _) = at.rsplit_once('.')?;
+        if at.len() == place.len()
+            && let Some((_, kind)) = KINDS
+                .iter()
+                .find(|(k, _)| k.strip_suffix(".*") == Some(parent))
+        {
+            return Some(kind);
+        }
+        at = parent;
+    }
+}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -278,8 +300,8 @@ impl Settings {
                     .location()
                     .and_then(|l| super::problems::key_path_at(text, l.line(), l.column()))
                     .unwrap_or_default();
-                let shape = match KINDS.iter().find(|(k, _)| *k == place) {
-                    Some((_, kind)) => kind.to_string(),
+                let shape = match kind_of(&place) {
+                    Some(kind) => kind.to_string(),
                     None => "a mapping of the settings the README lists under `webhook.yaml`, each of its type and range".into(),
                 };
                 report.yaml_at(FILE, &e, &place, &shape);
@@ -742,6 +764,21 @@ mod tests {
                 "a whole number from 1 to 4294967295",
             ),
             (
+                "sidecar: {flush: {maxBytes: [1]}}\n",
+                "sidecar.flush.maxBytes",
+                "a quantity of bytes, like 4Mi",
+            ),
+            (
+                "sidecar:\n  resources: {cpu: [1]}\n",
+                "sidecar.resources.cpu",
+                "a quantity, like 100m or 64Mi",
+            ),
+            (
+                "sidecar:\n  metricsPort:\n    70000\n",
+                "sidecar.metricsPort",
+                "a whole number from 1 to 65535",
+            ),
+            (
                 "bootstrap:\n  namespaces: kube-system\n",
                 "bootstrap.namespaces",
                 "a list of namespace names",
@@ -757,7 +794,7 @@ mod tests {
             );
         }
         // Every setting the table names is one the file takes, and the table has them all.
-        for (key, _) in KINDS {
+        for (key, _) in KINDS.iter().filter(|(k, _)| !k.ends_with(".*")) {
             let mut yaml = String::new();
             for (i, part) in key.split('.').enumerate() {
                 yaml.push_str(&format!("{}{part}:\n", "  ".repeat(i)));

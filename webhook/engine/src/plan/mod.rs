@@ -66,8 +66,8 @@ pub struct PodPlan<'c> {
     pub rules: Vec<rules::Outcome<'c>>,
     /// The Ray container's new resources, for pods with an instance type.
     pub sizing: Option<sizing::Sizing>,
-    /// The `<type>@<definition>` a KubeRay group's template was sized for, when the type's
-    /// definition has changed since: the pod then keeps the template's sizing.
+    /// The `<type>@<hash>` a KubeRay group's template was sized for, when the type's shape
+    /// or Ray resources have changed since: the pod then keeps the template's sizing.
     pub kept: Option<String>,
     /// Corrections of what Ray sees.
     pub ray_view: rayview::Corrections,
@@ -120,10 +120,11 @@ pub fn pod<'c>(input: &Value, ray: RayPod, cfg: &'c Config) -> Result<PodPlan<'c
 
     let kept = vocabulary
         .instance_type
+        .filter(|_| ray.kuberay)
         .and_then(|t| sized_for_earlier(input, t, s));
-    if let (Some(t), Some(stamp)) = (vocabulary.instance_type, &kept) {
+    if let (Some(t), Some(_)) = (vocabulary.instance_type, &kept) {
         warnings.push(format!(
-            "sized as its group was ({stamp}), not to {}'s changed definition: update the group to resize it",
+            "kept the sizing of its group's template, made before {} changed; change the group to resize",
             t.name
         ));
     }
@@ -163,8 +164,8 @@ pub fn pod<'c>(input: &Value, ray: RayPod, cfg: &'c Config) -> Result<PodPlan<'c
     })
 }
 
-/// The `<type>@<definition>` a KubeRay group's template was sized for, when it names this
-/// type with an earlier definition.
+/// The `<type>@<hash>` a KubeRay group's template was sized for, when it names this type
+/// with an earlier shape or Ray resources.
 ///
 /// The autoscaler plans from the RayCluster, never from pods, and an UPDATE that leaves a
 /// group alone keeps the group's shape; sizing the group's new pods to a changed definition
@@ -179,7 +180,7 @@ fn sized_for_earlier(
         .get(&s.key(keys::SIZED_FOR))?
         .as_str()?;
     let definition = stamp.strip_prefix(t.name.as_str())?.strip_prefix('@')?;
-    (definition != t.definition).then(|| stamp.to_string())
+    (definition != t.sizing).then(|| stamp.to_string())
 }
 
 /// The `<prefix>/shaped` annotation: the configuration, the choices and a hash of all that

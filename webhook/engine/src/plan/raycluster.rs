@@ -65,10 +65,11 @@ pub struct GroupPlan<'c> {
     pub resources: Value,
     /// Custom Ray resources to add where KubeRay reads them.
     pub custom: Option<Custom>,
-    /// The template's `<prefix>/sized-for` annotation: key and `<type>@<definition>`.
+    /// The template's `<prefix>/sized-for` annotation: key and [`sized_for`].
     /// KubeRay copies it onto the group's pods, whose shaping then keeps this sizing when
-    /// the type's definition has changed since (see [`super::pod`]).
-    pub stamp: (String, String),
+    /// the type's shape has changed since (see [`super::pod`]). `None` for a group an
+    /// earlier release sized, which an UPDATE gives back exactly as it was stored.
+    pub stamp: Option<(String, String)>,
     /// Whether anything differs from what the group has.
     pub changed: bool,
 }
@@ -138,7 +139,17 @@ pub fn plan<'c>(
             continue;
         }
         match plan_group(&g, template, it, &extras, cfg) {
-            Ok((group, warnings)) => {
+            Ok((mut group, warnings)) => {
+                // A group sized before templates were stamped, sent back with what rayshape
+                // wrote stripped (`kubectl replace`, server-side apply by another manager):
+                // given back as stored, since a new template annotation would make KubeRay
+                // start a new cluster for a RayService.
+                if let Some(b) = before.filter(|b| !stamped(b, &group))
+                    && restores(g.spec, b, &group)
+                {
+                    group.stamp = None;
+                    group.changed = b != g.spec;
+                }
                 out.warnings.extend(warnings);
                 record.insert(
                     g.name.clone(),
@@ -227,9 +238,33 @@ fn same_group(a: &Value, b: &Value) -> bool {
         .all(|k| a.get(*k) == b.get(*k))
 }
 
-/// The value of the `<prefix>/sized-for` annotation for a template sized for `it`.
+/// Whether a group spec's template carries the stamp `plan` would give it.
+fn stamped(group: &Value, plan: &GroupPlan<'_>) -> bool {
+    let Some((key, value)) = &plan.stamp else {
+        return true;
+    };
+    pod::at(group, &["template"])
+        .and_then(pod::annotations)
+        .and_then(|a| a.get(key))
+        .is_some_and(|v| v.as_str() == Some(value.as_str()))
+}
+
+/// Whether writing `plan`'s sizing, without the stamp, into `incoming` gives `stored`.
+fn restores(incoming: &Value, stored: &Value, plan: &GroupPlan<'_>) -> bool {
+    let mut group = incoming.clone();
+    crate::apply::write_group(
+        &mut group,
+        plan.resources.clone(),
+        plan.custom.clone(),
+        None,
+    );
+    &group == stored
+}
+
+/// The value of the `<prefix>/sized-for` annotation for a template sized for `it`: its name
+/// and the hash of what sizing depends on.
 pub fn sized_for(it: &InstanceType) -> String {
-    format!("{}@{}", it.name, it.definition)
+    format!("{}@{}", it.name, it.sizing)
 }
 
 /// The per-group entries of a record annotation.
@@ -374,7 +409,7 @@ fn plan_group<'c>(
             instance_type: it,
             resources: sized.resources,
             custom,
-            stamp: (stamp_key, stamp),
+            stamp: Some((stamp_key, stamp)),
             changed,
         },
         warnings,
@@ -637,6 +672,14 @@ mod tests {
                 .starts_with("group gpu: unknown instance type \"huge\""),
             "{e}"
         );
+    }
+
+    fn group_mut<'a>(obj: &'a mut Value, path: &[&str]) -> &'a mut Value {
+        path.iter()
+            .fold(&mut obj["spec"], |v, k| match k.parse::<usize>() {
+                Ok(i) => &mut v[i],
+                Err(_) => &mut v[*k],
+            })
     }
 
     fn update(new: &Value, old: &Value, cfg: &Config) -> Result<crate::apply::Shaped, Denial> {
@@ -960,14 +1003,42 @@ mod tests {
         let new = &bigger.instance_types["8CPU-32GB-1xT4"];
         assert_eq!(
             stamp(&out.object),
-            json!(format!("8CPU-32GB-1xT4@{}", new.definition))
+            json!(format!("8CPU-32GB-1xT4@{}", new.sizing))
         );
         assert_eq!(
             stamp(&stored),
             json!(format!(
                 "8CPU-32GB-1xT4@{}",
-                cfg.instance_types["8CPU-32GB-1xT4"].definition
+                cfg.instance_types["8CPU-32GB-1xT4"].sizing
             ))
+        );
+        // A group sized by an earlier release, sent back with what rayshape wrote stripped
+        // (`kubectl replace`): given back exactly as stored, without a stamp that would
+        // change a RayService's template and so start a new cluster.
+        let mut legacy = stored.clone();
+        for path in [&["headGroupSpec"][..], &["workerGroupSpecs", "0"]] {
+            let g = group_mut(&mut legacy, path);
+            g["template"]["metadata"]["annotations"] = json!({});
+        }
+        let mut stripped = legacy.clone();
+        for path in [&["headGroupSpec"][..], &["workerGroupSpecs", "0"]] {
+            let g = group_mut(&mut stripped, path);
+            g["template"]["spec"]["containers"][0]["resources"] = json!({});
+            if let Some(p) = g["rayStartParams"].as_object_mut() {
+                p.remove("resources");
+            }
+        }
+        assert_ne!(stripped, legacy);
+        let out = update(&stripped, &legacy, &cfg).unwrap();
+        assert_eq!(out.object, legacy);
+        // Changed by the user, it is stamped: its template changes anyway.
+        stripped["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] =
+            json!("rayproject/ray:2.53.0-gpu");
+        let out = update(&stripped, &legacy, &cfg).unwrap();
+        assert_eq!(stamp(&out.object), stamp(&stored));
+        assert_eq!(
+            out.object["spec"]["headGroupSpec"],
+            legacy["spec"]["headGroupSpec"]
         );
         // A template sized by an earlier release, without the stamp, gets it when created
         // again (as KubeRay creates a RayJob's RayCluster from the RayJob's spec).

@@ -202,8 +202,7 @@ pub fn plan(
     }
     if entries > 1 {
         warnings.push(format!(
-            "{OVERRIDE_ENV} was set {entries} times on {}: kept the last, which Kubernetes uses",
-            pod::name(c)
+            "{OVERRIDE_ENV} was set {entries} times: kept the last, which Kubernetes uses"
         ));
     }
     if !corrections.is_empty() {

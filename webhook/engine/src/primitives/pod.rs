@@ -145,7 +145,6 @@ pub fn footprint(c: &Value) -> VecMap<&str, Quantity> {
     out
 }
 
-/// The env var `name` of a container, if set with a literal value.
 /// The literal value of a container's environment variable: of the last entry of that
 /// name, the one the kubelet uses.
 pub fn env_value<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
