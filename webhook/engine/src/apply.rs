@@ -88,18 +88,23 @@ pub fn write_ray_container(
                 ("value", Value::from(value.as_str())),
             ]);
             // One entry, where the first was: the plan merged what the last one said.
-            let mut first = true;
-            env.retain_mut(|e| {
-                if pod::name(e) != OVERRIDE_ENV {
-                    return true;
+            // Usually absent; one scan, and no allocation unless it is there.
+            let at: Vec<usize> = env
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| pod::name(e) == OVERRIDE_ENV)
+                .map(|(i, _)| i)
+                .collect();
+            match at.split_first() {
+                None => env.push(entry),
+                Some((&first, rest)) => {
+                    if let Some(e) = env.get_mut(first) {
+                        *e = entry;
+                    }
+                    for &i in rest.iter().rev() {
+                        env.remove(i);
+                    }
                 }
-                if first {
-                    *e = entry.clone();
-                }
-                std::mem::replace(&mut first, false)
-            });
-            if first {
-                env.push(entry);
             }
         }
     }
