@@ -123,8 +123,11 @@ impl Sink {
                     path: dir.clone(),
                     source,
                 })?;
+                // A segment and its directory reach the disk before the checkpoint that
+                // marks them shipped does: a node's power cut must not lose them.
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(build_err)?;
+                    .map_err(build_err)?
+                    .with_fsync(true);
                 return Ok(Sink {
                     store: Arc::new(store),
                     prefix: String::new(),

@@ -1041,11 +1041,14 @@ impl Tracker {
         };
         let latest = self.latest.clone();
         // Files of finished sessions, read to their end: nothing will be written to them.
+        // The size recorded may be a quiet file's of up to QUIET_MAX ago, so the descriptor
+        // says: a file deleted since can be read only through it.
         for (id, e) in self.entries.iter_mut() {
-            if e.file.is_some()
+            if let Some(f) = &e.file
                 && let Some(st) = ck.files.get(id)
                 && !pinned(id, st)
                 && latest.as_deref().is_some_and(|l| &*st.session < l)
+                && f.metadata().is_ok_and(|m| m.len() <= st.shipped)
             {
                 e.file = None;
                 e.closed_quiet = false;
@@ -1323,6 +1326,36 @@ mod tests {
         t.scan(&mut ck, now, false);
         let st = ck.files.values().next().unwrap();
         assert_eq!(st.size, 5, "{:?}", ck.files);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// A quiet file of a session that has just ended, appended to and deleted before it was
+    /// looked at again: its descriptor is kept until the last bytes are seen (they were lost
+    /// when the old size decided that it had been read to its end).
+    #[test]
+    fn a_finished_sessions_file_is_read_to_its_end_through_its_descriptor() {
+        let root = root("ended");
+        let p = root.join("session_1/logs/worker.out");
+        write(&p, b"0123456789");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        for _ in 0..8 {
+            now += Duration::from_millis(100);
+            t.scan(&mut ck, now, false);
+        }
+        let id = *ck.files.keys().next().unwrap();
+        write(&p, b"abcde");
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir_all(root.join("session_2/logs")).unwrap();
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        assert!(t.entries[&id].file.is_some(), "closed with 5 bytes unread");
+        now += QUIET_MAX;
+        t.scan(&mut ck, now, false);
+        assert_eq!(ck.files[&id].size, 15, "{:?}", ck.files);
         let _ = std::fs::remove_dir_all(root);
     }
 
