@@ -855,13 +855,36 @@ impl Tracker {
             }
         }
         let size = m.len();
+        // Whether the first bytes are no longer the recorded ones: what tells a file truncated
+        // and written again past the size last seen from one appended to. Read through the
+        // held descriptor, or at the path of a file the descriptor cap closed.
+        let head_changed = size != st.size && st.head_len > 0 && {
+            let differs = |f: &File| {
+                read_head(f, st.head_len as usize).is_ok_and(|h| {
+                    h.len() < st.head_len as usize || checkpoint::head_hash(&h) != st.head_hash
+                })
+            };
+            match &open {
+                Some(f) => differs(f),
+                None => self
+                    .path_of(ck, id)
+                    .and_then(|p| File::open(p).ok())
+                    .filter(|f| {
+                        f.metadata()
+                            .is_ok_and(|fm| (fm.dev(), fm.ino()) == (st.dev, st.ino))
+                    })
+                    .is_some_and(|f| differs(&f)),
+            }
+        };
         if pending.contains(&id) {
             // The plan holds the file's id and offsets: growth is noted (the backlog shows
-            // during an outage), anything else waits until the plan is done.
+            // during an outage), anything else waits until the plan is done, the size last
+            // seen kept so that the truncation is seen then.
             if let Some(e) = self.entries.get_mut(&id) {
                 e.next_check = tnext;
                 if let Some(st) = ck.files.get_mut(&id)
                     && size > st.size
+                    && !head_changed
                 {
                     st.size = size;
                     e.last_change = tnow;
@@ -878,14 +901,7 @@ impl Tracker {
         // then its first bytes are no longer the recorded ones. Either way, what we had not
         // read is gone, and what follows is new data, a new stream: taken for an append,
         // the old stream would go on with the new file's bytes from the old offset.
-        let truncated = size < st.size
-            || (size != st.size
-                && st.head_len > 0
-                && open.as_ref().is_some_and(|f| {
-                    read_head(f, st.head_len as usize).is_ok_and(|h| {
-                        h.len() < st.head_len as usize || checkpoint::head_hash(&h) != st.head_hash
-                    })
-                }));
+        let truncated = size < st.size || head_changed;
         if truncated {
             r.lost += st.size.saturating_sub(st.shipped);
             let new_id = ck.take_id();
@@ -1356,6 +1372,82 @@ mod tests {
         now += QUIET_MAX;
         t.scan(&mut ck, now, false);
         assert_eq!(ck.files[&id].size, 15, "{:?}", ck.files);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// copytruncate of a file the descriptor cap had closed, written past its old size: its
+    /// first bytes, read at its path, tell a new stream (the old one went on with the new
+    /// file's bytes from the old offset, and the first of them were never shipped).
+    #[test]
+    fn a_closed_file_truncated_and_written_past_its_size_starts_a_stream() {
+        let root = root("closed-trunc");
+        let p = root.join("session_1/logs/quiet.log");
+        write(&p, b"OLD-OLD-OLD-");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        let id = *ck.files.keys().next().unwrap();
+        if let Some(e) = t.entries.get_mut(&id)
+            && e.file.take().is_some()
+        {
+            t.open -= 1;
+        }
+        std::fs::write(&p, b"NEW-NEW-NEW-NEW-NEW-").unwrap();
+        t.check_soon(id);
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        assert!(!ck.files.contains_key(&id), "{:?}", ck.files);
+        let st = ck.files.values().next().unwrap();
+        assert_eq!((st.shipped, st.size), (0, 20));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// copytruncate while a plan of the file waits (a store outage): the size last seen is
+    /// kept, so that once the plan is done the truncation is seen (growth was noted instead,
+    /// and the new file's first bytes were never shipped).
+    #[test]
+    fn a_truncation_during_a_waiting_plan_is_seen_when_it_is_done() {
+        let root = root("pending-trunc");
+        let p = root.join("session_1/logs/w.out");
+        write(&p, b"0123456789");
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        let id = *ck.files.keys().next().unwrap();
+        write(&p, b"abcde");
+        t.check_soon(id);
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        assert_eq!(ck.files[&id].size, 15);
+        ck.pending = Some(checkpoint::Plan {
+            session: "session_1".into(),
+            sequence: 0,
+            chunks: vec![checkpoint::Chunk {
+                id,
+                start: 10,
+                end: 15,
+            }],
+        });
+        std::fs::write(&p, b"NEW-NEW-NEW-NEW-NEW-NEW-").unwrap();
+        t.check_soon(id);
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        assert_eq!(ck.files[&id].size, 15, "taken for growth");
+        // The plan is done.
+        ck.pending = None;
+        if let Some(st) = ck.files.get_mut(&id) {
+            st.shipped = 15;
+        }
+        t.check_soon(id);
+        now += Duration::from_millis(100);
+        t.scan(&mut ck, now, false);
+        assert!(!ck.files.contains_key(&id), "{:?}", ck.files);
+        let st = ck.files.values().next().unwrap();
+        assert_eq!((st.shipped, st.size), (0, 24));
         let _ = std::fs::remove_dir_all(root);
     }
 
