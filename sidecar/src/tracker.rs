@@ -1200,6 +1200,23 @@ mod tests {
         }
     }
 
+    /// A tracker following one file of `session_1`, read and shipped to its end.
+    fn shipped(
+        name: &str,
+        file: &str,
+        bytes: &[u8],
+    ) -> (PathBuf, PathBuf, Checkpoint, Tracker, Instant) {
+        let root = root(name);
+        let p = root.join("session_1/logs").join(file);
+        write(&p, bytes);
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let now = Instant::now();
+        t.scan(&mut ck, now, false);
+        ship_all(&mut t, &mut ck);
+        (root, p, ck, t, now)
+    }
+
     #[test]
     fn rotation_is_followed_by_inode_and_truncation_starts_a_stream() {
         let root = root("rotate");
@@ -1350,14 +1367,7 @@ mod tests {
     /// when the old size decided that it had been read to its end).
     #[test]
     fn a_finished_sessions_file_is_read_to_its_end_through_its_descriptor() {
-        let root = root("ended");
-        let p = root.join("session_1/logs/worker.out");
-        write(&p, b"0123456789");
-        let mut ck = Checkpoint::new("u", None).unwrap();
-        let mut t = Tracker::new(&root, settings(16), &ck);
-        let mut now = Instant::now();
-        t.scan(&mut ck, now, false);
-        ship_all(&mut t, &mut ck);
+        let (root, p, mut ck, mut t, mut now) = shipped("ended", "worker.out", b"0123456789");
         for _ in 0..8 {
             now += Duration::from_millis(100);
             t.scan(&mut ck, now, false);
@@ -1380,14 +1390,8 @@ mod tests {
     /// file's bytes from the old offset, and the first of them were never shipped).
     #[test]
     fn a_closed_file_truncated_and_written_past_its_size_starts_a_stream() {
-        let root = root("closed-trunc");
-        let p = root.join("session_1/logs/quiet.log");
-        write(&p, b"OLD-OLD-OLD-");
-        let mut ck = Checkpoint::new("u", None).unwrap();
-        let mut t = Tracker::new(&root, settings(16), &ck);
-        let mut now = Instant::now();
-        t.scan(&mut ck, now, false);
-        ship_all(&mut t, &mut ck);
+        let (root, p, mut ck, mut t, mut now) =
+            shipped("closed-trunc", "quiet.log", b"OLD-OLD-OLD-");
         let id = *ck.files.keys().next().unwrap();
         if let Some(e) = t.entries.get_mut(&id)
             && e.file.take().is_some()
@@ -1409,14 +1413,7 @@ mod tests {
     /// and the new file's first bytes were never shipped).
     #[test]
     fn a_truncation_during_a_waiting_plan_is_seen_when_it_is_done() {
-        let root = root("pending-trunc");
-        let p = root.join("session_1/logs/w.out");
-        write(&p, b"0123456789");
-        let mut ck = Checkpoint::new("u", None).unwrap();
-        let mut t = Tracker::new(&root, settings(16), &ck);
-        let mut now = Instant::now();
-        t.scan(&mut ck, now, false);
-        ship_all(&mut t, &mut ck);
+        let (root, p, mut ck, mut t, mut now) = shipped("pending-trunc", "w.out", b"0123456789");
         let id = *ck.files.keys().next().unwrap();
         write(&p, b"abcde");
         t.check_soon(id);
