@@ -1209,6 +1209,7 @@ async fn size_changes_are_saved_data_synced_plans_and_commits_fully() {
                 .args([
                     "-f",
                     "-qq",
+                    "-y",
                     "-e",
                     "trace=fsync,fdatasync,syncfs,sync_file_range",
                     "-o",
@@ -1248,6 +1249,20 @@ async fn size_changes_are_saved_data_synced_plans_and_commits_fully() {
         calls(&trace2, &["fsync("]) >= 2,
         "{}",
         std::fs::read_to_string(&trace2).unwrap_or_default()
+    );
+    // On a file:// sink the segment reaches the disk, with its directory, before the
+    // commit does: `-y` names the files synced.
+    let synced = std::fs::read_to_string(&trace2).unwrap_or_default();
+    let lines: Vec<&str> = synced.lines().collect();
+    let segment = lines
+        .iter()
+        .position(|l| l.contains("fsync(") && l.contains(".tar.zst"));
+    let commit = lines
+        .iter()
+        .rposition(|l| l.contains("fsync(") && l.contains("checkpoint.json"));
+    assert!(
+        segment.is_some() && segment < commit,
+        "segment synced at line {segment:?}, the commit at {commit:?}:\n{synced}"
     );
     assert_eq!(verify(&sink, &w.files, &base).await, 0);
     let _ = std::fs::remove_dir_all(base);
