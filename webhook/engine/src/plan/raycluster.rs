@@ -14,7 +14,9 @@
 //! cluster), so sizing is idempotent, `replicas`, `workersToDelete` and the user's own
 //! `rayStartParams` values are left alone, and an UPDATE that does not change a group keeps
 //! the shape the group was given, even if the type's definition has changed since: the
-//! record annotation says which definition each group got.
+//! record annotation says which definition each group got. Each sized template carries the
+//! `sized-for` stamp ([`sized_for`]), which KubeRay copies onto the group's pods, so that
+//! they keep that shape too ([`super::pod`]).
 
 use super::{Denial, sidecar, sizing};
 use crate::classify::ClusterKind;
