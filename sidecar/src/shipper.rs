@@ -886,11 +886,14 @@ impl Shipper {
             return Err(Failure::Internal("the checkpoint is not loaded".into()));
         };
         let mut parts: Vec<(String, Arc<File>, u64, u64)> = Vec::new();
+        // Each file's recorded first bytes, checked after the read (below).
+        let mut heads: Vec<(Arc<File>, u32, u64, Box<str>)> = Vec::new();
         for c in &plan.chunks {
             let (Some(f), Some(file)) = (inner.ck.files.get(&c.id), inner.tracker.file(c.id))
             else {
                 return Ok(Err(format!("file {} is not open", c.id)));
             };
+            heads.push((file.clone(), f.head_len, f.head_hash, f.name.clone()));
             parts.push((
                 segment::entry_name(&f.name, epoch, c.id, c.start),
                 file,
@@ -910,7 +913,21 @@ impl Shipper {
                     len: *len,
                 })
                 .collect();
-            segment::build(&parts, level)
+            let bytes = segment::build(&parts, level)?;
+            // A file truncated and written again past the planned range (copytruncate)
+            // before or while it was read gave the new stream's bytes at the old offsets:
+            // its first bytes are no longer the recorded ones. Checked after the read, so
+            // that a truncation during it is seen too; the plan is then dropped, and the
+            // scan that follows counts the old bytes never read as lost.
+            if let Some((.., name)) = heads
+                .iter()
+                .find(|(file, len, hash, _)| !tracker::head_unchanged(file, *len, *hash))
+            {
+                return Err(std::io::Error::other(format!(
+                    "{name} was truncated and written again while its planned bytes were read (its first bytes changed)"
+                )));
+            }
+            Ok(bytes)
         });
         let built = self
             .bounded(job, stop)

@@ -227,9 +227,14 @@ fn same_birth(a: Option<u64>, b: Option<u64>) -> bool {
 fn is_same(st: &FileState, file: &File, m: &std::fs::Metadata) -> bool {
     (m.dev(), m.ino()) == (st.dev, st.ino)
         && same_birth(st.born, born(m))
-        && read_head(file, st.head_len as usize).is_ok_and(|h| {
-            h.len() == st.head_len as usize && checkpoint::head_hash(&h) == st.head_hash
-        })
+        && head_unchanged(file, st.head_len, st.head_hash)
+}
+
+/// Whether the file still begins with the first bytes recorded of it (`head_len` bytes
+/// hashing to `head_hash`). Truncated and written again (copytruncate), it does not.
+pub fn head_unchanged(file: &File, head_len: u32, head_hash: u64) -> bool {
+    read_head(file, head_len as usize)
+        .is_ok_and(|h| h.len() == head_len as usize && checkpoint::head_hash(&h) == head_hash)
 }
 
 impl Tracker {

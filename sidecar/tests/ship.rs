@@ -34,6 +34,14 @@ fn tool(var: &str) -> Option<PathBuf> {
     rayshape_testkit::tool_from_env(var)
 }
 
+/// A `file://` sink writing to `dir`.
+fn file_sink(dir: &Path) -> SinkConfig {
+    SinkConfig {
+        url: format!("file://{}", dir.display()),
+        options: Default::default(),
+    }
+}
+
 fn scratch(name: &str) -> PathBuf {
     rayshape_testkit::scratch("ship", name)
 }
@@ -833,10 +841,7 @@ async fn without_a_sink_it_stays_up_and_ships_once_one_is_configured() {
     // again, and the logs written meanwhile are shipped.
     let store = base.join("store");
     std::fs::create_dir_all(&store).unwrap();
-    let sink = SinkConfig {
-        url: format!("file://{}", store.display()),
-        options: Default::default(),
-    };
+    let sink = file_sink(&store);
     std::fs::write(
         &config,
         format!(
@@ -1102,10 +1107,7 @@ async fn descriptors_stay_under_the_cap_with_many_files() {
         });
     }
     let store = base.join("store");
-    let sink = SinkConfig {
-        url: format!("file://{}", store.display()),
-        options: Default::default(),
-    };
+    let sink = file_sink(&store);
     let mut side = Sidecar::new(
         &root,
         sink.clone(),
@@ -1185,10 +1187,7 @@ async fn size_changes_are_saved_data_synced_plans_and_commits_fully() {
     let base = scratch("fsync");
     let root = base.join("ray");
     let store = base.join("store");
-    let sink = SinkConfig {
-        url: format!("file://{}", store.display()),
-        options: Default::default(),
-    };
+    let sink = file_sink(&store);
     let mut w = Writer::new(&root, u64::MAX, 3);
     // No flush before the stop: only sizes change.
     let mut side = Sidecar::new(
@@ -1268,6 +1267,114 @@ async fn size_changes_are_saved_data_synced_plans_and_commits_fully() {
     let _ = std::fs::remove_dir_all(base);
 }
 
+/// A copytruncate after a plan is recorded and before its bytes are read: the plan's
+/// offsets now hold the new stream's bytes. They must not be shipped as the old file's (and
+/// the old bytes never read are counted lost). strace delays every `fsync` by a second,
+/// which holds the plan between its recording (visible in the checkpoint) and its read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copytruncate_between_plan_and_read_ships_no_new_bytes_as_old_ones() {
+    let _serial = serial().await;
+    let Some(strace) = tool("STRACE_BIN") else {
+        return;
+    };
+    let base = scratch("truncated-in-plan");
+    let root = base.join("ray");
+    let store = base.join("store");
+    let sink = file_sink(&store);
+    let mut w = Writer::new(&root, u64::MAX, 3);
+    let (old, more, new) = ("OLD.".repeat(25), "ol2.".repeat(25), "NEW.".repeat(75));
+    w.append("app.log", old.as_bytes());
+    let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
+    side.start();
+    side.wait_ready();
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        side.metric("rayshape_sidecar_segments_uploaded_total"),
+        Some(1.0)
+    );
+    let trace = base.join("strace.out");
+    let mut tracer = Proc(Some(
+        Command::new(&strace)
+            .args(["-f", "-qq", "-e", "trace=fsync", "-e"])
+            .arg("inject=fsync:delay_exit=1000000")
+            .arg("-o")
+            .arg(&trace)
+            .args(["-p", &side.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.append("app.log", more.as_bytes());
+    let ck_path = root.join("rayshape/checkpoint.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Checkpoint::load(&ck_path)
+        .ok()
+        .flatten()
+        .is_none_or(|c| c.pending.is_none())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no plan; log:\n{}",
+            side.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The plan is renamed into place; its directory's fsync holds it for a second.
+    std::fs::write(w.dir().join("app.log"), &new).unwrap();
+    // Everything on disk is shipped: the old file's first 100 bytes and the new one's 300.
+    side.wait_metric(
+        "rayshape_sidecar_bytes_shipped_total",
+        |v| v >= (old.len() + new.len()) as f64,
+        Duration::from_secs(60),
+    );
+    side.wait_metric(
+        "rayshape_sidecar_unshipped_bytes",
+        |v| v == 0.0,
+        Duration::from_secs(60),
+    );
+    tracer.kill();
+    let lost = side.metric("rayshape_sidecar_lost_bytes_total");
+    assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
+    let out = base.join("reassembled");
+    let got = logs::get(
+        &Sink::open(&sink).unwrap(),
+        "ml/rc/worker-1-0b5e",
+        None,
+        None,
+        &out,
+    )
+    .await
+    .expect("no overlapping chunks");
+    let mut streams: Vec<String> = got
+        .keys()
+        .map(|rel| String::from_utf8(std::fs::read(out.join(rel)).unwrap()).unwrap())
+        .filter(|c| !c.is_empty())
+        .collect();
+    streams.sort();
+    assert_eq!(
+        streams,
+        vec![new.clone(), old.clone()],
+        "{}",
+        side.log_text()
+    );
+    // The 100 bytes written before the copytruncate and never read are lost, and counted.
+    assert_eq!(lost, Some(more.len() as f64), "{}", side.log_text());
+    // Seen by the read of the plan, not by a scan before it.
+    assert!(
+        side.log_text()
+            .contains("app.log was truncated and written again while its planned bytes were read"),
+        "{}",
+        side.log_text()
+    );
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// Pseudo-random log-like text: words from a small vocabulary, compressible as logs are.
 fn log_text(bytes: usize, seed: u64) -> Vec<u8> {
     const WORDS: [&str; 16] = [
@@ -1317,10 +1424,7 @@ async fn metrics_answer_while_a_large_segment_is_compressed() {
         "zstdLevel: 19\nflush: {maxBytes: 4Mi, maxAge: 100ms}\n",
     )
     .unwrap();
-    let sink = SinkConfig {
-        url: format!("file://{}", store.display()),
-        options: Default::default(),
-    };
+    let sink = file_sink(&store);
     let mut side = Sidecar::new(
         &root,
         sink,
@@ -1704,10 +1808,7 @@ async fn unreadable_files_are_logged_counted_and_the_others_ship_as_a_non_root_u
     let store = base.join("store");
     std::fs::create_dir_all(&store).unwrap();
     user.chown(&store);
-    let sink = SinkConfig {
-        url: format!("file://{}", store.display()),
-        options: Default::default(),
-    };
+    let sink = file_sink(&store);
     let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
     side.user = Some((user.uid, user.gid));
     side.start();
@@ -1835,14 +1936,7 @@ async fn local_directory_sink() {
     let _serial = serial().await;
     let dir = scratch("file-sink");
     let zstd_cli = tool("ZSTD_BIN");
-    round_trip(
-        SinkConfig {
-            url: format!("file://{}", dir.display()),
-            options: Default::default(),
-        },
-        "file",
-    )
-    .await;
+    round_trip(file_sink(&dir), "file").await;
     // Standard tools read the segments: `tar --zstd -tf` lists the chunks.
     let Some(zstd) = zstd_cli else { return };
     let seg = walk_files(&dir)
