@@ -79,6 +79,9 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The API docs' links must resolve: a broken or ambiguous one points readers nowhere.
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked -q
 
 log "cargo test"
 corpus="$WORK/corpus.jsonl"

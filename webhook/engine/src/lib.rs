@@ -3,7 +3,7 @@
 //! command line do the I/O.
 //!
 //! Data flows one way through the stages, each a module:
-//! [`decode`] → [`classify`] → [`plan`] → [`apply`] → [`diff`] → [`review`],
+//! [`decode`] → [`classify`] → [`plan`](mod@plan) → [`apply`] → [`diff`] → [`review`],
 //! built on the [`primitives`] and a [`config`].
 
 pub mod apply;

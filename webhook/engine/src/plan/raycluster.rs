@@ -16,7 +16,7 @@
 //! the shape the group was given, even if the type's definition has changed since: the
 //! record annotation says which definition each group got. Each sized template carries the
 //! `sized-for` stamp ([`sized_for`]), which KubeRay copies onto the group's pods, so that
-//! they keep that shape too ([`super::pod`]).
+//! they keep that shape too ([`super::pod()`]).
 
 use super::{Denial, sidecar, sizing};
 use crate::classify::ClusterKind;
@@ -69,7 +69,7 @@ pub struct GroupPlan<'c> {
     pub custom: Option<Custom>,
     /// The template's `<prefix>/sized-for` annotation: key and [`sized_for`].
     /// KubeRay copies it onto the group's pods, whose shaping then keeps this sizing when
-    /// the type's shape has changed since (see [`super::pod`]). `None` for a group an
+    /// the type's shape has changed since (see [`super::pod()`]). `None` for a group an
     /// earlier release sized, which an UPDATE gives back exactly as it was stored.
     pub stamp: Option<(String, String)>,
     /// Whether anything differs from what the group has.

@@ -8,7 +8,7 @@ use super::quantity::Quantity;
 use super::vecmap::VecMap;
 use rayshape_json::{Map, Value};
 
-/// `v[key]` when `v` is an object: `Value::get` for a key, found as [`get`] finds it.
+/// `v[key]` when `v` is an object: `Value::get` for a key, found as [`Map::get`] finds it.
 pub fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_object()?.get(key)
 }
