@@ -37,7 +37,8 @@ pub enum State {
     NoSink,
     /// The checkpoint cannot be read or written (volume full, read-only, permissions).
     CheckpointError,
-    /// The store refuses our credentials or permissions (401/403).
+    /// The store refuses our credentials or permissions (401/403; a `file://` directory not
+    /// writable, or on a read-only volume).
     Unauthorized,
     /// The bucket or container does not exist.
     SinkNotFound,
@@ -357,7 +358,7 @@ impl Shipper {
             State::Unauthorized => tracing::error!(
                 state = now.label(),
                 reason,
-                "not shipping: the store refuses our credentials or permissions; check the sink URL, bucket and credentials (retrying)"
+                "not shipping: the store refuses our credentials or permissions; check the sink URL, bucket and credentials (for a file:// sink, that the sidecar's user may write the directory and its volume is not read-only) (retrying)"
             ),
             State::SinkNotFound => tracing::error!(
                 state = now.label(),

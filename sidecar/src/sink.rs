@@ -200,8 +200,29 @@ pub fn classify(e: &object_store::Error) -> Refusal {
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => Refusal::Unauthorized,
         object_store::Error::NotFound { .. } => Refusal::NotFound,
+        // A local directory's refusals come as generic errors around the system's: a
+        // directory the sidecar's user may not write, or a volume mounted read-only, is
+        // fixed by permissions, as a cloud store's 403 is; neither is an outage.
+        _ if refused_locally(e) => Refusal::Unauthorized,
         _ => Refusal::Unreachable,
     }
+}
+
+/// Whether a system error in `e`'s chain of sources says the write was not permitted.
+fn refused_locally(e: &object_store::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            )
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -1801,13 +1801,12 @@ async fn unreadable_files_are_logged_counted_and_the_others_ship_as_a_non_root_u
             });
         }
     }
-    // The sidecar's own: its checkpoint directory and (here) its local sink. The checkpoint
-    // directory is not writable at first (a volume mounted read-only, say): the sidecar
-    // stays up and says so, and goes on once it is.
+    // The sidecar's own: its checkpoint directory and (here) its local sink. Neither is
+    // writable at first (volumes mounted read-only, or owned by another user): the sidecar
+    // stays up and says which, and goes on once they are.
     std::fs::create_dir_all(root.join("rayshape")).unwrap();
     let store = base.join("store");
     std::fs::create_dir_all(&store).unwrap();
-    user.chown(&store);
     let sink = file_sink(&store);
     let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
     side.user = Some((user.uid, user.gid));
@@ -1816,6 +1815,9 @@ async fn unreadable_files_are_logged_counted_and_the_others_ship_as_a_non_root_u
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(side.running(), "{}", side.log_text());
     user.chown(&root.join("rayshape"));
+    // A directory it may not write is a matter of permissions, not an outage.
+    side.wait_state("unauthorized", Duration::from_secs(60));
+    user.chown(&store);
     side.wait_state("shipping", Duration::from_secs(60));
     side.wait_metric(
         "rayshape_sidecar_unreadable_files_total",
