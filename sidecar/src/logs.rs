@@ -20,6 +20,8 @@ pub enum LogsError {
     Place(#[from] segment::PlaceError),
     #[error("cannot write {0}: {1}")]
     Write(String, std::io::Error),
+    #[error("cannot read {0} back: {1}")]
+    Read(String, std::io::Error),
 }
 
 /// One segment object: `<ns>/<cluster>/<pod>-<uid>/<session>/<epoch>-<sequence>.tar.zst`
@@ -146,4 +148,143 @@ pub async fn get(
         }
     }
     Ok(written)
+}
+
+/// Streams one file was shipped as more than once: after a checkpoint is lost or set aside,
+/// the sidecar ships every file again from its beginning under the new checkpoint's epoch
+/// (beside what is there, never over it), so the store holds the same bytes under two
+/// stream names. Each group lists such streams of one session (as in [`Written`], longest
+/// first), under different epochs, each one's bytes the start of the first's. The name may
+/// differ: a file is named as it was when each checkpoint first saw it (`raylet.out`, later
+/// `raylet.out.1`). Streams shorter than [`SAME_START`] bytes are not compared.
+pub fn reshipped(out: &Path, written: &Written) -> Result<Vec<Vec<String>>, LogsError> {
+    // Streams that could be the same file begin with the same bytes: compared in full only
+    // within such a bucket, so ten thousand worker logs cost one short read each.
+    // (session, first bytes) → (stream, epoch, size).
+    type Streams<'a> = Vec<(&'a str, &'a str, u64)>;
+    let mut buckets: BTreeMap<(&str, Vec<u8>), Streams<'_>> = BTreeMap::new();
+    for (rel, &size) in written {
+        let Some((session, epoch)) = session_and_epoch(rel) else {
+            continue;
+        };
+        if size < SAME_START as u64 {
+            continue;
+        }
+        let mut head = vec![0u8; SAME_START];
+        open(out, rel)?
+            .read_exact_at(&mut head, 0)
+            .map_err(|e| LogsError::Read(out.join(rel).display().to_string(), e))?;
+        buckets
+            .entry((session, head))
+            .or_default()
+            .push((rel, epoch, size));
+    }
+    let mut groups = Vec::new();
+    for (_, mut streams) in buckets {
+        if streams.len() < 2 {
+            continue;
+        }
+        streams.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+        let mut taken = vec![false; streams.len()];
+        for i in 0..streams.len() {
+            if taken[i] {
+                continue;
+            }
+            let (longest, epoch, _) = streams[i];
+            let mut group = vec![longest.to_string()];
+            for j in i + 1..streams.len() {
+                let (rel, other, size) = streams[j];
+                if !taken[j] && other != epoch && starts_with(out, longest, rel, size)? {
+                    taken[j] = true;
+                    group.push(rel.to_string());
+                }
+            }
+            if group.len() > 1 {
+                groups.push(group);
+            }
+        }
+    }
+    Ok(groups)
+}
+
+/// How many first bytes two streams must share to be compared as one file shipped twice.
+pub const SAME_START: usize = 64;
+
+/// `<session>` and `<epoch>` of `<session>/<name>~<epoch>.<id>`.
+fn session_and_epoch(rel: &str) -> Option<(&str, &str)> {
+    let (session, _) = rel.split_once('/')?;
+    let (_, tag) = rel.rsplit_once('~')?;
+    Some((session, tag.split_once('.').map_or(tag, |(e, _)| e)))
+}
+
+fn open(out: &Path, rel: &str) -> Result<std::fs::File, LogsError> {
+    std::fs::File::open(out.join(rel))
+        .map_err(|e| LogsError::Read(out.join(rel).display().to_string(), e))
+}
+
+/// Whether the first `len` bytes of `long` are those of `short` (`len` long).
+fn starts_with(out: &Path, long: &str, short: &str, len: u64) -> Result<bool, LogsError> {
+    let (a, b) = (open(out, long)?, open(out, short)?);
+    let read = |f: &std::fs::File, rel: &str, buf: &mut [u8], at: u64| {
+        f.read_exact_at(buf, at)
+            .map_err(|e| LogsError::Read(out.join(rel).display().to_string(), e))
+    };
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(x.len() as u64) as usize;
+        read(&a, long, &mut x[..n], at)?;
+        read(&b, short, &mut y[..n], at)?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshipped_streams_are_found_by_their_bytes_across_epochs() {
+        let out = std::env::temp_dir().join(format!("rayshape-reshipped-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let line = |s: &str| s.repeat(40).into_bytes();
+        let (raylet, gcs) = (line("raylet line\n"), line("gcs line\n"));
+        let mut written = Written::new();
+        let mut put = |rel: &str, bytes: &[u8]| {
+            let p = out.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+            written.insert(rel.to_string(), bytes.len() as u64);
+        };
+        // Shipped under the first epoch, then again (grown, renamed by rotation) under two
+        // more.
+        put("s1/raylet.out~aaaa.1", &raylet[..300]);
+        put("s1/raylet.out.1~bbbb.4", &raylet);
+        put("s1/raylet.out~cccc.2", &raylet[..400]);
+        // Same start, other bytes later: another file.
+        let mut other = raylet[..200].to_vec();
+        other.extend_from_slice(b"something else entirely");
+        put("s1/raylet.out~dddd.9", &other);
+        // The same epoch twice: two files (a rotation cascade), never one shipped twice.
+        put("s1/gcs_server.out~aaaa.2", &gcs);
+        put("s1/gcs_server.out.1~aaaa.3", &gcs[..100]);
+        // Another session, and a stream too short to tell.
+        put("s2/raylet.out~bbbb.1", &raylet);
+        put("s1/tiny~bbbb.5", b"short");
+        put("s1/tiny~cccc.6", b"short");
+        let groups = reshipped(&out, &written).unwrap();
+        assert_eq!(
+            groups,
+            vec![vec![
+                "s1/raylet.out.1~bbbb.4".to_string(),
+                "s1/raylet.out~cccc.2".to_string(),
+                "s1/raylet.out~aaaa.1".to_string(),
+            ]]
+        );
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }

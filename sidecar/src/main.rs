@@ -147,16 +147,27 @@ async fn logs_command(cmd: LogsCommand) -> ExitCode {
             file,
             out,
         } => match open_sink(sink) {
-            Ok(s) => logs::get(&s, pod, session.as_deref(), file.as_deref(), out)
-                .await
-                .map(|written| {
+            Ok(s) => match logs::get(&s, pod, session.as_deref(), file.as_deref(), out).await {
+                Ok(written) => {
                     for (f, size) in &written {
                         println!("{}\t{size}", out.join(f).display());
                     }
                     if written.is_empty() {
                         eprintln!("note: nothing matched");
                     }
-                }),
+                    logs::reshipped(out, &written).map(|groups| {
+                        for g in groups {
+                            eprintln!(
+                                "note: {} and {} begin with the same bytes: one file, shipped again from its beginning after the sidecar's checkpoint was lost or set aside; {} holds all their bytes",
+                                g[1..].join(", "),
+                                g[0],
+                                g[0]
+                            );
+                        }
+                    })
+                }
+                Err(e) => Err(e),
+            },
             Err(code) => return code,
         },
     };

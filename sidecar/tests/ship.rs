@@ -490,6 +490,13 @@ impl Writer {
     }
 }
 
+/// `logs get` of every stream of `pod` into `out`.
+async fn reassemble(sink: &SinkConfig, pod: &str, out: &Path) -> logs::Written {
+    logs::get(&Sink::open(sink).unwrap(), pod, None, None, out)
+        .await
+        .expect("no overlapping (duplicate) chunks")
+}
+
 /// Reassemble the pod's logs from the store and hold them up against what was written:
 /// every byte still on disk is in the store exactly once; what went missing was deleted
 /// before it was read, and is returned as the loss.
@@ -501,10 +508,7 @@ async fn verify(sink: &SinkConfig, written: &[Written], scratch: &Path) -> u64 {
 async fn verify_pod(sink: &SinkConfig, pod: &str, written: &[Written], scratch: &Path) -> u64 {
     let out = scratch.join("reassembled");
     let _ = std::fs::remove_dir_all(&out);
-    let s = Sink::open(sink).unwrap();
-    let got = logs::get(&s, pod, None, None, &out)
-        .await
-        .expect("no overlapping (duplicate) chunks");
+    let got = reassemble(sink, pod, &out).await;
     let mut streams: Vec<(String, Vec<u8>)> = got
         .keys()
         .map(|rel| (rel.clone(), std::fs::read(out.join(rel)).unwrap()))
@@ -967,6 +971,28 @@ async fn lost_corrupt_or_foreign_checkpoints_never_overwrite_and_are_set_aside()
         .filter(|n| n.starts_with("checkpoint.json.corrupt-"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
+    // Each file is in the store three times now, under three epochs: `logs get` says which
+    // streams are one file.
+    let out = base.join("reshipped");
+    let got = reassemble(&sink, "ml/rc/worker-1-0b5e", &out).await;
+    let groups = logs::reshipped(&out, &got).unwrap();
+    let name = |rel: &str| rel.rsplit_once('~').unwrap().0.to_string();
+    let mut streams: BTreeMap<String, usize> = BTreeMap::new();
+    for (rel, &size) in &got {
+        if size >= logs::SAME_START as u64 {
+            *streams.entry(name(rel)).or_default() += 1;
+        }
+    }
+    streams.retain(|_, n| *n > 1);
+    assert!(streams.values().any(|&n| n == 3), "{got:?}");
+    let found: BTreeMap<String, usize> = groups.iter().map(|g| (name(&g[0]), g.len())).collect();
+    assert!(
+        groups
+            .iter()
+            .all(|g| g.iter().all(|r| name(r) == name(&g[0]))),
+        "{groups:?}"
+    );
+    assert_eq!(found, streams, "{groups:?}");
 
     // Another pod's checkpoint (a volume that outlived its pod): never adopted. The new pod
     // ships every byte of the files, from their beginning, under its own name.
@@ -1342,15 +1368,7 @@ async fn a_copytruncate_between_plan_and_read_ships_no_new_bytes_as_old_ones() {
     let lost = side.metric("rayshape_sidecar_lost_bytes_total");
     assert_eq!(side.sigterm(), Some(0), "{}", side.log_text());
     let out = base.join("reassembled");
-    let got = logs::get(
-        &Sink::open(&sink).unwrap(),
-        "ml/rc/worker-1-0b5e",
-        None,
-        None,
-        &out,
-    )
-    .await
-    .expect("no overlapping chunks");
+    let got = reassemble(&sink, "ml/rc/worker-1-0b5e", &out).await;
     let mut streams: Vec<String> = got
         .keys()
         .map(|rel| String::from_utf8(std::fs::read(out.join(rel)).unwrap()).unwrap())
