@@ -150,21 +150,22 @@ pub async fn get(
     Ok(written)
 }
 
-/// Streams one file was shipped as more than once: after a checkpoint is lost or set aside,
-/// the sidecar ships every file again from its beginning under the new checkpoint's epoch
-/// (beside what is there, never over it), so the store holds the same bytes under two
-/// stream names. Each group lists such streams of one session (as in [`Written`], longest
-/// first), under different epochs, each one's bytes the start of the first's. The name may
-/// differ: a file is named as it was when each checkpoint first saw it (`raylet.out`, later
-/// `raylet.out.1`). Streams shorter than [`SAME_START`] bytes are not compared.
+/// Streams one file was probably shipped as more than once: after a checkpoint is lost or
+/// set aside, the sidecar ships every file again from its beginning under the new
+/// checkpoint's epoch (beside what is there, never over it), so the store holds the same
+/// bytes under two stream names. Each group lists such streams of one session (as in
+/// [`Written`], longest first), each under an epoch of its own, of one name but for
+/// rotation numbers (a file is named as it was when each checkpoint first saw it:
+/// `raylet.out`, later `raylet.out.1` or `raylet.1.out`), each one's bytes the start of the
+/// first's. Streams shorter than [`SAME_START`] bytes are not compared.
 pub fn reshipped(out: &Path, written: &Written) -> Result<Vec<Vec<String>>, LogsError> {
-    // Streams that could be the same file begin with the same bytes: compared in full only
-    // within such a bucket, so ten thousand worker logs cost one short read each.
-    // (session, first bytes) → (stream, epoch, size).
+    // Streams that could be the same file have one name and begin with the same bytes:
+    // compared in full only within such a bucket, so ten thousand worker logs cost one
+    // short read each. (session, name, first bytes) → (stream, epoch, size).
     type Streams<'a> = Vec<(&'a str, &'a str, u64)>;
-    let mut buckets: BTreeMap<(&str, Vec<u8>), Streams<'_>> = BTreeMap::new();
+    let mut buckets: BTreeMap<(&str, String, Vec<u8>), Streams<'_>> = BTreeMap::new();
     for (rel, &size) in written {
-        let Some((session, epoch)) = session_and_epoch(rel) else {
+        let Some((session, name, epoch)) = parts(rel) else {
             continue;
         };
         if size < SAME_START as u64 {
@@ -175,7 +176,7 @@ pub fn reshipped(out: &Path, written: &Written) -> Result<Vec<Vec<String>>, Logs
             .read_exact_at(&mut head, 0)
             .map_err(|e| LogsError::Read(out.join(rel).display().to_string(), e))?;
         buckets
-            .entry((session, head))
+            .entry((session, unrotated(name), head))
             .or_default()
             .push((rel, epoch, size));
     }
@@ -192,10 +193,13 @@ pub fn reshipped(out: &Path, written: &Written) -> Result<Vec<Vec<String>>, Logs
             }
             let (longest, epoch, _) = streams[i];
             let mut group = vec![longest.to_string()];
+            // One epoch never ships one file twice: one stream per epoch.
+            let mut epochs = vec![epoch];
             for j in i + 1..streams.len() {
                 let (rel, other, size) = streams[j];
-                if !taken[j] && other != epoch && starts_with(out, longest, rel, size)? {
+                if !taken[j] && !epochs.contains(&other) && starts_with(out, longest, rel, size)? {
                     taken[j] = true;
+                    epochs.push(other);
                     group.push(rel.to_string());
                 }
             }
@@ -210,11 +214,28 @@ pub fn reshipped(out: &Path, written: &Written) -> Result<Vec<Vec<String>>, Logs
 /// How many first bytes two streams must share to be compared as one file shipped twice.
 pub const SAME_START: usize = 64;
 
-/// `<session>` and `<epoch>` of `<session>/<name>~<epoch>.<id>`.
-fn session_and_epoch(rel: &str) -> Option<(&str, &str)> {
-    let (session, _) = rel.split_once('/')?;
-    let (_, tag) = rel.rsplit_once('~')?;
-    Some((session, tag.split_once('.').map_or(tag, |(e, _)| e)))
+/// `<session>`, `<name>` and `<epoch>` of `<session>/<name>~<epoch>.<id>`.
+fn parts(rel: &str) -> Option<(&str, &str, &str)> {
+    let (session, rest) = rel.split_once('/')?;
+    let (name, tag) = rest.rsplit_once('~')?;
+    Some((session, name, tag.split_once('.').map_or(tag, |(e, _)| e)))
+}
+
+/// A file name without its rotation numbers: `raylet.out.1` (Python's rotating handler)
+/// and `raylet.1.out` (Ray's C++ logs) are `raylet.out`.
+fn unrotated(name: &str) -> String {
+    let (dir, base) = name.rsplit_once('/').map_or(("", name), |(d, b)| (d, b));
+    let base: Vec<&str> = base
+        .split('.')
+        .enumerate()
+        .filter(|(i, p)| *i == 0 || p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        .map(|(_, p)| p)
+        .collect();
+    if dir.is_empty() {
+        base.join(".")
+    } else {
+        format!("{dir}/{}", base.join("."))
+    }
 }
 
 fn open(out: &Path, rel: &str) -> Result<std::fs::File, LogsError> {
@@ -272,19 +293,33 @@ mod tests {
         // The same epoch twice: two files (a rotation cascade), never one shipped twice.
         put("s1/gcs_server.out~aaaa.2", &gcs);
         put("s1/gcs_server.out.1~aaaa.3", &gcs[..100]);
+        // Shipped again under another epoch, rotated as Ray's C++ logs are: one stream of
+        // each epoch in the group.
+        put("s1/gcs_server.1.out~bbbb.9", &gcs);
         // Another session, and a stream too short to tell.
         put("s2/raylet.out~bbbb.1", &raylet);
         put("s1/tiny~bbbb.5", b"short");
         put("s1/tiny~cccc.6", b"short");
+        // Two workers of one job begin alike; one's bytes the start of the other's, but
+        // they are two files.
+        let job = line(":job_id:01000000\n:actor_name:Trainer\n");
+        put("s1/worker-aa.out~aaaa.10", &job);
+        put("s1/worker-bb.out~bbbb.11", &job[..300]);
         let groups = reshipped(&out, &written).unwrap();
+        let names = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
             groups,
-            vec![vec![
-                "s1/raylet.out.1~bbbb.4".to_string(),
-                "s1/raylet.out~cccc.2".to_string(),
-                "s1/raylet.out~aaaa.1".to_string(),
-            ]]
+            vec![
+                names(&["s1/gcs_server.1.out~bbbb.9", "s1/gcs_server.out~aaaa.2"]),
+                names(&[
+                    "s1/raylet.out.1~bbbb.4",
+                    "s1/raylet.out~cccc.2",
+                    "s1/raylet.out~aaaa.1",
+                ]),
+            ]
         );
+        assert_eq!(unrotated("events/event_GCS.3.log"), "events/event_GCS.log");
+        assert_eq!(unrotated("worker-01aa.12.out.2"), "worker-01aa.out");
         let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -155,16 +155,24 @@ async fn logs_command(cmd: LogsCommand) -> ExitCode {
                     if written.is_empty() {
                         eprintln!("note: nothing matched");
                     }
-                    logs::reshipped(out, &written).map(|groups| {
-                        for g in groups {
-                            eprintln!(
-                                "note: {} and {} begin with the same bytes: one file, shipped again from its beginning after the sidecar's checkpoint was lost or set aside; {} holds all their bytes",
-                                g[1..].join(", "),
-                                g[0],
-                                g[0]
-                            );
+                    // Advisory: everything is written, whatever this finds.
+                    match logs::reshipped(out, &written) {
+                        Ok(groups) => {
+                            let path = |rel: &String| out.join(rel).display().to_string();
+                            for g in groups {
+                                eprintln!(
+                                    "note: {} and {} begin with the same bytes: probably one file, shipped again from its beginning after the sidecar's checkpoint was lost or set aside; {} holds all their bytes",
+                                    g[1..].iter().map(path).collect::<Vec<_>>().join(", "),
+                                    path(&g[0]),
+                                    path(&g[0])
+                                );
+                            }
                         }
-                    })
+                        Err(e) => eprintln!(
+                            "warning: could not compare the streams written for files shipped twice: {e}"
+                        ),
+                    }
+                    Ok(())
                 }
                 Err(e) => Err(e),
             },

@@ -919,13 +919,15 @@ impl Shipper {
             // before or while it was read gave the new stream's bytes at the old offsets:
             // its first bytes are no longer the recorded ones. Checked after the read, so
             // that a truncation during it is seen too; the plan is then dropped, and the
-            // scan that follows counts the old bytes never read as lost.
+            // scan that follows counts the old bytes never read as lost. (A truncation
+            // just after a good read drops it too: those bytes are then gone from the
+            // disk and not shipped, so counting them lost is still exact.)
             if let Some((.., name)) = heads
                 .iter()
                 .find(|(file, len, hash, _)| !tracker::head_unchanged(file, *len, *hash))
             {
                 return Err(std::io::Error::other(format!(
-                    "{name} was truncated and written again while its planned bytes were read (its first bytes changed)"
+                    "{name} was truncated and written again after its plan was recorded (its first bytes changed)"
                 )));
             }
             Ok(bytes)

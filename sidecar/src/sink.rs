@@ -202,8 +202,12 @@ pub fn classify(e: &object_store::Error) -> Refusal {
         object_store::Error::NotFound { .. } => Refusal::NotFound,
         // A local directory's refusals come as generic errors around the system's: a
         // directory the sidecar's user may not write, or a volume mounted read-only, is
-        // fixed by permissions, as a cloud store's 403 is; neither is an outage.
-        _ if refused_locally(e) => Refusal::Unauthorized,
+        // fixed by permissions, as a cloud store's 403 is; neither is an outage. (Only
+        // there: a cloud store's connection refused by a local policy is not a 403.)
+        object_store::Error::Generic {
+            store: "LocalFileSystem",
+            ..
+        } if refused_locally(e) => Refusal::Unauthorized,
         _ => Refusal::Unreachable,
     }
 }

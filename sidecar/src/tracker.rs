@@ -125,6 +125,9 @@ struct Entry {
     verified: bool,
     /// Closed while its session was current (its writer might append again).
     closed_quiet: bool,
+    /// Compare its first bytes at the next look even if its size did not change: a plan of
+    /// it failed on them, or they were found changed.
+    recheck_head: bool,
 }
 
 impl Entry {
@@ -140,6 +143,7 @@ impl Entry {
             quiet: 0,
             verified,
             closed_quiet: false,
+            recheck_head: false,
         }
     }
 }
@@ -230,6 +234,24 @@ fn is_same(st: &FileState, file: &File, m: &std::fs::Metadata) -> bool {
         && head_unchanged(file, st.head_len, st.head_hash)
 }
 
+/// Record more of the file's first bytes (up to [`HEAD`]) if those recorded so far still
+/// begin it; `false` if they do not (truncated and written again: the recorded ones stay,
+/// for the next look to compare).
+fn extend_head(st: &mut FileState, file: &File) -> bool {
+    let Ok(h) = read_head(file, HEAD) else {
+        return true;
+    };
+    let known = st.head_len as usize;
+    if h.len() < known || checkpoint::head_hash(&h[..known]) != st.head_hash {
+        return false;
+    }
+    if h.len() > known {
+        st.head_len = h.len() as u32;
+        st.head_hash = checkpoint::head_hash(&h);
+    }
+    true
+}
+
 /// Whether the file still begins with the first bytes recorded of it (`head_len` bytes
 /// hashing to `head_hash`). Truncated and written again (copytruncate), it does not.
 pub fn head_unchanged(file: &File, head_len: u32, head_hash: u64) -> bool {
@@ -316,6 +338,7 @@ impl Tracker {
     pub fn check_soon(&mut self, id: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.next_check = 0;
+            e.recheck_head = true;
         }
     }
 
@@ -802,6 +825,7 @@ impl Tracker {
         };
         let Some(st) = ck.files.get(&id) else { return };
         let open = e.file.clone();
+        let recheck = e.recheck_head;
         let m = match &open {
             Some(f) => f.metadata(),
             None => match self.path_of(ck, id) {
@@ -863,7 +887,7 @@ impl Tracker {
         // Whether the first bytes are no longer the recorded ones: what tells a file truncated
         // and written again past the size last seen from one appended to. Read through the
         // held descriptor, or at the path of a file the descriptor cap closed.
-        let head_changed = size != st.size && st.head_len > 0 && {
+        let head_changed = (size != st.size || recheck) && st.head_len > 0 && {
             let differs = |f: &File| {
                 read_head(f, st.head_len as usize).is_ok_and(|h| {
                     h.len() < st.head_len as usize || checkpoint::head_hash(&h) != st.head_hash
@@ -900,6 +924,9 @@ impl Tracker {
                 }
             }
             return;
+        }
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.recheck_head = false;
         }
         // Truncated in place: a file shrinks no other way. Written again since, it may have
         // grown back past the size last seen (a quiet file is looked at only now and then):
@@ -955,13 +982,14 @@ impl Tracker {
             e.waiting_since = tnow;
         }
         if let Some(f) = &e.file {
-            if (st.head_len as usize) < HEAD
-                && size > u64::from(st.head_len)
-                && let Ok(h) = read_head(f, HEAD)
-            {
-                st.head_len = h.len() as u32;
-                st.head_hash = checkpoint::head_hash(&h);
-                r.changed = true;
+            if (st.head_len as usize) < HEAD && size > u64::from(st.head_len) {
+                let known = st.head_len;
+                if !extend_head(st, f) {
+                    e.recheck_head = true;
+                    e.next_check = 0;
+                } else if st.head_len != known {
+                    r.changed = true;
+                }
             }
             if m.nlink() == 0 && size == st.shipped && st.announced {
                 // Deleted, and read to its end: let it go.
@@ -1052,7 +1080,7 @@ impl Tracker {
     /// Close what needs no descriptor, open what has bytes to read, within the cap.
     fn manage_descriptors(
         &mut self,
-        ck: &Checkpoint,
+        ck: &mut Checkpoint,
         pending: &HashSet<u64>,
         now: Instant,
         r: &mut ScanReport,
@@ -1123,7 +1151,7 @@ impl Tracker {
     }
 
     /// Open a closed file again, if its path still names it.
-    fn reopen(&mut self, ck: &Checkpoint, id: u64, now: Instant, r: &mut ScanReport) {
+    fn reopen(&mut self, ck: &mut Checkpoint, id: u64, now: Instant, r: &mut ScanReport) {
         let (Some(path), Some(st)) = (self.path_of(ck, id), ck.files.get(&id)) else {
             return;
         };
@@ -1138,6 +1166,18 @@ impl Tracker {
             Ok((f, m))
                 if (m.dev(), m.ino()) == (st.dev, st.ino) && same_birth(st.born, born(&m)) =>
             {
+                // Grown while closed: its first bytes are recorded before a plan reads it,
+                // so that a truncation under the plan is seen (see `head_unchanged`).
+                if let Some(st) = ck.files.get_mut(&id)
+                    && (st.head_len as usize) < HEAD
+                {
+                    let known = st.head_len;
+                    if !extend_head(st, &f) {
+                        e.recheck_head = true;
+                    } else if st.head_len != known {
+                        r.changed = true;
+                    }
+                }
                 e.file = Some(Arc::new(f));
                 e.closed_quiet = false;
                 e.next_check = 0;
@@ -1307,6 +1347,40 @@ mod tests {
         t.scan(&mut ck, now, false);
         assert_eq!(id(&ck), third);
         assert_eq!(ck.files[&third].size, 1304);
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    /// A plan dropped because the file's first bytes changed while it was read: the file
+    /// was truncated and written again, here to the very size seen before. The next scan
+    /// reads the first bytes whatever the size, or the same plan would be made and dropped
+    /// again, over and over, until the file grew.
+    #[test]
+    fn a_file_rewritten_to_its_old_size_is_a_new_stream_once_a_plan_fails_on_it() {
+        let root = root("same-size");
+        let p = root.join("session_1/logs/c.out");
+        write(&p, &[b'a'; 1500]);
+        let mut ck = Checkpoint::new("u", None).unwrap();
+        let mut t = Tracker::new(&root, settings(16), &ck);
+        let mut now = Instant::now();
+        t.scan(&mut ck, now, false);
+        let first = *ck.files.keys().next().unwrap();
+        ck.files.get_mut(&first).unwrap().shipped = 1000;
+        std::fs::write(&p, [b'b'; 1500]).unwrap();
+        now += Duration::from_millis(200);
+        let r = t.scan(&mut ck, now, false);
+        assert_eq!(
+            *ck.files.keys().next().unwrap(),
+            first,
+            "the size alone tells nothing"
+        );
+        assert_eq!(r.lost, 0);
+        t.check_soon(first);
+        now += Duration::from_millis(200);
+        let r = t.scan(&mut ck, now, false);
+        let second = *ck.files.keys().next().unwrap();
+        assert_ne!(first, second, "a truncated file gets a new id");
+        let st = &ck.files[&second];
+        assert_eq!((st.shipped, st.size, r.lost), (0, 1500, 500));
         let _ = std::fs::remove_dir_all(root);
     }
 
@@ -1500,6 +1574,9 @@ mod tests {
             }
         }
         assert!(t.is_open(id), "reopened within the quiet bound");
+        // Its first bytes are recorded as it is opened, before any plan reads it.
+        let st = &ck.files[&id];
+        assert_eq!(u64::from(st.head_len), st.size, "{st:?}");
         assert!(ck.files[&id].size > ck.files[&id].shipped);
         assert!(t.open_files() <= 16);
         let _ = std::fs::remove_dir_all(root);

@@ -1335,7 +1335,25 @@ async fn a_copytruncate_between_plan_and_read_ships_no_new_bytes_as_old_ones() {
             .spawn()
             .unwrap(),
     ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every thread traced before the plan is made (the fsyncs come from a blocking thread).
+    let traced = || {
+        std::fs::read_dir(format!("/proc/{}/task", side.pid()))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                std::fs::read_to_string(t.path().join("status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                    })
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !traced() {
+        assert!(Instant::now() < deadline, "strace did not attach");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     w.append("app.log", more.as_bytes());
     let ck_path = root.join("rayshape/checkpoint.json");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1386,7 +1404,7 @@ async fn a_copytruncate_between_plan_and_read_ships_no_new_bytes_as_old_ones() {
     // Seen by the read of the plan, not by a scan before it.
     assert!(
         side.log_text()
-            .contains("app.log was truncated and written again while its planned bytes were read"),
+            .contains("app.log was truncated and written again after its plan was recorded"),
         "{}",
         side.log_text()
     );
