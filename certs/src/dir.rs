@@ -37,19 +37,41 @@ pub fn generate(
     Ok(())
 }
 
-/// A new serving certificate from the CA that signs (the first in `ca.crt`, key `ca.key`).
-pub fn renew(dir: &Path, names: &Names, days: u32) -> Result<(), PkiError> {
+/// A new serving certificate from the CA that signs (the first in `ca.crt`, key `ca.key`),
+/// for `names` and every name of the certificate it replaces: a renewal run without the
+/// `--namespace`, `--dns` or `--ip` the directory was made with must not drop the name the
+/// API server calls the webhook by. The names kept from the old certificate are returned.
+pub fn renew(dir: &Path, names: &Names, days: u32) -> Result<Vec<String>, PkiError> {
     let bundle = pki::read(&dir.join(CA_CERT))?;
     let signing = pki::first_certificate_pem(&bundle).ok_or_else(|| PkiError::NoCertificate {
         path: dir.join(CA_CERT),
     })?;
     let ca_key = pki::read(&dir.join(CA_KEY))?;
-    let (tls, key) = pki::new_serving(names, days, &signing, &ca_key, &dir.join(CA_CERT))?;
+    let mut names = names.clone();
+    let mut kept = Vec::new();
+    if let Ok(old) = pki::read(&dir.join(TLS_CERT))
+        && let Some(der) = pki::certificates(&old).into_iter().next()
+        && let Some((dns, ips)) = crate::x509::subject_alt_names(&der)
+    {
+        for d in dns {
+            if !names.dns.contains(&d) {
+                kept.push(d.clone());
+                names.dns.push(d);
+            }
+        }
+        for ip in ips {
+            if !names.ips.contains(&ip) {
+                kept.push(ip.to_string());
+                names.ips.push(ip);
+            }
+        }
+    }
+    let (tls, key) = pki::new_serving(&names, days, &signing, &ca_key, &dir.join(CA_CERT))?;
     // The key first: a server reading between the two writes sees a mismatch and keeps the
     // pair it has until both are new.
     pki::write(&dir.join(TLS_KEY), &key, true)?;
     pki::write(&dir.join(TLS_CERT), &tls, false)?;
-    Ok(())
+    Ok(kept)
 }
 
 /// Start a CA rotation: a new CA signs, and `ca.crt` trusts it and the old one.

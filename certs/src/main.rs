@@ -60,7 +60,8 @@ enum Command {
         force: bool,
     },
     /// Issue a new serving certificate from the CA in DIR (the one that signs: the first
-    /// in ca.crt, whose key is ca.key). Servers pick it up without a restart.
+    /// in ca.crt, whose key is ca.key), for the names given and every name of the one it
+    /// replaces. Servers pick it up without a restart.
     Renew {
         #[arg(long)]
         dir: PathBuf,
@@ -127,8 +128,17 @@ fn main() -> ExitCode {
                 out.display()
             )
         }),
-        Command::Renew { dir, who } => dir::renew(&dir, &names(&who), who.days)
-            .map(|()| eprintln!("renewed {}/tls.crt and tls.key", dir.display())),
+        Command::Renew { dir, who } => {
+            dir::renew(&dir, &names(&who), who.days).map(|kept| {
+                eprintln!("renewed {}/tls.crt and tls.key", dir.display());
+                if !kept.is_empty() {
+                    eprintln!(
+                        "kept from the certificate it replaces: {}",
+                        kept.join(", ")
+                    );
+                }
+            })
+        }
         Command::RotateCa { dir, ca_days } => dir::rotate_ca(&dir, ca_days).map(|()| {
             eprintln!(
                 "ca.crt now trusts the new CA and the old one; apply the new caBundle, then `renew`, deploy, and `finish-rotation`"

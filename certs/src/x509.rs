@@ -1,6 +1,7 @@
-//! Just enough DER to read two fields of a certificate: `notAfter`, for expiry metrics and
-//! checks, and the subject's common name, to sign again with a CA this tool made. Walking
-//! to two fields does not justify an X.509 crate.
+//! Just enough DER to read three fields of a certificate: `notAfter`, for expiry metrics
+//! and checks; the subject's common name, to sign again with a CA this tool made; and the
+//! subject alternative names, which a renewal keeps. Walking to three fields does not
+//! justify an X.509 crate.
 
 /// `notAfter` of a DER certificate, in seconds since the Unix epoch.
 pub fn not_after(der: &[u8]) -> Option<i64> {
@@ -46,6 +47,61 @@ pub fn subject_common_name(der: &[u8]) -> Option<String> {
             return None;
         }
         subject = next;
+    }
+    None
+}
+
+/// The DNS names and IP addresses of the subject alternative names extension, if the
+/// certificate has one.
+pub fn subject_alt_names(der: &[u8]) -> Option<(Vec<String>, Vec<std::net::IpAddr>)> {
+    let (cert, _) = element(der, 0x30)?;
+    let (mut tbs, _) = element(cert, 0x30)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = element(tbs, 0xa0)?.1;
+    }
+    let (_, rest) = element(tbs, 0x02)?; // serialNumber
+    let (_, rest) = element(rest, 0x30)?; // signature algorithm
+    let (_, rest) = element(rest, 0x30)?; // issuer
+    let (_, rest) = element(rest, 0x30)?; // validity
+    let (_, rest) = element(rest, 0x30)?; // subject
+    let (_, mut rest) = element(rest, 0x30)?; // subjectPublicKeyInfo
+    // issuerUniqueID [1], subjectUniqueID [2], then extensions [3]
+    while let Some(&tag) = rest.first() {
+        let (value, next) = any_element(rest)?;
+        if tag != 0xa3 {
+            rest = next;
+            continue;
+        }
+        let (mut exts, _) = element(value, 0x30)?;
+        const SAN: [u8; 3] = [0x55, 0x1d, 0x11]; // 2.5.29.17
+        while !exts.is_empty() {
+            let (ext, next) = element(exts, 0x30)?;
+            let (oid, mut body) = element(ext, 0x06)?;
+            if oid == SAN {
+                if body.first() == Some(&0x01) {
+                    body = any_element(body)?.1; // critical
+                }
+                let (octets, _) = element(body, 0x04)?;
+                let (mut names, _) = element(octets, 0x30)?;
+                let (mut dns, mut ips) = (Vec::new(), Vec::new());
+                while let Some(&tag) = names.first() {
+                    let (v, next) = any_element(names)?;
+                    match tag {
+                        0x82 => dns.push(String::from_utf8(v.to_vec()).ok()?),
+                        0x87 => ips.push(match v.len() {
+                            4 => std::net::IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
+                            16 => std::net::IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
+                            _ => return None,
+                        }),
+                        _ => {}
+                    }
+                    names = next;
+                }
+                return Some((dns, ips));
+            }
+            exts = next;
+        }
+        return None;
     }
     None
 }
@@ -138,6 +194,40 @@ mod tests {
             Some("rayshape CA 2026-11-29")
         );
         assert_eq!(subject_common_name(b"\x30\x00"), None);
+    }
+
+    #[test]
+    fn reads_the_subject_alternative_names() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["a.example".into(), "b.ns.svc".into()]).unwrap();
+        for ip in ["127.0.0.1", "fd00::7"] {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(ip.parse().unwrap()));
+        }
+        params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "x@y.example".try_into().unwrap(),
+        ));
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "a");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            subject_alt_names(cert.der()),
+            Some((
+                vec!["a.example".to_string(), "b.ns.svc".to_string()],
+                vec!["127.0.0.1".parse().unwrap(), "fd00::7".parse().unwrap()]
+            ))
+        );
+        // Without the extension.
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "a");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(subject_alt_names(cert.der()), None);
+        assert_eq!(subject_alt_names(b"\x30\x03\x30\x01\x00"), None);
     }
 
     #[test]

@@ -138,6 +138,41 @@ fn generate_check_and_rotate_with_overlap() {
     assert_eq!(one.matches("BEGIN CERTIFICATE").count(), 1);
     assert!(run(&["check", "--dir", d], None).status.success());
 
+    // Made for another namespace and an IP; renewed a year later without either: the
+    // names the API server and the sidecars use are kept.
+    let ns = dir.join("ns");
+    let n = ns.to_str().unwrap();
+    let made = run(
+        &[
+            "generate",
+            "--out",
+            n,
+            "--namespace",
+            "ml-infra",
+            "--ip",
+            "10.0.0.7",
+        ],
+        None,
+    );
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let renewed = run(&["renew", "--dir", n], None);
+    assert!(renewed.status.success(), "{}", text(&renewed.stderr));
+    assert!(
+        text(&renewed.stderr).contains(
+            "kept from the certificate it replaces: rayshape-webhook.ml-infra, rayshape-webhook.ml-infra.svc, rayshape-webhook.ml-infra.svc.cluster.local, 10.0.0.7"
+        ),
+        "{}",
+        text(&renewed.stderr)
+    );
+    for name in [
+        "rayshape-webhook.ml-infra.svc",
+        "10.0.0.7",
+        "rayshape-webhook.rayshape-system.svc",
+    ] {
+        let check = run(&["check", "--dir", n, "--name", name], None);
+        assert!(check.status.success(), "{name}: {}", text(&check.stdout));
+    }
+
     let secret = text(&run(&["secret", "--dir", d], None).stdout);
     assert!(
         secret.contains("type: kubernetes.io/tls")

@@ -1774,7 +1774,7 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
         &rendered,
     );
     // The caBundle is the generated CA, and the Secret holds what the Deployment mounts.
-    let bundle = ca_bundle(&work.join("certs"));
+    let bundle = ca_bundle(&work.join("pki"));
     let mwc = own_json(
         &c,
         &own,
@@ -1796,7 +1796,7 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
         {
             let mut cmd = Command::new(certs_bin());
             cmd.args(["check", "--dir"])
-                .arg(work.join("certs"))
+                .arg(work.join("pki"))
                 .args(["--webhook-config", "-"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
@@ -1805,7 +1805,9 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
         Some(&mwc.to_string()),
     );
     ok_out("rayshape-certs check --webhook-config", out);
-    // The guide's upgrade (the same apply again) changes nothing and works.
+    // The guide's upgrade (the same apply again) changes nothing and works, also from a
+    // fresh clone, which lacks the ignored ca-bundle.env.
+    std::fs::remove_file(work.join("manifests/components/self-managed/ca-bundle.env")).unwrap();
     run_guide(&c, &own, &work, "upgrade-kustomize");
     assert_installed(&c, &own, "guide: upgrade", &rendered);
     run_guide(&c, &own, &work, "uninstall-kustomize");
@@ -1835,7 +1837,7 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
     run_guide(&c, &own, &work, "generic-helm");
     let status = helm_status(&own);
     assert!(status.contains("STATUS: deployed"), "{status}");
-    let bundle = ca_bundle(&work.join("certs"));
+    let bundle = ca_bundle(&work.join("pki"));
     let mwc = own_json(
         &c,
         &own,
