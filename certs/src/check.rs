@@ -41,6 +41,34 @@ pub fn verify_chain(
         .map_err(|e| e.to_string())
 }
 
+/// Whether a CA of `roots` signed `leaf`, judged at the last second of its validity: an
+/// expired certificate is still one to renew.
+pub fn signed_by(leaf: &CertificateDer<'_>, roots: &[CertificateDer<'_>]) -> bool {
+    let Some(not_after) = crate::x509::not_after(leaf) else {
+        return false;
+    };
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        // A root that is not usable signs nothing.
+        let _ = store.add(r.clone().into_owned());
+    }
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(leaf) else {
+        return false;
+    };
+    let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(not_after.saturating_sub(1)).unwrap_or(0),
+    ));
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &store,
+        &[],
+        at,
+        provider.signature_verification_algorithms.all,
+    )
+    .is_ok()
+}
+
 /// The `caBundle` of every webhook in a rendered configuration (YAML or JSON, one or more
 /// documents, `MutatingWebhookConfiguration`s or a `List`), by webhook name.
 pub fn ca_bundles(rendered: &str) -> Result<Vec<(String, Option<String>)>, String> {

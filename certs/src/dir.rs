@@ -38,39 +38,81 @@ pub fn generate(
 }
 
 /// A new serving certificate from the CA that signs (the first in `ca.crt`, key `ca.key`),
-/// for `names` and every name of the certificate it replaces: a renewal run without the
-/// `--namespace`, `--dns` or `--ip` the directory was made with must not drop the name the
-/// API server calls the webhook by. The names kept from the old certificate are returned.
-pub fn renew(dir: &Path, names: &Names, days: u32) -> Result<Vec<String>, PkiError> {
+/// for `names` and, unless `replace`, every name of the certificate it replaces: a renewal
+/// run without the `--namespace`, `--dns` or `--ip` the directory was made with must not
+/// drop the name the API server calls the webhook by. The names kept are returned. A
+/// `tls.crt` whose names cannot be read, or that no CA of `ca.crt` issued, is an error
+/// (with `replace`, it is simply replaced).
+pub fn renew(dir: &Path, names: &Names, days: u32, replace: bool) -> Result<Vec<String>, PkiError> {
     let bundle = pki::read(&dir.join(CA_CERT))?;
     let signing = pki::first_certificate_pem(&bundle).ok_or_else(|| PkiError::NoCertificate {
         path: dir.join(CA_CERT),
     })?;
     let ca_key = pki::read(&dir.join(CA_KEY))?;
+    let old_path = dir.join(TLS_CERT);
     let mut names = names.clone();
-    let mut kept = Vec::new();
-    if let Ok(old) = pki::read(&dir.join(TLS_CERT))
-        && let Some(der) = pki::certificates(&old).into_iter().next()
-        && let Some((dns, ips)) = crate::x509::subject_alt_names(&der)
-    {
-        for d in dns {
-            if !names.dns.contains(&d) {
-                kept.push(d.clone());
-                names.dns.push(d);
+    let kept = if replace {
+        Vec::new()
+    } else {
+        match pki::read(&old_path) {
+            Err(PkiError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Vec::new()
             }
+            Err(e) => return Err(e),
+            Ok(old) => keep_names(&old, &old_path, &bundle, &mut names)?,
         }
-        for ip in ips {
-            if !names.ips.contains(&ip) {
-                kept.push(ip.to_string());
-                names.ips.push(ip);
-            }
-        }
-    }
-    let (tls, key) = pki::new_serving(&names, days, &signing, &ca_key, &dir.join(CA_CERT))?;
+    };
+    let (tls, key) = pki::new_serving(&names, days, &signing, &ca_key, &dir.join(CA_CERT))
+        .map_err(|e| match e {
+            PkiError::Invalid(why) if !kept.is_empty() => PkiError::Invalid(format!(
+                "{why} (names kept from {}: {}; give the names it must have with --replace-names)",
+                old_path.display(),
+                kept.join(", ")
+            )),
+            e => e,
+        })?;
     // The key first: a server reading between the two writes sees a mismatch and keeps the
     // pair it has until both are new.
     pki::write(&dir.join(TLS_KEY), &key, true)?;
     pki::write(&dir.join(TLS_CERT), &tls, false)?;
+    Ok(kept)
+}
+
+/// Add the names of the certificate in `old` (PEM, from `path`) to `names`; the ones added.
+fn keep_names(
+    old: &str,
+    path: &Path,
+    bundle: &str,
+    names: &mut Names,
+) -> Result<Vec<String>, PkiError> {
+    let refuse = |why: &str| {
+        PkiError::Invalid(format!(
+            "cannot keep the names of {}: {why}; give the names the certificate must have (--service, --namespace, --dns, --ip) and --replace-names",
+            path.display()
+        ))
+    };
+    let der = pki::certificates(old)
+        .into_iter()
+        .next()
+        .ok_or_else(|| refuse("it holds no PEM certificate"))?;
+    let sans = crate::x509::subject_alt_names(&der).map_err(refuse)?;
+    // Names of a certificate another CA issued are not ours to sign again.
+    if !check::signed_by(&der, &pki::certificates(bundle)) {
+        return Err(refuse("no CA of ca.crt issued it"));
+    }
+    let mut kept = Vec::new();
+    for d in sans.dns {
+        if !names.dns.iter().any(|n| n.eq_ignore_ascii_case(&d)) {
+            kept.push(d.clone());
+            names.dns.push(d);
+        }
+    }
+    for ip in sans.ips {
+        if !names.ips.contains(&ip) {
+            kept.push(ip.to_string());
+            names.ips.push(ip);
+        }
+    }
     Ok(kept)
 }
 

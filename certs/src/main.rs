@@ -67,6 +67,10 @@ enum Command {
         dir: PathBuf,
         #[command(flatten)]
         who: Who,
+        /// Issue for exactly the names given, dropping those of the certificate it
+        /// replaces.
+        #[arg(long)]
+        replace_names: bool,
     },
     /// Start a CA rotation: a new CA signs from now on, and ca.crt holds both the new and
     /// the old one, so clients trust either. Then: apply the new caBundle, `renew`, deploy
@@ -128,8 +132,12 @@ fn main() -> ExitCode {
                 out.display()
             )
         }),
-        Command::Renew { dir, who } => {
-            dir::renew(&dir, &names(&who), who.days).map(|kept| {
+        Command::Renew {
+            dir,
+            who,
+            replace_names,
+        } => {
+            dir::renew(&dir, &names(&who), who.days, replace_names).map(|kept| {
                 eprintln!("renewed {}/tls.crt and tls.key", dir.display());
                 if !kept.is_empty() {
                     eprintln!(

@@ -3,8 +3,17 @@
 //! subject alternative names, which a renewal keeps. Walking to three fields does not
 //! justify an X.509 crate.
 
-/// `notAfter` of a DER certificate, in seconds since the Unix epoch.
-pub fn not_after(der: &[u8]) -> Option<i64> {
+/// The fields of a certificate's tbsCertificate up to its subject, and what follows.
+struct Tbs<'a> {
+    /// The content of `validity`.
+    validity: &'a [u8],
+    /// The subject's Name, header included.
+    subject: &'a [u8],
+    /// subjectPublicKeyInfo, the unique IDs and the extensions.
+    rest: &'a [u8],
+}
+
+fn tbs(der: &[u8]) -> Option<Tbs<'_>> {
     let (cert, _) = element(der, 0x30)?;
     let (mut tbs, _) = element(cert, 0x30)?;
     // version [0] EXPLICIT, optional
@@ -14,24 +23,26 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
     let (_, rest) = element(tbs, 0x02)?; // serialNumber
     let (_, rest) = element(rest, 0x30)?; // signature algorithm
     let (_, rest) = element(rest, 0x30)?; // issuer
-    let (validity, _) = element(rest, 0x30)?;
-    let (_, after) = any_element(validity)?; // notBefore
+    let (validity, rest) = element(rest, 0x30)?;
+    let (_, after_subject) = element(rest, 0x30)?;
+    let subject = rest.get(..rest.len() - after_subject.len())?;
+    Some(Tbs {
+        validity,
+        subject,
+        rest: after_subject,
+    })
+}
+
+/// `notAfter` of a DER certificate, in seconds since the Unix epoch.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, after) = any_element(tbs(der)?.validity)?; // notBefore
     let (tag, value) = (after.first().copied()?, any_element(after)?.0);
     time(tag, value)
 }
 
 /// The subject's common name (the first CN attribute), if it has one.
 pub fn subject_common_name(der: &[u8]) -> Option<String> {
-    let (cert, _) = element(der, 0x30)?;
-    let (mut tbs, _) = element(cert, 0x30)?;
-    if tbs.first() == Some(&0xa0) {
-        tbs = element(tbs, 0xa0)?.1;
-    }
-    let (_, rest) = element(tbs, 0x02)?; // serialNumber
-    let (_, rest) = element(rest, 0x30)?; // signature algorithm
-    let (_, rest) = element(rest, 0x30)?; // issuer
-    let (_, rest) = element(rest, 0x30)?; // validity
-    let (mut subject, _) = element(rest, 0x30)?;
+    let (mut subject, _) = element(tbs(der)?.subject, 0x30)?;
     const CN: [u8; 3] = [0x55, 0x04, 0x03]; // 2.5.4.3
     while !subject.is_empty() {
         let (set, next) = element(subject, 0x31)?;
@@ -51,59 +62,65 @@ pub fn subject_common_name(der: &[u8]) -> Option<String> {
     None
 }
 
-/// The DNS names and IP addresses of the subject alternative names extension, if the
-/// certificate has one.
-pub fn subject_alt_names(der: &[u8]) -> Option<(Vec<String>, Vec<std::net::IpAddr>)> {
-    let (cert, _) = element(der, 0x30)?;
-    let (mut tbs, _) = element(cert, 0x30)?;
-    if tbs.first() == Some(&0xa0) {
-        tbs = element(tbs, 0xa0)?.1;
-    }
-    let (_, rest) = element(tbs, 0x02)?; // serialNumber
-    let (_, rest) = element(rest, 0x30)?; // signature algorithm
-    let (_, rest) = element(rest, 0x30)?; // issuer
-    let (_, rest) = element(rest, 0x30)?; // validity
-    let (_, rest) = element(rest, 0x30)?; // subject
-    let (_, mut rest) = element(rest, 0x30)?; // subjectPublicKeyInfo
+/// A certificate's subject alternative names that a renewal keeps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sans {
+    pub dns: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+/// The DNS names and IP addresses of the subject alternative names extension (none if the
+/// certificate has no such extension; other kinds of name are skipped). `Err` says what is
+/// malformed.
+pub fn subject_alt_names(der: &[u8]) -> Result<Sans, &'static str> {
+    let bad = "not a DER certificate";
+    let t = tbs(der).ok_or(bad)?;
+    let (_, mut rest) = element(t.rest, 0x30).ok_or(bad)?; // subjectPublicKeyInfo
+    let mut sans = Sans {
+        dns: Vec::new(),
+        ips: Vec::new(),
+    };
     // issuerUniqueID [1], subjectUniqueID [2], then extensions [3]
     while let Some(&tag) = rest.first() {
-        let (value, next) = any_element(rest)?;
+        let (value, next) = any_element(rest).ok_or(bad)?;
+        rest = next;
         if tag != 0xa3 {
-            rest = next;
             continue;
         }
-        let (mut exts, _) = element(value, 0x30)?;
+        let bad = "malformed extensions";
+        let (mut exts, _) = element(value, 0x30).ok_or(bad)?;
         const SAN: [u8; 3] = [0x55, 0x1d, 0x11]; // 2.5.29.17
         while !exts.is_empty() {
-            let (ext, next) = element(exts, 0x30)?;
-            let (oid, mut body) = element(ext, 0x06)?;
-            if oid == SAN {
-                if body.first() == Some(&0x01) {
-                    body = any_element(body)?.1; // critical
-                }
-                let (octets, _) = element(body, 0x04)?;
-                let (mut names, _) = element(octets, 0x30)?;
-                let (mut dns, mut ips) = (Vec::new(), Vec::new());
-                while let Some(&tag) = names.first() {
-                    let (v, next) = any_element(names)?;
-                    match tag {
-                        0x82 => dns.push(String::from_utf8(v.to_vec()).ok()?),
-                        0x87 => ips.push(match v.len() {
-                            4 => std::net::IpAddr::from(<[u8; 4]>::try_from(v).ok()?),
-                            16 => std::net::IpAddr::from(<[u8; 16]>::try_from(v).ok()?),
-                            _ => return None,
-                        }),
-                        _ => {}
-                    }
-                    names = next;
-                }
-                return Some((dns, ips));
-            }
+            let (ext, next) = element(exts, 0x30).ok_or(bad)?;
             exts = next;
+            let (oid, mut body) = element(ext, 0x06).ok_or(bad)?;
+            if oid != SAN {
+                continue;
+            }
+            let bad = "malformed subject alternative names";
+            if body.first() == Some(&0x01) {
+                body = any_element(body).ok_or(bad)?.1; // critical
+            }
+            let (octets, _) = element(body, 0x04).ok_or(bad)?;
+            let (mut names, _) = element(octets, 0x30).ok_or(bad)?;
+            while let Some(&tag) = names.first() {
+                let (v, next) = any_element(names).ok_or(bad)?;
+                names = next;
+                match tag {
+                    0x82 => sans.dns.push(
+                        String::from_utf8(v.to_vec()).map_err(|_| "a DNS name that is not text")?,
+                    ),
+                    0x87 => sans.ips.push(match v.len() {
+                        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(v).map_err(|_| bad)?),
+                        16 => std::net::IpAddr::from(<[u8; 16]>::try_from(v).map_err(|_| bad)?),
+                        _ => return Err("an IP address of neither 4 nor 16 bytes"),
+                    }),
+                    _ => {}
+                }
+            }
         }
-        return None;
     }
-    None
+    Ok(sans)
 }
 
 /// The content of the element at the start of `data` with the given tag, and what follows.
@@ -209,25 +226,50 @@ mod tests {
             "x@y.example".try_into().unwrap(),
         ));
         params
+            .subject_alt_names
+            .push(rcgen::SanType::URI("spiffe://c/ns/x".try_into().unwrap()));
+        params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "a");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
+        let sans = subject_alt_names(cert.der()).unwrap();
+        assert_eq!(sans.dns, ["a.example", "b.ns.svc"]);
         assert_eq!(
-            subject_alt_names(cert.der()),
-            Some((
-                vec!["a.example".to_string(), "b.ns.svc".to_string()],
-                vec!["127.0.0.1".parse().unwrap(), "fd00::7".parse().unwrap()]
-            ))
+            sans.ips,
+            [
+                "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "fd00::7".parse().unwrap()
+            ]
         );
-        // Without the extension.
+        // Every cut of it is refused or read, never a panic.
+        for n in 0..cert.der().len() {
+            let _ = subject_alt_names(&cert.der()[..n]);
+        }
+
+        // An empty subject makes the extension critical (RFC 5280); many names make its
+        // lengths take more than one byte.
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("host-{i}.rayshape.example"))
+            .collect();
+        let mut params = rcgen::CertificateParams::new(many.clone()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = params.self_signed(&key).unwrap();
+        let critical_san = [0x06, 0x03, 0x55, 0x1d, 0x11, 0x01, 0x01, 0xff];
+        assert!(cert.der().windows(8).any(|w| w == critical_san));
+        assert_eq!(subject_alt_names(cert.der()).unwrap().dns, many);
+
+        // Without the extension: no names, not an error.
         let mut params = rcgen::CertificateParams::default();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "a");
         let cert = params.self_signed(&key).unwrap();
-        assert_eq!(subject_alt_names(cert.der()), None);
-        assert_eq!(subject_alt_names(b"\x30\x03\x30\x01\x00"), None);
+        assert_eq!(
+            subject_alt_names(cert.der()).unwrap().dns,
+            Vec::<String>::new()
+        );
+        assert!(subject_alt_names(b"\x30\x03\x30\x01\x00").is_err());
     }
 
     #[test]

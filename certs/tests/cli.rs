@@ -172,6 +172,44 @@ fn generate_check_and_rotate_with_overlap() {
         let check = run(&["check", "--dir", n, "--name", name], None);
         assert!(check.status.success(), "{name}: {}", text(&check.stdout));
     }
+    // Names are dropped only when asked.
+    let replaced = run(
+        &[
+            "renew",
+            "--dir",
+            n,
+            "--namespace",
+            "ml-infra",
+            "--replace-names",
+        ],
+        None,
+    );
+    assert!(replaced.status.success(), "{}", text(&replaced.stderr));
+    let check = |name: &str| run(&["check", "--dir", n, "--name", name], None);
+    assert!(check("rayshape-webhook.ml-infra.svc").status.success());
+    let dropped = check("10.0.0.7");
+    assert_eq!(dropped.status.code(), Some(1), "{}", text(&dropped.stdout));
+    // A tls.crt no CA of ca.crt issued, or one that is not a certificate: its names are
+    // not taken, and nothing is written.
+    let foreign = std::fs::read(other.join("tls.crt")).unwrap();
+    std::fs::write(ns.join("tls.crt"), &foreign).unwrap();
+    let refused = run(&["renew", "--dir", n], None);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("no CA of ca.crt issued it")
+            && text(&refused.stderr).contains("--replace-names"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(std::fs::read(ns.join("tls.crt")).unwrap(), foreign);
+    std::fs::write(ns.join("tls.crt"), "not a certificate\n").unwrap();
+    let refused = run(&["renew", "--dir", n], None);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(
+        text(&refused.stderr).contains("it holds no PEM certificate"),
+        "{}",
+        text(&refused.stderr)
+    );
 
     let secret = text(&run(&["secret", "--dir", d], None).stdout);
     assert!(

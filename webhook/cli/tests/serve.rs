@@ -1195,7 +1195,7 @@ async fn rayshape_certs_output_serves_across_a_ca_rotation() {
     *trusted.lock().unwrap() = bundle(&read("ca.crt"));
     settle().await;
     // 2. The serving certificate from the new CA; the server picks it up.
-    dir::renew(&made, &names, 365).unwrap();
+    dir::renew(&made, &names, 365, false).unwrap();
     deploy();
     let new_leaf = bundle(&read("tls.crt"))[0].to_vec();
     let deadline = Instant::now() + Duration::from_secs(10);
