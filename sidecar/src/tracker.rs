@@ -253,10 +253,17 @@ fn extend_head(st: &mut FileState, file: &File) -> bool {
 }
 
 /// Whether the file still begins with the first bytes recorded of it (`head_len` bytes
-/// hashing to `head_hash`). Truncated and written again (copytruncate), it does not.
+/// hashing to `head_hash`); `None` if they cannot be read. Truncated and written again
+/// (copytruncate), it does not.
+fn head_matches(file: &File, head_len: u32, head_hash: u64) -> Option<bool> {
+    let h = read_head(file, head_len as usize).ok()?;
+    Some(h.len() == head_len as usize && checkpoint::head_hash(&h) == head_hash)
+}
+
+/// [`head_matches`], a file whose first bytes cannot be read counting as changed: what a
+/// plan's read must be sure of.
 pub fn head_unchanged(file: &File, head_len: u32, head_hash: u64) -> bool {
-    read_head(file, head_len as usize)
-        .is_ok_and(|h| h.len() == head_len as usize && checkpoint::head_hash(&h) == head_hash)
+    head_matches(file, head_len, head_hash) == Some(true)
 }
 
 impl Tracker {
@@ -332,9 +339,10 @@ impl Tracker {
         }
     }
 
-    /// Look at `id` again at the next scan, however quiet it has been: a plan of its bytes
-    /// could not be built as recorded (it shrank, or went), and a plan made again from the
-    /// size seen before would fail the same way.
+    /// Look at `id` again at the next scan, however quiet it has been, first bytes included
+    /// whatever its size: a plan of its bytes could not be built as recorded (it shrank,
+    /// went, or was truncated and written again), and a plan made again from what was seen
+    /// before would fail the same way.
     pub fn check_soon(&mut self, id: u64) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.next_check = 0;
@@ -888,11 +896,8 @@ impl Tracker {
         // and written again past the size last seen from one appended to. Read through the
         // held descriptor, or at the path of a file the descriptor cap closed.
         let head_changed = (size != st.size || recheck) && st.head_len > 0 && {
-            let differs = |f: &File| {
-                read_head(f, st.head_len as usize).is_ok_and(|h| {
-                    h.len() < st.head_len as usize || checkpoint::head_hash(&h) != st.head_hash
-                })
-            };
+            // A read error is not evidence of a truncation: the file stays as it is.
+            let differs = |f: &File| head_matches(f, st.head_len, st.head_hash) == Some(false);
             match &open {
                 Some(f) => differs(f),
                 None => self
