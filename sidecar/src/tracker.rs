@@ -260,8 +260,8 @@ fn head_matches(file: &File, head_len: u32, head_hash: u64) -> Option<bool> {
     Some(h.len() == head_len as usize && checkpoint::head_hash(&h) == head_hash)
 }
 
-/// [`head_matches`], a file whose first bytes cannot be read counting as changed: what a
-/// plan's read must be sure of.
+/// Whether the file still begins with its recorded first bytes, a file whose first bytes
+/// cannot be read counting as changed: what a plan's read must be sure of.
 pub fn head_unchanged(file: &File, head_len: u32, head_hash: u64) -> bool {
     head_matches(file, head_len, head_hash) == Some(true)
 }
