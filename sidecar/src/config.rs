@@ -388,8 +388,11 @@ impl Config {
             var(env::SHUTDOWN_DEADLINE).or(file.shutdown_deadline),
             Duration::from_secs(20),
         );
-        let default_listen =
-            SocketAddr::from(([0, 0, 0, 0], rayshape_contract::SIDECAR_METRICS_PORT));
+        // Every address, IPv4 and IPv6 (rayshape_telemetry::bind).
+        let default_listen = SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            rayshape_contract::SIDECAR_METRICS_PORT,
+        ));
         let listen = var(env::METRICS_LISTEN)
             .or(file.metrics_listen)
             .unwrap_or_else(|| default_listen.to_string());

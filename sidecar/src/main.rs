@@ -338,8 +338,13 @@ async fn run(config: Option<PathBuf>) -> ExitCode {
         }
     };
     let metrics = Arc::new(Metrics::new());
-    let listener = match tokio::net::TcpListener::bind(cfg.metrics_listen).await {
-        Ok(l) => l,
+    let listener = match rayshape_telemetry::bind(cfg.metrics_listen) {
+        Ok((l, fell_back)) => {
+            if let Some(e) = fell_back {
+                tracing::warn!(addr = %cfg.metrics_listen, error = %e, "no IPv6 here: metrics on IPv4 only");
+            }
+            l
+        }
         Err(e) => {
             tracing::error!(addr = %cfg.metrics_listen, error = %e, "cannot listen for metrics");
             return ExitCode::from(2);

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, Registry, TextEncoder};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -25,6 +26,43 @@ pub fn init_logging(env_var: &str) {
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .init();
+}
+
+/// A listening socket on `addr`. On `[::]`, every address, IPv4 as well as IPv6, whatever
+/// the host's `net.ipv6.bindv6only`: pods on IPv6-only clusters have no IPv4 address, and
+/// a `0.0.0.0` listener never answers them. Where the kernel has no IPv6, `[::]` falls back
+/// to `0.0.0.0`, and the error that made it fall back is returned to be logged.
+pub fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, Option<std::io::Error>)> {
+    let every_v6 = addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    match bind_socket(addr, every_v6) {
+        Ok(l) => Ok((l, None)),
+        Err(e)
+            if every_v6
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                ) =>
+        {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+            Ok((bind_socket(v4, false)?, Some(e)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn bind_socket(addr: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    // As std's and tokio's listeners do: a restarted server binds while old connections
+    // linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// A registry in the text format.
@@ -82,5 +120,35 @@ pub async fn serve_metrics(
                 .serve_connection(TokioIo::new(tcp), service);
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// `[::]` answers on IPv4 and, where the host has it, on IPv6.
+    #[tokio::test]
+    async fn every_address_takes_ipv4_and_ipv6() {
+        let (listener, fell_back) = bind("[::]:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+        if v6 {
+            assert!(fell_back.is_none(), "{fell_back:?}");
+        }
+        let mut peers: Vec<SocketAddr> = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+        if v6 {
+            peers.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)));
+        }
+        for peer in peers {
+            let mut c = tokio::net::TcpStream::connect(peer).await.unwrap();
+            let (mut s, from) = listener.accept().await.unwrap();
+            assert_eq!(from.ip().to_canonical(), peer.ip(), "{peer}");
+            c.write_all(b"x").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+        }
     }
 }

@@ -71,9 +71,12 @@ enum Command {
         /// PEM private key of that certificate.
         #[arg(long)]
         tls_key: PathBuf,
-        #[arg(long, default_value = "0.0.0.0:8443")]
+        /// Address of the webhook port (admission, bootstrap, health). `[::]` is every
+        /// address, IPv4 and IPv6 (IPv4 only where the kernel has no IPv6).
+        #[arg(long, default_value = "[::]:8443")]
         listen: std::net::SocketAddr,
-        #[arg(long, default_value = "0.0.0.0:9090")]
+        /// Address of the metrics port (plain HTTP, `GET /metrics`).
+        #[arg(long, default_value = "[::]:9090")]
         metrics_listen: std::net::SocketAddr,
         /// Seconds between checks of the configuration and certificate files.
         #[arg(long, default_value_t = 1.0)]
@@ -101,7 +104,12 @@ enum Command {
         /// Admission reviews decided at once; more wait.
         #[arg(long, default_value_t = 64)]
         max_in_flight: usize,
-        /// MiB of request bodies held at once over all connections (at least 3, the
+        /// Requests open at once over all connections (waiting for their body, waiting
+        /// their turn, being answered); past it a request is answered 503 with
+        /// Retry-After. Health checks are not counted.
+        #[arg(long, default_value_t = 4096)]
+        max_requests: usize,
+        /// MiB of request bodies held at once over all connections (at least 7, the
         /// largest body); a request that would go over is answered 503 with Retry-After.
         #[arg(long, default_value_t = 64)]
         max_body_memory: usize,
@@ -188,6 +196,7 @@ fn main() -> ExitCode {
             body_timeout,
             max_connections,
             max_in_flight,
+            max_requests,
             max_body_memory,
             threads,
         } => {
@@ -196,8 +205,15 @@ fn main() -> ExitCode {
                     Ok(std::time::Duration::from_secs_f64(v))
                 } else {
                     Err(format!(
-                        "--{name} must be a number of seconds above 0, got {v}"
+                        "--{name} must be a number of seconds above 0 and below 86400 (a day), got {v}"
                     ))
+                }
+            };
+            let count = |name: &str, v: usize| {
+                if v > 0 {
+                    Ok(v)
+                } else {
+                    Err(format!("--{name} must be 1 or more, got 0"))
                 }
             };
             let opts = (|| {
@@ -218,17 +234,22 @@ fn main() -> ExitCode {
                     shutdown_delay: if shutdown_delay == 0.0 {
                         std::time::Duration::ZERO
                     } else {
-                        secs("shutdown-delay", shutdown_delay)?
+                        secs("shutdown-delay", shutdown_delay).map_err(|_| {
+                            format!(
+                                "--shutdown-delay must be a number of seconds from 0 to below 86400 (a day), got {shutdown_delay}"
+                            )
+                        })?
                     },
                     shutdown_timeout: secs("shutdown-timeout", shutdown_timeout)?,
-                    max_connections,
-                    max_in_flight,
+                    max_connections: count("max-connections", max_connections)?,
+                    max_in_flight: count("max-in-flight", max_in_flight)?,
+                    max_requests: count("max-requests", max_requests)?,
                     max_body_memory: max_body_memory.saturating_mul(1 << 20),
                 })
             })();
-            if !(3..=65536).contains(&max_body_memory) {
+            if !(7..=65536).contains(&max_body_memory) {
                 eprintln!(
-                    "error: --max-body-memory must be between 3 and 65536 MiB (3 MiB holds the largest body), got {max_body_memory}"
+                    "error: --max-body-memory must be between 7 and 65536 MiB (7 MiB holds the largest body), got {max_body_memory}"
                 );
                 return ExitCode::from(2);
             }

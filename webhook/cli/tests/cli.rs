@@ -101,10 +101,10 @@ fn unusable_input_exits_2() {
         assert_eq!(out.status.code(), Some(2), "{input:?}");
         assert!(text(&out.stderr).contains(expect), "{input:?}: {}", text(&out.stderr));
     }
-    let big = vec![b' '; 3 * 1024 * 1024 + 10];
+    let big = vec![b' '; 7 * 1024 * 1024 + 10];
     let out = run(&["mutate"], Some(&big));
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("3 MiB"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("7 MiB"), "{}", text(&out.stderr));
     let out = run(&["mutate", "-f", "does/not/exist.yaml"], None);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot open does/not/exist.yaml"));
@@ -123,7 +123,31 @@ fn bad_serve_options_exit_2_with_what_is_accepted() {
         ),
         (
             &["--reload-interval", "0"][..],
-            "--reload-interval must be a number of seconds above 0",
+            "--reload-interval must be a number of seconds above 0 and below 86400 (a day), got 0",
+        ),
+        (
+            &["--idle-timeout", "100000"][..],
+            "--idle-timeout must be a number of seconds above 0 and below 86400 (a day), got 100000",
+        ),
+        (
+            &["--shutdown-delay", "90000"][..],
+            "--shutdown-delay must be a number of seconds from 0 to below 86400 (a day), got 90000",
+        ),
+        (
+            &["--max-connections", "0"][..],
+            "--max-connections must be 1 or more, got 0",
+        ),
+        (
+            &["--max-in-flight", "0"][..],
+            "--max-in-flight must be 1 or more, got 0",
+        ),
+        (
+            &["--max-requests", "0"][..],
+            "--max-requests must be 1 or more, got 0",
+        ),
+        (
+            &["--max-body-memory", "3"][..],
+            "--max-body-memory must be between 7 and 65536 MiB (7 MiB holds the largest body), got 3",
         ),
     ] {
         let mut all = vec![

@@ -679,6 +679,43 @@ async fn configuration_swaps_like_the_kubelet_does() {
         log.contains("the file is gone") && log.contains("\"file\":\"instance_types.yaml\""),
         "{log}"
     );
+    // A file that goes while the directory cannot be read is still noticed.
+    kubelet_write(
+        &config,
+        &[
+            ("webhook.yaml", "profile: generic\n"),
+            (
+                "instance_types.yaml",
+                "1CPU-4GB:\n  resources: {CPU: 1, memory: 4Gi}\n",
+            ),
+        ],
+    );
+    let metric = |m: &str, name: &str| Server::metric(m, name);
+    let wait = |want: f64, name: &'static str| {
+        let server = &server;
+        async move {
+            let t = Instant::now();
+            loop {
+                let m = server.metrics_text().await;
+                if metric(&m, name) == want {
+                    break;
+                }
+                assert!(t.elapsed() < Duration::from_secs(5), "{name} {m}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait(1.0, "rayshape_webhook_instance_types ").await;
+    let failures = "rayshape_webhook_config_reloads_total{result=\"failure\"}";
+    let failed = metric(&server.metrics_text().await, failures);
+    let away = root.join("config-away");
+    std::fs::rename(&config, &away).unwrap();
+    wait(failed + 1.0, failures).await;
+    std::fs::create_dir(&config).unwrap();
+    kubelet_write(&config, &[("webhook.yaml", "profile: generic\n")]);
+    wait(4.0, "rayshape_webhook_instance_types ").await;
+    let log = server.log_text();
+    assert_eq!(log.matches("the file is gone").count(), 2, "{log}");
     let _ = std::fs::remove_dir_all(root);
 }
 
@@ -695,12 +732,12 @@ async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
     // Over HTTP/2 the client gets the 413 while it is still sending, whether it declared
     // the length or not; then the connection goes on serving.
     let mut c = server.client(Alpn::H2).await.unwrap();
-    let (s, b) = c.post(vec![b' '; 3 * 1024 * 1024 + 1]).await.unwrap();
+    let (s, b) = c.post(vec![b' '; 7 * 1024 * 1024 + 1]).await.unwrap();
     assert_eq!(s, 413, "{}", String::from_utf8_lossy(&b));
     for alpn in [Alpn::H2, Alpn::H1] {
         let mut c = server.client(alpn).await.unwrap();
         let (s, b) = c
-            .post_streamed(4 * 1024 * 1024)
+            .post_streamed(8 * 1024 * 1024)
             .await
             .unwrap_or_else(|e| panic!("{alpn:?}: no response, {e}"));
         assert_eq!(s, 413, "{alpn:?}: {}", String::from_utf8_lossy(&b));
@@ -743,7 +780,7 @@ async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
     // Over HTTP/1.1: a declared oversize body is refused before it is read; an undeclared
     // (chunked) one when it passes the limit.
     let mut s = tls().await;
-    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n")
         .await
         .unwrap();
     let mut head = vec![0u8; 12];
@@ -755,7 +792,7 @@ async fn bad_requests_get_clear_answers_and_the_server_keeps_serving() {
         .unwrap();
     let chunk = format!("{:x}\r\n{}\r\n", 65536, " ".repeat(65536));
     let mut head = vec![0u8; 12];
-    for _ in 0..49 {
+    for _ in 0..113 {
         if s.write_all(chunk.as_bytes()).await.is_err() {
             break;
         }
@@ -853,16 +890,16 @@ async fn bodies_held_at_once_are_bounded() {
         &certs,
         &config,
         vec![p.ca_der.clone()],
-        &["--max-body-memory", "3"],
+        &["--max-body-memory", "7"],
     )
     .await;
     let tls = || tls_to(server.addr, &p.ca_der, None);
-    // 2 MiB of a 2.5 MiB body, and the client waits.
+    // 5 MiB of a 6 MiB body, and the client waits.
     let mut held = tls().await;
-    held.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 2621440\r\n\r\n")
+    held.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 6291456\r\n\r\n")
         .await
         .unwrap();
-    held.write_all(&vec![b' '; 2 << 20]).await.unwrap();
+    held.write_all(&vec![b' '; 5 << 20]).await.unwrap();
     held.flush().await.unwrap();
     let m = || async {
         let m = server.metrics_text().await;
@@ -874,12 +911,12 @@ async fn bodies_held_at_once_are_bounded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // A whole 2 MiB body does not fit beside it.
+    // A whole 3 MiB body does not fit beside it.
     let mut c = server.client(Alpn::H2).await.unwrap();
-    let (s, b) = c.post(vec![b' '; 2 << 20]).await.unwrap();
+    let (s, b) = c.post(vec![b' '; 3 << 20]).await.unwrap();
     assert_eq!(s, 503, "{}", String::from_utf8_lossy(&b));
     assert!(
-        String::from_utf8_lossy(&b).contains("3 MiB of request bodies"),
+        String::from_utf8_lossy(&b).contains("7 MiB of request bodies"),
         "{}",
         String::from_utf8_lossy(&b)
     );
@@ -890,7 +927,7 @@ async fn bodies_held_at_once_are_bounded() {
     drop(held);
     let started = Instant::now();
     loop {
-        let (s, b) = c.post(vec![b' '; 2 << 20]).await.unwrap();
+        let (s, b) = c.post(vec![b' '; 3 << 20]).await.unwrap();
         if s == 400 {
             assert!(String::from_utf8_lossy(&b).contains("not JSON"));
             break;
@@ -901,6 +938,93 @@ async fn bodies_held_at_once_are_bounded() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Requests open at once are bounded by `--max-requests`: clients that open requests and
+/// never send their bodies are turned away past it with 503, health checks still answer,
+/// and the slots come back when those requests go.
+#[tokio::test]
+async fn requests_open_at_once_are_bounded() {
+    let (root, certs, config, p) = setup("requests");
+    let server = Server::start(
+        &certs,
+        &config,
+        vec![p.ca_der.clone()],
+        &["--max-requests", "2"],
+    )
+    .await;
+    let tls = || tls_to(server.addr, &p.ca_der, None);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tls().await;
+        s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+            .await
+            .unwrap();
+        s.flush().await.unwrap();
+        held.push(s);
+    }
+    let started = Instant::now();
+    loop {
+        let m = server.metrics_text().await;
+        if Server::metric(&m, "rayshape_webhook_in_flight_requests ") >= 2.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = server.client(Alpn::H2).await.unwrap();
+    let (s, b) = c.post("{}").await.unwrap();
+    assert_eq!(s, 503, "{}", String::from_utf8_lossy(&b));
+    assert!(
+        String::from_utf8_lossy(&b).contains("2 requests open (--max-requests)"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert_eq!(c.get("/healthz").await.unwrap().0, 200);
+    drop(held);
+    let started = Instant::now();
+    loop {
+        let (s, _) = c.post("{}").await.unwrap();
+        if s == 400 {
+            break;
+        }
+        assert_eq!(s, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "slots not returned"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// HTTP/1.1 headers are held only up to 64 KiB: a client that sends header lines without end
+/// is answered 431 and cut off, not buffered up to hyper's default of 400 KiB.
+#[tokio::test]
+async fn endless_http1_headers_are_cut_off() {
+    let (root, certs, config, p) = setup("headers");
+    let server = Server::start(&certs, &config, vec![p.ca_der.clone()], &[]).await;
+    let mut s = tls_to(server.addr, &p.ca_der, None).await;
+    s.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let line = format!("x-pad: {}\r\n", "a".repeat(1000));
+    let mut sent = 0;
+    while sent < 128 * 1024 {
+        if s.write_all(line.as_bytes()).await.is_err() {
+            break;
+        }
+        sent += line.len();
+    }
+    let _ = s.flush().await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431"),
+        "sent {sent} bytes, got {:?}",
+        String::from_utf8_lossy(&answer)
+    );
     let _ = std::fs::remove_dir_all(root);
 }
 
@@ -1078,7 +1202,7 @@ async fn oversized_bodies_get_413_over_h2_and_h1_in_curl() {
     let ca = root.join("ca.pem");
     std::fs::write(&ca, &p.ca_pem).unwrap();
     let big = root.join("big.json");
-    std::fs::write(&big, vec![b' '; 4 * 1024 * 1024]).unwrap();
+    std::fs::write(&big, vec![b' '; 8 * 1024 * 1024]).unwrap();
     for version in ["--http2", "--http1.1"] {
         for chunked in [false, true] {
             let mut cmd = Command::new(&curl);

@@ -113,8 +113,9 @@ pub const UNREAD: &[&str] = &[
     "startupProbe",
 ];
 
-/// The API server's limit on a request body; nothing larger can be a real object.
-pub const MAX_INPUT: usize = 3 * 1024 * 1024;
+/// The largest input: an AdmissionReview of an UPDATE carries the object and the stored
+/// one, each up to the API server's 3 MiB limit on a request body, and a little more.
+pub const MAX_INPUT: usize = 7 * 1024 * 1024;
 
 /// The syntax the input came in, so output can use the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +127,7 @@ pub enum Format {
 #[derive(Debug, Error)]
 pub enum InputError {
     #[error(
-        "input is {0} bytes; the limit is {MAX_INPUT} bytes (3 MiB), the API server's own limit on an object"
+        "input is {0} bytes; the limit is {MAX_INPUT} bytes (7 MiB: an AdmissionReview of an UPDATE, two objects at the API server's 3 MiB limit and the rest)"
     )]
     TooLarge(usize),
     #[error("input is not UTF-8 text: {0}")]

@@ -63,7 +63,7 @@ impl Decision {
                     );
                 }
                 if !shaped.warnings.is_empty() {
-                    resp.insert("warnings", json!(shaped.warnings));
+                    resp.insert("warnings", json!(sent_warnings(&shaped.warnings)));
                 }
             }
             Outcome::Denied(d) => {
@@ -81,6 +81,7 @@ impl Decision {
         let mut out = Vec::with_capacity(match &self.outcome {
             Outcome::Allowed { patch, shaped, .. } => {
                 let warnings: usize = shaped.warnings.iter().map(|w| w.len() + 8).sum();
+                let warnings = warnings.min(MAX_WARNINGS * 130);
                 patch.len() * 4 / 3 + warnings + 256
             }
             Outcome::Denied(d) => d.message.len() + 256,
@@ -99,7 +100,7 @@ impl Decision {
                 }
                 if !shaped.warnings.is_empty() {
                     out.extend_from_slice(br#","warnings":["#);
-                    for (i, w) in shaped.warnings.iter().enumerate() {
+                    for (i, w) in sent_warnings(&shaped.warnings).iter().enumerate() {
                         if i > 0 {
                             out.push(b',');
                         }
@@ -131,4 +132,24 @@ impl Decision {
             Outcome::Allowed { .. } => "shaped",
         }
     }
+}
+
+/// The most warnings an answer carries. The API server stops passing warnings on once they
+/// total 4,096 characters, from every webhook and from itself, and drops what follows
+/// unsaid; at most 120 characters each, these take under half of that.
+pub const MAX_WARNINGS: usize = 16;
+
+/// `warnings` as sent: past [`MAX_WARNINGS`], the first ones and a last saying how many
+/// more there are and where to read them.
+fn sent_warnings(warnings: &[String]) -> std::borrow::Cow<'_, [String]> {
+    if warnings.len() <= MAX_WARNINGS {
+        return std::borrow::Cow::Borrowed(warnings);
+    }
+    let kept = MAX_WARNINGS - 1;
+    let mut out = warnings[..kept].to_vec();
+    out.push(format!(
+        "… and {} more warnings: `rayshape-webhook mutate` on this object prints them all",
+        warnings.len() - kept
+    ));
+    std::borrow::Cow::Owned(out)
 }

@@ -433,3 +433,64 @@ fn a_pods_own_gpu_claim_beyond_its_type_is_denied() {
             .unwrap();
     assert_eq!(view["GPU"], json!(1), "{view}");
 }
+
+/// A RayCluster of many groups, each warned about: the answer carries what the API server
+/// passes on (a bounded number, no control characters), `shape` every warning.
+#[test]
+fn many_warnings_are_bounded_and_passed_on() {
+    let cfg = Config::builtin();
+    let groups: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"groupName": format!("g{i}"), "template": {
+                "metadata": {"labels": {"rayshape.io/instance-type": "2CPU-8GB"}},
+                "spec": {"containers": [{"name": format!("ray\t{i}"),
+                    "resources": {"limits": {"cpu": "9"}}}]}}})
+        })
+        .collect();
+    let rc = json!({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "c"},
+        "spec": {"workerGroupSpecs": groups}});
+    let all = shape(&rc, None, &cfg).unwrap().warnings;
+    let replaced: Vec<&String> = all.iter().filter(|w| w.contains("replaced")).collect();
+    assert_eq!(replaced.len(), 40, "{all:?}");
+    assert!(
+        replaced[0].starts_with(r"group g0: ray\t0: 2CPU-8GB replaced"),
+        "{all:?}"
+    );
+
+    let mut r = review("CREATE", rc);
+    r["request"]["kind"] = json!({"group": "ray.io", "version": "v1", "kind": "RayCluster"});
+    let d = decide(&r, &cfg).unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(&d.response_bytes()).unwrap();
+    let warnings: Vec<&str> = sent["response"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), crate::review::MAX_WARNINGS, "{warnings:?}");
+    assert_eq!(warnings[..15], all[..15]);
+    let more = all.len() - 15;
+    assert_eq!(
+        warnings[15],
+        format!(
+            "… and {more} more warnings: `rayshape-webhook mutate` on this object prints them all"
+        )
+    );
+    assert!(warnings.iter().all(|w| !w.chars().any(char::is_control)));
+    assert_eq!(
+        String::from_utf8(d.response_bytes()).unwrap(),
+        serde_json::to_string(&d.response()).unwrap()
+    );
+}
+
+/// Repeats are dropped, the first kept in its place, however many warnings there are.
+#[test]
+fn tidy_keeps_the_first_of_each_warning() {
+    for n in [3usize, 100] {
+        let input: Vec<String> = (0..n).map(|i| format!("w{}", i % 7)).collect();
+        let want: Vec<String> = (0..n.min(7)).map(|i| format!("w{i}")).collect();
+        assert_eq!(plan::tidy(input), want);
+    }
+    let input = vec!["b".to_string(), "a".into(), "b".into(), "x\ny".into()];
+    assert_eq!(plan::tidy(input), ["b", "a", r"x\ny"]);
+}

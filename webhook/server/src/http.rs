@@ -40,8 +40,24 @@ where
     B::Error: std::fmt::Display,
 {
     // Decremented on drop: also when hyper drops this future because the client left.
-    let _in_flight = InFlight::enter(&state.metrics.in_flight);
-    let resp = route(req, &state, source).await;
+    let in_flight = InFlight::enter(&state.metrics.in_flight);
+    let health = matches!(req.uri().path(), "/healthz" | "/readyz");
+    let resp = if in_flight.count() > state.max_requests && !health {
+        // Each open request holds memory until its body comes or times out, and a client
+        // can open many on one HTTP/2 connection: past the bound they are turned away.
+        let mut r = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the server already has {} requests open (--max-requests); retry",
+                state.max_requests
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        r
+    } else {
+        route(req, &state, source).await
+    };
     state
         .metrics
         .responses
@@ -57,6 +73,11 @@ impl<'a> InFlight<'a> {
     fn enter(gauge: &'a prometheus::IntGauge) -> InFlight<'a> {
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// Requests in flight, this one included.
+    fn count(&self) -> usize {
+        usize::try_from(self.0.get()).unwrap_or(0)
     }
 }
 
@@ -167,7 +188,9 @@ where
     let too_large = || {
         text(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {MAX_INPUT} bytes (3 MiB), the API server's own limit"),
+            format!(
+                "request body over {MAX_INPUT} bytes (7 MiB), more than an AdmissionReview of two objects at the API server's 3 MiB limit"
+            ),
         )
     };
     let declared = req
@@ -225,20 +248,44 @@ where
     answer(&body, state, rayshape_engine::decide).await
 }
 
+/// The answer to a review whose handling panicked: counted, logged, and 500.
+fn internal_error(state: &State, uid: &str, panic: &(dyn std::any::Any + Send)) -> Response<Body> {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    state.metrics.panics.inc();
+    tracing::error!(uid, panic = %what, "internal error while deciding a review; the server goes on serving");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!(
+            "rayshape: internal error while deciding review {uid:?}; this is a bug, please report it with the webhook's log"
+        ),
+    )
+}
+
 /// The engine's entry point, as the server calls it.
 type Decide = fn(&rayshape_engine::json::Value, &Config) -> Result<Decision, ReviewError>;
 
-/// Decide one review's body and answer it. A panic while deciding answers this review
-/// with 500 and leaves the server serving.
+/// Decide one review's body and answer it. A panic while reading, deciding or answering
+/// answers this review with 500 and leaves the server serving.
 async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
     let started = Instant::now();
-    let doc = match rayshape_engine::decode::parse_review(body) {
-        Ok(v) => v,
-        Err(e) => return bad_request(state, format!("the body is not JSON: {e}")),
+    let parsed = std::panic::catch_unwind(|| rayshape_engine::decode::parse_review(body));
+    let doc = match parsed {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return bad_request(state, format!("the body is not JSON: {e}")),
+        Err(panic) => return internal_error(state, "", &*panic),
     };
     let cfg = state.config();
-    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| decide(&doc, &cfg)));
-    let decision = match decided {
+    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        decide(&doc, &cfg).map(|d| {
+            let out = d.response_bytes();
+            (d, out)
+        })
+    }));
+    let (decision, out) = match decided {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             return bad_request(
@@ -251,22 +298,9 @@ async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
                 .pointer("/request/uid")
                 .and_then(rayshape_engine::json::Value::as_str)
                 .unwrap_or("");
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            state.metrics.panics.inc();
-            tracing::error!(uid, panic = %what, "internal error while deciding a review; the server goes on serving");
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "rayshape: internal error while deciding review {uid:?}; this is a bug, please report it with the webhook's log"
-                ),
-            );
+            return internal_error(state, uid, &*panic);
         }
     };
-    let out = decision.response_bytes();
     let elapsed = started.elapsed();
     let m = &state.metrics;
     let result = decision.result_label();
@@ -343,7 +377,7 @@ where
                 let have = held_kib.as_ref().map_or(0, SemaphorePermit::num_permits);
                 let need = (held + data.len()).div_ceil(1024).saturating_sub(have);
                 if need > 0 {
-                    // MAX_INPUT is 3 MiB: the count fits.
+                    // MAX_INPUT is 7 MiB: the count fits.
                     let Ok(more) = budget.try_acquire_many(need as u32) else {
                         return Ok(Err(Over::Budget));
                     };

@@ -58,6 +58,8 @@ pub struct Options {
     pub max_connections: usize,
     /// Admissions decided at once; more wait their turn.
     pub max_in_flight: usize,
+    /// Requests open at once, health checks aside; more are answered 503.
+    pub max_requests: usize,
     /// Bytes of request bodies held at once, over all connections; a body that would go
     /// over is answered 503 (at least [`MAX_INPUT`](rayshape_engine::decode::MAX_INPUT)).
     pub max_body_memory: usize,
@@ -76,6 +78,8 @@ pub struct State {
     /// Request bodies held, in KiB, against `body_memory`.
     bodies: Semaphore,
     body_memory: usize,
+    /// Requests open at once past which one is answered 503 (`--max-requests`).
+    pub max_requests: usize,
     pub bootstrap: bootstrap::Bootstrap,
 }
 
@@ -92,6 +96,7 @@ impl State {
         State {
             bodies: Semaphore::new(body_memory / 1024),
             body_memory,
+            max_requests: usize::MAX,
             bootstrap,
             config: RwLock::new(Arc::new(cfg)),
             metrics: Metrics::new(),
@@ -182,13 +187,15 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
     if let Err(e) = &api {
         tracing::warn!(error = %e, "bootstrap requests will be answered 503 until the webhook runs with API access");
     }
-    let state = Arc::new(State::new(
+    let mut state = State::new(
         cfg.clone(),
         opts.max_in_flight,
         opts.body_timeout,
         opts.max_body_memory,
         bootstrap::Bootstrap::new(api),
-    ));
+    );
+    state.max_requests = opts.max_requests;
+    let state = Arc::new(state);
     state.install(cfg);
     tracing::info!(dir = %opts.config_dir.display(), "configuration loaded");
     let mut reloader = Reloader {
@@ -196,23 +203,22 @@ pub async fn run(opts: Options) -> Result<(), StartError> {
         opts: opts.clone(),
         provider: provider.clone(),
         seen_config: Some(sources),
+        config_unreadable: false,
         seen_cert: None,
     };
     reloader.check_certificate();
     let tls_config = Arc::new(tls::server_config(provider, state.resolver.clone())?);
 
-    let listener = TcpListener::bind(opts.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: opts.listen,
-            source,
-        })?;
-    let metrics_listener = TcpListener::bind(opts.metrics_listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: opts.metrics_listen,
-            source,
-        })?;
+    let listen = |addr: SocketAddr| {
+        let (l, fell_back) =
+            rayshape_telemetry::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+        if let Some(e) = fell_back {
+            tracing::warn!(%addr, error = %e, "no IPv6 here: listening on IPv4 only");
+        }
+        Ok::<_, StartError>(l)
+    };
+    let listener = listen(opts.listen)?;
+    let metrics_listener = listen(opts.metrics_listen)?;
     tracing::info!(listen = %listener.local_addr().map_or(opts.listen, |a| a), metrics = %metrics_listener.local_addr().map_or(opts.metrics_listen, |a| a), "serving");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -301,13 +307,18 @@ async fn accept_loop(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_timeout)
+        // What a client may send before its headers end is held: hyper's default of
+        // 400 KiB, at --max-connections, would be 400 MiB.
+        .max_buf_size(64 * 1024)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
-        .max_concurrent_streams(256);
+        // The API server's client opens another connection past it; a client holding
+        // many requests open takes its share of --max-requests a connection at a time.
+        .max_concurrent_streams(64);
     let builder = Arc::new(builder);
     // Refusals come in floods when they come: logged at most once a second (all counted).
     let mut refusal_logged: Option<tokio::time::Instant> = None;
@@ -470,6 +481,8 @@ struct Reloader {
     /// The last sources seen, loaded or refused: a refused version is not retried (nor
     /// logged again) until the files change.
     seen_config: Option<Sources>,
+    /// The directory could not be read at the last check (counted and logged once).
+    config_unreadable: bool,
     seen_cert: Option<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -491,8 +504,9 @@ impl Reloader {
             Ok(s) => s,
             Err(e) => {
                 // A half-written directory reads as an error; only count it once per state.
-                if self.seen_config.is_some() {
-                    self.seen_config = None;
+                // What was seen before stays, to tell which files went meanwhile.
+                if !self.config_unreadable {
+                    self.config_unreadable = true;
                     self.state.metrics.config_refused.set(1);
                     self.state
                         .metrics
@@ -504,7 +518,8 @@ impl Reloader {
                 return;
             }
         };
-        if self.seen_config.as_ref() == Some(&sources) {
+        let recovered = std::mem::take(&mut self.config_unreadable);
+        if self.seen_config.as_ref() == Some(&sources) && !recovered {
             return;
         }
         for w in config_dir::unknown_files(&self.opts.config_dir) {

@@ -474,7 +474,7 @@ impl Settings {
                     FILE,
                     None,
                     format!("bootstrap.namespaces[{i}]"),
-                    format!("{ns:?} is not a namespace name"),
+                    format!("{ns:?} is not a namespace name {NAMESPACE_NAME}"),
                 );
             }
         }
@@ -501,28 +501,38 @@ impl Settings {
                 );
             }
         }
-        if !(b.rate_per_second.is_finite() && b.rate_per_second > 0.0) || b.burst == 0 {
+        if !(b.rate_per_second.is_finite() && b.rate_per_second > 0.0) {
             r.error(
                 FILE,
                 None,
-                "bootstrap",
-                "ratePerSecond and burst must be above 0",
+                "bootstrap.ratePerSecond",
+                format!(
+                    "{} is not a number of bootstraps per second above 0",
+                    b.rate_per_second
+                ),
             );
         }
-        for (i, ns) in self
-            .namespaces
-            .include
-            .iter()
-            .chain(&self.namespaces.exclude)
-            .enumerate()
-        {
-            if !is_dns_label(ns) {
-                r.error(
-                    FILE,
-                    None,
-                    format!("namespaces[{i}]"),
-                    format!("{ns:?} is not a namespace name"),
-                );
+        if b.burst == 0 {
+            r.error(
+                FILE,
+                None,
+                "bootstrap.burst",
+                "0 is not a number of bootstraps above 0",
+            );
+        }
+        for (list, names) in [
+            ("include", &self.namespaces.include),
+            ("exclude", &self.namespaces.exclude),
+        ] {
+            for (i, ns) in names.iter().enumerate() {
+                if !is_dns_label(ns) {
+                    r.error(
+                        FILE,
+                        None,
+                        format!("namespaces.{list}[{i}]"),
+                        format!("{ns:?} is not a namespace name {NAMESPACE_NAME}"),
+                    );
+                }
             }
         }
     }
@@ -554,6 +564,9 @@ impl Settings {
         key
     }
 }
+
+/// What a namespace name may be, for messages.
+const NAMESPACE_NAME: &str = "(a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63)";
 
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -635,6 +648,26 @@ mod tests {
             all[1].contains("accepted: generic, eks, karpenter, gke, aks"),
             "{all:#?}"
         );
+    }
+
+    /// Each bad value is reported at its own place, with what would be accepted.
+    #[test]
+    fn namespaces_and_rates_are_reported_where_they_are() {
+        let mut r = Report::default();
+        let yaml = "namespaces: {include: [a], exclude: [kube-system, Bad_NS]}\nbootstrap: {ratePerSecond: 0, burst: 0, namespaces: [-x]}\n";
+        assert!(Settings::load(yaml, &mut r).is_none());
+        let all: Vec<String> = r.errors.iter().map(|p| p.to_string()).collect();
+        for want in [
+            "namespaces.exclude[1]: \"Bad_NS\" is not a namespace name (a DNS label: lowercase",
+            "bootstrap.namespaces[0]: \"-x\" is not a namespace name (a DNS label",
+            "bootstrap.ratePerSecond: 0 is not a number of bootstraps per second above 0",
+            "bootstrap.burst: 0 is not a number of bootstraps above 0",
+        ] {
+            assert!(
+                all.iter().any(|e| e.contains(want)),
+                "{want:?} not in {all:#?}"
+            );
+        }
     }
 
     #[test]

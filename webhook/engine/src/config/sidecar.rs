@@ -81,7 +81,7 @@ fn container(s: &Settings, bootstrap_ca: Option<&str>) -> Value {
         env.push(json!({"name": env::BOOTSTRAP_CA, "value": ca}));
     }
     env.extend([
-        json!({"name": env::METRICS_LISTEN, "value": format!("0.0.0.0:{}", sc.metrics_port)}),
+        json!({"name": env::METRICS_LISTEN, "value": format!("[::]:{}", sc.metrics_port)}),
     ]);
     // The sink is not in the environment: the bootstrap hands it to a verified sidecar, so
     // a pod cannot learn another's, and changing it needs no new pods.

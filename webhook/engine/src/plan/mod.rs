@@ -246,21 +246,56 @@ pub fn record_key(cfg: &Config) -> String {
     cfg.settings.key(keys::SHAPED)
 }
 
-/// Deduplicate, and keep each warning within the 120 characters Kubernetes advises.
+/// Deduplicate, and make each warning one the API server passes on: within the 120
+/// characters Kubernetes advises, and without control characters (a group or container
+/// name with a tab or a newline), for which it drops the warning unsaid.
 pub fn tidy(warnings: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+    let mut out: Vec<String> = Vec::with_capacity(warnings.len());
     for w in warnings {
-        let w = if w.chars().count() > 120 {
-            let cut: String = w.chars().take(119).collect();
-            format!("{cut}…")
-        } else {
-            w
-        };
-        if !out.contains(&w) {
+        let w = fit_warning(w);
+        // Few, as a rule; thousands from a RayCluster of thousands of groups are
+        // deduplicated below instead of by a scan for each.
+        if out.len() > 32 || !out.contains(&w) {
             out.push(w);
         }
     }
+    if out.len() > 32 {
+        let mut order: Vec<usize> = (0..out.len()).collect();
+        order.sort_by(|&a, &b| out[a].cmp(&out[b]).then(a.cmp(&b)));
+        let mut repeat = vec![false; out.len()];
+        for pair in order.windows(2) {
+            if let [first, then] = *pair
+                && out[first] == out[then]
+            {
+                repeat[then] = true;
+            }
+        }
+        let mut repeats = repeat.into_iter();
+        out.retain(|_| !repeats.next().unwrap_or(false));
+    }
     out
+}
+
+fn fit_warning(w: String) -> String {
+    let w = if w.chars().any(char::is_control) {
+        w.chars()
+            .fold(String::with_capacity(w.len() + 8), |mut s, c| {
+                if c.is_control() {
+                    s.extend(c.escape_debug());
+                } else {
+                    s.push(c);
+                }
+                s
+            })
+    } else {
+        w
+    };
+    if w.chars().count() > 120 {
+        let cut: String = w.chars().take(119).collect();
+        format!("{cut}…")
+    } else {
+        w
+    }
 }
 
 /// Why the Ray container is the one it is.

@@ -26,8 +26,8 @@ use crate::primitives::pod;
 use crate::primitives::quantity::Quantity;
 use crate::primitives::vecmap::VecMap;
 use rayshape_contract::keys;
-use rayshape_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use rayshape_json::{Map, Str, Value, json};
+use std::collections::{BTreeMap, HashMap};
 
 /// KubeRay's default autoscaler container resources (`BuildAutoscalerContainer`).
 const AUTOSCALER: (&str, &str, &str, &str) = ("500m", "512Mi", "500m", "512Mi");
@@ -105,12 +105,22 @@ pub fn plan<'c>(
     };
     let record_key = cfg.settings.key(keys::SHAPED);
     let old_record = old.and_then(|o| record_of(o, &record_key));
-    let old_spec = old.and_then(|o| pod::at(o, kind.spec_path));
+    let mut old_record = old_record.as_ref().map(Map::lookup);
+    // The stored object's groups by name, found once: looked up per group (as the record
+    // is), thousands of groups would cost their square.
+    let mut old_groups: HashMap<String, &Value> = HashMap::new();
+    if let Some(s) = old.and_then(|o| pod::at(o, kind.spec_path)) {
+        for g in groups(s, kind) {
+            // Names should be unique (the API server does not check): the first counts.
+            old_groups.entry(g.name).or_insert(g.spec);
+        }
+    }
     let extras = Extras::of(obj, spec, kind);
     let type_key = cfg.settings.key(keys::INSTANCE_TYPE);
 
     let mut faults = Vec::new();
-    let mut record = Map::new();
+    // Made a map at the end, hashed: inserting one by one scans what is there.
+    let mut record: Vec<(Str, Value)> = Vec::new();
     for g in groups(spec, kind) {
         let Some(template) = g.spec.get("template") else {
             continue;
@@ -128,15 +138,15 @@ pub fn plan<'c>(
             continue;
         };
         // An UPDATE that leaves a shaped group as it was keeps its shape.
-        let before = old_spec.and_then(|s| find_group(s, kind, &g.name));
+        let before = old_groups.get(&g.name).copied();
         let shaped_before = old_record
-            .as_ref()
+            .as_mut()
             .and_then(|r| r.get(&g.name))
             .filter(|e| e.get("instanceType").and_then(Value::as_str) == Some(type_name));
         if let (Some(b), Some(entry)) = (before, shaped_before)
             && same_group(b, g.spec)
         {
-            record.insert(g.name.clone(), entry.clone());
+            record.push((g.name.as_str().into(), entry.clone()));
             out.kept.push(g.name);
             continue;
         }
@@ -153,10 +163,10 @@ pub fn plan<'c>(
                     group.changed = b != g.spec;
                 }
                 out.warnings.extend(warnings);
-                record.insert(
-                    g.name.clone(),
+                record.push((
+                    g.name.as_str().into(),
                     json!({"instanceType": it.name, "definition": it.definition}),
-                );
+                ));
                 out.groups.push(group);
             }
             Err(why) => faults.push(format!("group {}: {why}", g.name)),
@@ -170,7 +180,7 @@ pub fn plan<'c>(
         return Err(Denial::new(message));
     }
     if !record.is_empty() {
-        let text = json!({"groups": record}).to_string();
+        let text = json!({"groups": Map::from_members(record)}).to_string();
         let current = pod::annotations(obj)
             .and_then(|a| a.get(&record_key))
             .and_then(Value::as_str);
@@ -223,13 +233,6 @@ fn groups<'a>(spec: &'a Value, kind: ClusterKind) -> Vec<Group<'a>> {
         });
     }
     out
-}
-
-fn find_group<'a>(spec: &'a Value, kind: ClusterKind, name: &str) -> Option<&'a Value> {
-    groups(spec, kind)
-        .into_iter()
-        .find(|g| g.name == name)
-        .map(|g| g.spec)
 }
 
 /// The same group for sizing: template, group labels, group resources and rayStartParams

@@ -170,10 +170,7 @@ fn check_init_containers(pod: &Value, it: &InstanceType) -> Result<(), String> {
     for c in pod::init_containers(pod) {
         let f = pod::footprint(c);
         if pod::is_native_sidecar(c) {
-            for (k, q) in f {
-                let e = sidecars.get_or_insert_with(k, Quantity::default);
-                *e = e.saturating_add(q);
-            }
+            sidecars.merge_with(f, |e, q| *e = e.saturating_add(q));
             continue;
         }
         for (res, total) in &it.shape {

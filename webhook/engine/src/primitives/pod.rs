@@ -127,21 +127,18 @@ pub fn is_native_sidecar(c: &Value) -> bool {
 pub fn resource_list<'a>(c: &'a Value, which: &str) -> VecMap<&'a str, Quantity> {
     let list = at(c, &["resources", which]).and_then(Value::as_object);
     let mut out = VecMap::with_capacity(list.map_or(0, |l| l.len()));
-    for (k, v) in list.into_iter().flatten() {
-        if let Ok(q) = Quantity::from_json(v) {
-            out.insert(k.as_str(), q);
-        }
-    }
+    out.extend(
+        list.into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Quantity::from_json(v).ok().map(|q| (k.as_str(), q))),
+    );
     out
 }
 
 /// What a container can take of each resource: its limit, else its request.
 pub fn footprint(c: &Value) -> VecMap<&str, Quantity> {
     let mut out = resource_list(c, "requests");
-    for (k, q) in resource_list(c, "limits") {
-        let e = out.get_or_insert_with(k, || q);
-        *e = (*e).max(q);
-    }
+    out.merge_with(resource_list(c, "limits"), |e, q| *e = (*e).max(q));
     out
 }
 

@@ -6,6 +6,7 @@
 //! second the memory they touch, arriving cold, costs more than the work done with it.
 
 use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::fmt;
 
 /// An ordered map as a sorted vector: the `BTreeMap` operations the planner uses, with the
@@ -97,10 +98,62 @@ impl<K: Ord, V> VecMap<K, V> {
     }
 }
 
+impl<K: Ord, V> VecMap<K, V> {
+    /// Adds `other`'s entries; where a key is in both, `f(&mut ours, theirs)` combines them.
+    /// One pass over both (each is sorted), where inserting one by one would move the tail
+    /// of the vector for each key.
+    pub fn merge_with(&mut self, other: VecMap<K, V>, mut f: impl FnMut(&mut V, V)) {
+        if other.is_empty() {
+            return;
+        }
+        let ours = std::mem::replace(&mut self.entries, Vec::with_capacity(0));
+        let mut merged = Vec::with_capacity(ours.len() + other.len());
+        let mut a = ours.into_iter().peekable();
+        let mut b = other.entries.into_iter().peekable();
+        loop {
+            let order = match (a.peek(), b.peek()) {
+                (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => break,
+            };
+            match order {
+                Ordering::Less => merged.extend(a.next()),
+                Ordering::Greater => merged.extend(b.next()),
+                Ordering::Equal => {
+                    if let (Some((k, mut v)), Some((_, w))) = (a.next(), b.next()) {
+                        f(&mut v, w);
+                        merged.push((k, v));
+                    }
+                }
+            }
+        }
+        self.entries = merged;
+    }
+}
+
 impl<K: Ord, V> Extend<(K, V)> for VecMap<K, V> {
+    /// As `insert` for each entry in turn (a later entry of a key replaces the value), but
+    /// in O(n log n) whatever the order: a request's resource list of many keys in
+    /// descending order would otherwise cost n²/2 moves.
     fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
-        for (k, v) in iter {
-            self.insert(k, v);
+        let start = self.entries.len();
+        self.entries.extend(iter);
+        if self.entries.len() == start {
+            return;
+        }
+        // Stable: entries of one key stay in the order given, the existing one first.
+        if !self.entries.is_sorted_by(|a, b| a.0 < b.0) {
+            self.entries.sort_by(|a, b| a.0.cmp(&b.0));
+            // `dedup_by` keeps the first of each run; the value kept must be the last.
+            self.entries.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    std::mem::swap(&mut later.1, &mut kept.1);
+                    true
+                } else {
+                    false
+                }
+            });
         }
     }
 }
@@ -166,6 +219,46 @@ mod tests {
             let collected: VecMap<u8, i32> = theirs.clone().into_iter().rev().collect();
             prop_assert!(collected.into_iter().eq(theirs.into_iter()));
         }
+
+        /// `extend` is `insert` in turn, whatever the order and repeats of the keys.
+        #[test]
+        fn extend_is_insert_in_turn(
+            start in proptest::collection::vec((0u8..16, any::<i32>()), 0..8),
+            more in proptest::collection::vec((0u8..16, any::<i32>()), 0..32),
+        ) {
+            let mut ours: VecMap<u8, i32> = VecMap::new();
+            let mut theirs: BTreeMap<u8, i32> = BTreeMap::new();
+            for (k, v) in start {
+                ours.insert(k, v);
+                theirs.insert(k, v);
+            }
+            ours.extend(more.iter().copied());
+            theirs.extend(more.iter().copied());
+            prop_assert!(ours.iter().eq(theirs.iter()));
+        }
+
+        /// `merge_with` is `get_or_insert_with` and `f` for each of the other's entries.
+        #[test]
+        fn merge_with_combines_keys_of_both(
+            a in proptest::collection::btree_map(0u8..16, 0i32..1000, 0..10),
+            b in proptest::collection::btree_map(0u8..16, 0i32..1000, 0..10),
+        ) {
+            let mut ours: VecMap<u8, i32> = a.clone().into_iter().collect();
+            ours.merge_with(b.clone().into_iter().collect(), |v, w| *v = (*v).max(w) * 2);
+            let mut theirs = a;
+            for (k, w) in b {
+                theirs.entry(k).and_modify(|v| *v = (*v).max(w) * 2).or_insert(w);
+            }
+            prop_assert!(ours.iter().eq(theirs.iter()));
+        }
+    }
+
+    #[test]
+    fn many_keys_in_descending_order_are_sorted_once() {
+        let n = 200_000u32;
+        let m: VecMap<u32, u32> = (0..n).rev().map(|k| (k, k)).collect();
+        assert_eq!(m.len(), n as usize);
+        assert!(m.iter().map(|(k, _)| *k).eq(0..n));
     }
 
     #[test]
