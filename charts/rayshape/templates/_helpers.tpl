@@ -6,6 +6,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
+{{/* Labels of a monitor: the chart's, and monitoring.labels beside them (a Prometheus
+     may select monitors by label: kube-prometheus-stack's by release=<its release>). */}}
+{{- define "rayshape.monitorLabels" -}}
+{{- $root := index . 0 -}}
+{{- $own := fromYaml (include "rayshape.labels" $root) -}}
+{{- $_ := set $own "app.kubernetes.io/name" (index . 1) -}}
+{{- toYaml (merge $own ($root.Values.monitoring.labels | default dict)) -}}
+{{- end -}}
+
 {{- define "rayshape.version" -}}
 {{ printf "v%s" .Chart.AppVersion }}
 {{- end -}}
@@ -23,6 +32,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if .Values.port -}}{{ .Values.port }}{{- else if eq .Values.provider "gke" -}}10250{{- else -}}8443{{- end -}}
 {{- end -}}
 
+{{- define "rayshape.metricsPort" -}}
+{{- .Values.metricsPort | default 9090 | int -}}
+{{- end -}}
+
 {{- define "rayshape.checkValues" -}}
 {{- if not (has .Values.provider (list "generic" "eks" "karpenter" "gke" "aks")) -}}
 {{- fail (printf "provider must be generic, eks, karpenter, gke or aks, not %q" .Values.provider) -}}
@@ -36,16 +49,26 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if not (has .Values.webhook.failurePolicy (list "Fail" "Ignore")) -}}
 {{- fail (printf "webhook.failurePolicy must be Fail or Ignore, not %q" .Values.webhook.failurePolicy) -}}
 {{- end -}}
+{{- if eq (include "rayshape.port" .) (include "rayshape.metricsPort" .) -}}
+{{- fail (printf "port and metricsPort are both %s: the webhook cannot listen twice on one port" (include "rayshape.port" .)) -}}
+{{- end -}}
+{{- /* On the node's network, gke's default port is the kubelet's own. */ -}}
+{{- if and (eq .Values.provider "gke") .Values.hostNetwork (not .Values.port) -}}
+{{- fail "provider gke with hostNetwork: the webhook would listen on the node's port 10250, which is the kubelet's; set `port` to a free port on the nodes, and let the control plane reach it (a private cluster needs a firewall rule: docs/install.md)" -}}
+{{- end -}}
 {{- end -}}
 
-{{/* The webhook configuration's namespaceSelector, the same for each webhook. */}}
+{{/* The webhook configuration's namespaceSelector, the same for each webhook. It follows
+     settings.namespaces, so that the API server never sends (nor, with Fail, refuses while
+     the webhook is down) a pod the webhook would only admit unchanged. */}}
 {{- define "rayshape.namespaceSelector" -}}
+{{- $settings := .Values.settings | default dict -}}
 matchExpressions:
 - key: kubernetes.io/metadata.name
   operator: NotIn
   values:
-  {{- range (concat (list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace) .Values.webhook.excludeNamespaces) }}
-  - {{ . }}
+  {{- range (concat (list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace) .Values.webhook.excludeNamespaces (dig "namespaces" "exclude" list $settings) | uniq) }}
+  - {{ . | quote }}
   {{- end }}
 - key: rayshape.io/webhook
   operator: NotIn
@@ -60,6 +83,14 @@ matchExpressions:
   operator: NotIn
   values:
   - aks
+{{- end }}
+{{- with (dig "namespaces" "include" list $settings) }}
+- key: kubernetes.io/metadata.name
+  operator: In
+  values:
+  {{- range . }}
+  - {{ . | quote }}
+  {{- end }}
 {{- end }}
 {{- end -}}
 

@@ -268,6 +268,189 @@ fn the_chart_follows_its_namespace_and_refuses_what_it_would_override() {
     }
 }
 
+/// The chart's values reach every object they concern: the webhook's namespaces its
+/// selectors, the metrics port each place it is named, the sidecar's settings its scrape
+/// rule, monitoring.labels both monitors; combinations that cannot work are refused.
+#[test]
+fn the_chart_s_values_reach_every_object_they_concern() {
+    let chart = repo_path("charts/rayshape");
+    let chart = chart.to_string_lossy();
+    let template = |sets: &[&str]| {
+        let mut args = vec!["template", "rayshape", &chart, "-n", NS];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        helm_output(&args)
+    };
+    let render =
+        |sets: &[&str]| objects(&ok_out(&format!("helm template {sets:?}"), template(sets)));
+    let deployment = |objs: &[Value]| find(objs, "Deployment", "rayshape-webhook").clone();
+
+    // settings.namespaces: the API server sends (and, with Fail, refuses while the webhook
+    // is down) no pod of a namespace the webhook would leave alone.
+    let objs = render(&[
+        "settings.namespaces.include={ray-prod,ray-dev}",
+        "settings.namespaces.exclude={ray-scratch}",
+    ]);
+    let mwc = find(&objs, "MutatingWebhookConfiguration", "rayshape");
+    check_registration("chart, settings.namespaces", mwc);
+    for w in mwc["webhooks"].as_array().unwrap() {
+        let on_name: Vec<&Value> = w["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["key"] == "kubernetes.io/metadata.name")
+            .collect();
+        assert_eq!(on_name.len(), 2, "{w}");
+        assert_eq!(on_name[0]["operator"], "NotIn", "{w}");
+        assert!(
+            on_name[0]["values"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ray-scratch")),
+            "{w}"
+        );
+        assert_eq!(
+            *on_name[1],
+            json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ray-prod", "ray-dev"]}),
+            "{w}"
+        );
+    }
+    // Without them, every namespace but the excluded ones.
+    let defaults = render(&[]);
+    for w in find(&defaults, "MutatingWebhookConfiguration", "rayshape")["webhooks"]
+        .as_array()
+        .unwrap()
+    {
+        let exprs = w["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap();
+        assert!(!exprs.iter().any(|e| e["operator"] == "In"), "{w}");
+    }
+
+    // monitoring.labels, beside the chart's own (kube-prometheus-stack selects by release).
+    let objs = render(&[
+        "monitoring.serviceMonitor=true",
+        "monitoring.podMonitor=true",
+        "monitoring.labels.release=kube-prometheus-stack",
+    ]);
+    for (kind, name) in [
+        ("ServiceMonitor", "rayshape-webhook"),
+        ("PodMonitor", "rayshape-sidecars"),
+    ] {
+        let labels = &find(&objs, kind, name)["metadata"]["labels"];
+        assert_eq!(labels["release"], "kube-prometheus-stack", "{kind}");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "rayshape", "{kind}");
+    }
+
+    // metricsPort: the flag's port, the container port, the Service, the scrape annotation
+    // (the NetworkPolicy names the port).
+    for (sets, port) in [(vec![], 9090), (vec!["metricsPort=9191"], 9191)] {
+        let objs = render(&sets);
+        let pod = deployment(&objs)["spec"]["template"].clone();
+        let ct = &pod["spec"]["containers"][0];
+        let listen = ct["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| a.starts_with("--metrics-listen="))
+            .unwrap();
+        assert!(listen.ends_with(&format!(":{port}")), "{listen}");
+        let named = |ports: &Value| {
+            ports
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "metrics")
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(named(&ct["ports"])["containerPort"], port, "{sets:?}");
+        assert_eq!(
+            pod["metadata"]["annotations"]["prometheus.io/port"],
+            port.to_string(),
+            "{sets:?}"
+        );
+        let svc = named(&find(&objs, "Service", "rayshape-webhook")["spec"]["ports"]);
+        assert_eq!(svc["port"], port, "{sets:?}");
+        assert_eq!(svc["targetPort"], "metrics", "{sets:?}");
+        let np = find(&objs, "NetworkPolicy", "rayshape-webhook");
+        assert!(
+            np["spec"]["ingress"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["ports"][0]["port"] == "metrics")
+        );
+    }
+
+    // The sidecar's scrape rule: its port from settings.sidecar.metricsPort; none without
+    // sidecars, and no rule at all is an empty list the webhook loads (not `null`).
+    let scrape_port = |objs: &[Value]| {
+        let cm = find(objs, "ConfigMap", "rayshape-patches");
+        let file: Value =
+            serde_saphyr::from_str(cm["data"]["patches.yaml"].as_str().unwrap()).unwrap();
+        let rule = file["patches"]
+            .as_array()
+            .unwrap_or_else(|| panic!("patches.yaml: {file}"))
+            .iter()
+            .find(|r| r["name"] == "sidecar-scrape-annotations")
+            .cloned();
+        rule.map(|r| {
+            r["patch"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["path"] == "/metadata/annotations/prometheus.io~1port")
+                .unwrap()["value"]
+                .clone()
+        })
+    };
+    assert_eq!(scrape_port(&defaults), Some(json!("9108")));
+    assert_eq!(
+        scrape_port(&render(&["settings.sidecar.metricsPort=9200"])),
+        Some(json!("9200"))
+    );
+    for sets in [
+        ["settings.sidecar.enabled=false"],
+        ["monitoring.scrapeAnnotations=false"],
+    ] {
+        let objs = render(&sets);
+        assert_eq!(scrape_port(&objs), None, "{sets:?}");
+        let cm = find(&objs, "ConfigMap", "rayshape-patches");
+        let file: Value =
+            serde_saphyr::from_str(cm["data"]["patches.yaml"].as_str().unwrap()).unwrap();
+        assert_eq!(file, json!({"patches": []}), "{sets:?}");
+    }
+
+    // nodeSelector: yours beside the default.
+    assert_eq!(
+        deployment(&render(&["nodeSelector.pool=web"]))["spec"]["template"]["spec"]["nodeSelector"],
+        json!({"kubernetes.io/os": "linux", "pool": "web"})
+    );
+
+    // On gke's node network, the default port would be the kubelet's: refused until `port`
+    // is set.
+    let out = template(&["provider=gke", "hostNetwork=true"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("set `port`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let objs = render(&["provider=gke", "hostNetwork=true", "port=9443"]);
+    assert_eq!(
+        deployment(&objs)["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        9443
+    );
+    let out = template(&["port=9191", "metricsPort=9191"]);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("port and metricsPort"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn every_overlay_renders_a_complete_safe_install() {
     let c = Cluster::get();
@@ -337,6 +520,12 @@ fn every_overlay_renders_a_complete_safe_install() {
             "{overlay}"
         );
         assert_eq!(spec["priorityClassName"], "system-cluster-critical");
+        // Linux nodes only: the images are built for Linux.
+        assert_eq!(
+            spec["nodeSelector"],
+            json!({"kubernetes.io/os": "linux"}),
+            "{overlay}"
+        );
         let keys: Vec<&str> = spec["topologySpreadConstraints"]
             .as_array()
             .unwrap()
@@ -385,7 +574,7 @@ fn every_overlay_renders_a_complete_safe_install() {
             );
         }
         let port = if overlay == "gke" { 10250 } else { 8443 };
-        assert!(args.contains(&format!("--listen=0.0.0.0:{port}").as_str()));
+        assert!(args.contains(&format!("--listen=[::]:{port}").as_str()));
         assert_eq!(ct["ports"][0]["name"], "https");
         assert_eq!(ct["ports"][0]["containerPort"], port);
         let mounts: BTreeMap<&str, &str> = ct["volumeMounts"]
@@ -430,6 +619,45 @@ fn every_overlay_renders_a_complete_safe_install() {
         );
         let pdb = find(&objs, "PodDisruptionBudget", "rayshape-webhook");
         assert_eq!(pdb["spec"]["minAvailable"], 1);
+        // The critical-priority quota: the replicas and a rolling update's surge, with room
+        // to spare (the chart's replicas + 2).
+        let quota = find(&objs, "ResourceQuota", "rayshape-critical-pods");
+        let pods: u64 = quota["spec"]["hard"]["pods"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if overlay != "e2e" {
+            assert_eq!(
+                pods,
+                d["spec"]["replicas"].as_u64().unwrap() + 2,
+                "{overlay}"
+            );
+        }
+        // The CA keeps its key when it renews (the caBundle, the serving certificate and
+        // the sidecars' CA stay valid); the serving certificate gets a new one each time.
+        if !["self-managed", "e2e"].contains(&overlay) {
+            for (name, policy) in [("rayshape-ca", "Never"), ("rayshape-webhook", "Always")] {
+                assert_eq!(
+                    find(&objs, "Certificate", name)["spec"]["privateKey"]["rotationPolicy"],
+                    policy,
+                    "{overlay}: Certificate {name}"
+                );
+            }
+            // The serving certificate renews (taking the renewed CA into the caBundle)
+            // before the old CA certificate ends.
+            let hours = |name: &str, field: &str| {
+                let v = &find(&objs, "Certificate", name)["spec"][field];
+                v.as_str()
+                    .and_then(|s| s.strip_suffix('h'))
+                    .and_then(|h| h.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{overlay}: {name} {field} {v}"))
+            };
+            assert!(
+                hours("rayshape-ca", "renewBefore") > hours("rayshape-webhook", "duration"),
+                "{overlay}: the CA renews too late for the serving certificate to follow"
+            );
+        }
 
         check_registration(
             overlay,
@@ -881,10 +1109,16 @@ fn the_chart_lints_and_renders_the_overlays_objects() {
 #[test]
 fn the_anyscale_prefix_selects_anyscale_labels_both_ways() {
     let c = Cluster::get();
+    // With components/monitoring before or after it.
     let k = compose(
         &c,
         "anyscale",
         &["cert-manager", "monitoring", "anyscale-prefix"],
+    );
+    let k_first = compose(
+        &c,
+        "anyscale-first",
+        &["cert-manager", "anyscale-prefix", "monitoring"],
     );
     let h = objects(&helm(&[
         "template",
@@ -897,7 +1131,7 @@ fn the_anyscale_prefix_selects_anyscale_labels_both_ways() {
         "--set",
         "monitoring.podMonitor=true",
     ]));
-    for objs in [&k, &h] {
+    for objs in [&k, &k_first, &h] {
         let mwc = find(objs, "MutatingWebhookConfiguration", "rayshape");
         assert_eq!(
             mwc["webhooks"][1]["objectSelector"]["matchExpressions"][0]["key"],
@@ -1563,6 +1797,19 @@ fn guide_block_in(name: &str, lang: &str) -> String {
     rest[start..start + end].to_string()
 }
 
+/// A block's lines without the indentation they all share (a block inside a list item).
+fn dedent(text: &str) -> String {
+    let indent = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    text.lines()
+        .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
+        .collect()
+}
+
 /// Run a guide block as written, with bash, in `work` (a copy of the repository's
 /// manifests/ and charts/), with kubectl, helm and rayshape-certs on PATH.
 fn run_guide(c: &Cluster, own: &Own, work: &Path, name: &str) -> String {
@@ -2029,6 +2276,34 @@ fn the_guide_every_overlay_and_the_chart_install_on_a_fresh_control_plane() {
             ));
         }
     }
+    // The values that reach other objects, for the API server's and the CRDs' validation
+    // too (settings.namespaces.include makes a Role in each namespace: `default` exists).
+    renders.push((
+        "chart with settings.namespaces, monitoring.labels, metricsPort".into(),
+        helm(&[
+            "template",
+            "rayshape",
+            &repo_path("charts/rayshape").to_string_lossy(),
+            "-n",
+            NS,
+            "--set",
+            "certificates.mode=self-managed",
+            "--set",
+            &format!("certificates.caBundle={bundle}"),
+            "--set",
+            "settings.namespaces.include={default}",
+            "--set",
+            "settings.namespaces.exclude={ray-scratch}",
+            "--set",
+            "monitoring.serviceMonitor=true",
+            "--set",
+            "monitoring.podMonitor=true",
+            "--set",
+            "monitoring.labels.release=kube-prometheus-stack",
+            "--set",
+            "metricsPort=9191",
+        ]),
+    ));
     for (what, rendered) in &renders {
         remove_deployment(&c, &own);
         own_ok(
@@ -2140,10 +2415,10 @@ fn helm_status(own: &Own) -> String {
     ok_out("helm status", run_in(&mut cmd, None))
 }
 
-#[test]
-fn the_guide_s_own_overlay_puts_your_files_in_force() {
-    let c = Cluster::get();
-    let work = workdir("own-overlay");
+/// A work directory with certificates, their `ca-bundle.env`, and the guide's own overlay's
+/// `pieces/` in `my-rayshape/`: (the certificates' directory, `my-rayshape`).
+fn guide_overlay_dir(name: &str) -> (PathBuf, PathBuf) {
+    let work = workdir(name);
     let certs = work.join("certs");
     generate_certs(&certs);
     write_ca_bundle(&work, &certs);
@@ -2154,6 +2429,13 @@ fn the_guide_s_own_overlay_puts_your_files_in_force() {
         guide_block_in("own-overlay-pieces", "yaml"),
     )
     .unwrap();
+    (certs, mine)
+}
+
+#[test]
+fn the_guide_s_own_overlay_puts_your_files_in_force() {
+    let c = Cluster::get();
+    let (certs, mine) = guide_overlay_dir("own-overlay");
     std::fs::write(
         mine.join("kustomization.yaml"),
         guide_block_in("own-overlay", "yaml"),
@@ -2204,6 +2486,108 @@ fn the_guide_s_own_overlay_puts_your_files_in_force() {
     find(&objs, "PodMonitor", "rayshape-sidecars");
     find(&objs, "ServiceMonitor", "rayshape-webhook");
     assert_eq!(kinds(&objs).len(), 13);
+}
+
+/// Where a Helm value also changes other objects (settings.namespaces the webhook
+/// configuration's selectors, monitoring.labels the monitors), the guide's patches on its
+/// own overlay give the objects the chart renders.
+#[test]
+fn the_guide_s_patches_do_what_the_chart_s_values_do() {
+    let c = Cluster::get();
+    let (certs, mine) = guide_overlay_dir("guide-patches");
+    // The own overlay, and the items of each patch block in one `patches:` list.
+    let mut kustomization = guide_block_in("own-overlay", "yaml");
+    kustomization.push_str("patches:\n");
+    for block in ["namespaces-include", "namespaces-exclude", "monitor-labels"] {
+        let text = dedent(&guide_block_in(block, "yaml"));
+        let items = text
+            .strip_prefix("patches:\n")
+            .unwrap_or_else(|| panic!("docs/install.md {block}: a `patches:` list\n{text}"));
+        kustomization.push_str(items);
+    }
+    std::fs::write(mine.join("kustomization.yaml"), &kustomization).unwrap();
+    let v = workspace_version();
+    let files = [
+        (
+            "webhook.yaml",
+            format!(
+                "profile: eks\nsidecar:\n  image: ghcr.io/rayshape/rayshape-sidecar:v{v}\nnamespaces:\n  include: [ray-prod, ray-dev]\n  exclude: [ray-scratch]\n"
+            ),
+        ),
+        (
+            "instance_types.yaml",
+            std::fs::read_to_string(repo_path("manifests/base/config/instance_types.yaml"))
+                .unwrap(),
+        ),
+        (
+            "patches.yaml",
+            std::fs::read_to_string(repo_path("manifests/base/config/patches.yaml")).unwrap(),
+        ),
+    ];
+    for (f, t) in &files {
+        std::fs::write(mine.join(f), t).unwrap();
+    }
+    let k = normalize(objects(&kustomize(&c, &mine)));
+    let bundle = ca_bundle(&certs);
+    let h = normalize(objects(&helm(&[
+        "template",
+        "rayshape",
+        &repo_path("charts/rayshape").to_string_lossy(),
+        "-n",
+        NS,
+        "--set",
+        "provider=eks",
+        "--set",
+        "certificates.mode=self-managed",
+        "--set",
+        &format!("certificates.caBundle={bundle}"),
+        "--set",
+        "monitoring.serviceMonitor=true",
+        "--set",
+        "monitoring.podMonitor=true",
+        "--set",
+        "settings.namespaces.include={ray-prod,ray-dev}",
+        "--set",
+        "settings.namespaces.exclude={ray-scratch}",
+        "--set",
+        "monitoring.labels.release=kube-prometheus-stack",
+    ])));
+    for key in [
+        "MutatingWebhookConfiguration//rayshape",
+        "ServiceMonitor/rayshape-system/rayshape-webhook",
+        "PodMonitor/rayshape-system/rayshape-sidecars",
+    ] {
+        let mut diffs = Vec::new();
+        differences(&k[key], &h[key], String::new(), &mut diffs);
+        assert!(
+            diffs.is_empty(),
+            "{key} differs:\n{}\n{kustomization}",
+            diffs.join("\n")
+        );
+    }
+    // The patches did take (not two renders equally without them).
+    for w in k["MutatingWebhookConfiguration//rayshape"]["webhooks"]
+        .as_array()
+        .unwrap()
+    {
+        let exprs = w["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            exprs.last().unwrap(),
+            &json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["ray-prod", "ray-dev"]})
+        );
+        assert!(
+            exprs[0]["values"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ray-scratch"))
+        );
+    }
+    assert_eq!(
+        k["PodMonitor/rayshape-system/rayshape-sidecars"]["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
 }
 
 #[test]
