@@ -277,7 +277,13 @@ pub fn tidy(warnings: Vec<String>) -> Vec<String> {
 }
 
 fn fit_warning(w: String) -> String {
-    let w = if w.chars().any(char::is_control) {
+    // Control characters are U+0000-001F, U+007F and U+0080-009F (lead byte 0xC2), and
+    // 120 characters take at least 120 bytes: most warnings are passed by a byte scan.
+    let maybe_control = w.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2);
+    if !maybe_control && w.len() <= 120 {
+        return w;
+    }
+    let w = if maybe_control && w.chars().any(char::is_control) {
         w.chars()
             .fold(String::with_capacity(w.len() + 8), |mut s, c| {
                 if c.is_control() {

@@ -106,6 +106,17 @@ impl<K: Ord, V> VecMap<K, V> {
         if other.is_empty() {
             return;
         }
+        // A container's requests and limits: a few keys, mostly the same. In place, with
+        // no new vector.
+        if self.len() + other.len() <= 16 {
+            for (k, v) in other.entries {
+                match self.find(&k) {
+                    Ok(i) => f(&mut self.entries[i].1, v),
+                    Err(i) => self.entries.insert(i, (k, v)),
+                }
+            }
+            return;
+        }
         let ours = std::mem::replace(&mut self.entries, Vec::with_capacity(0));
         let mut merged = Vec::with_capacity(ours.len() + other.len());
         let mut a = ours.into_iter().peekable();
@@ -237,11 +248,12 @@ mod tests {
             prop_assert!(ours.iter().eq(theirs.iter()));
         }
 
-        /// `merge_with` is `get_or_insert_with` and `f` for each of the other's entries.
+        /// `merge_with` is `get_or_insert_with` and `f` for each of the other's entries,
+        /// in place for small maps and by a merge for larger ones.
         #[test]
         fn merge_with_combines_keys_of_both(
-            a in proptest::collection::btree_map(0u8..16, 0i32..1000, 0..10),
-            b in proptest::collection::btree_map(0u8..16, 0i32..1000, 0..10),
+            a in proptest::collection::btree_map(0u8..40, 0i32..1000, 0..20),
+            b in proptest::collection::btree_map(0u8..40, 0i32..1000, 0..20),
         ) {
             let mut ours: VecMap<u8, i32> = a.clone().into_iter().collect();
             ours.merge_with(b.clone().into_iter().collect(), |v, w| *v = (*v).max(w) * 2);
