@@ -49,6 +49,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if not (has .Values.webhook.failurePolicy (list "Fail" "Ignore")) -}}
 {{- fail (printf "webhook.failurePolicy must be Fail or Ignore, not %q" .Values.webhook.failurePolicy) -}}
 {{- end -}}
+{{- if eq .Values.certificates.mode "cert-manager" -}}
+{{- /* Hours only: cert-manager refuses renewBefore >= duration, and the caBundle follows a
+       renewed CA only if the serving certificate renews before the old CA ends. */ -}}
+{{- $h := dict -}}
+{{- range $k := list "caDuration" "caRenewBefore" "duration" "renewBefore" -}}
+{{- $v := toString (get $.Values.certificates.certManager $k) -}}
+{{- if not (regexMatch "^[0-9]+h$" $v) -}}
+{{- fail (printf "certificates.certManager.%s must be a number of hours like 2160h, not %q" $k $v) -}}
+{{- end -}}
+{{- $_ := set $h $k (trimSuffix "h" $v | atoi) -}}
+{{- end -}}
+{{- if not (lt $h.caRenewBefore $h.caDuration) -}}
+{{- fail (printf "certificates.certManager.caRenewBefore (%dh) must be less than caDuration (%dh)" $h.caRenewBefore $h.caDuration) -}}
+{{- end -}}
+{{- if not (lt $h.duration $h.caRenewBefore) -}}
+{{- fail (printf "certificates.certManager.caRenewBefore (%dh) must be more than duration (%dh), so that the serving certificate renews, with the renewed CA, before the old CA ends" $h.caRenewBefore $h.duration) -}}
+{{- end -}}
+{{- if not (lt $h.renewBefore $h.duration) -}}
+{{- fail (printf "certificates.certManager.renewBefore (%dh) must be less than duration (%dh)" $h.renewBefore $h.duration) -}}
+{{- end -}}
+{{- end -}}
 {{- if eq (include "rayshape.port" .) (include "rayshape.metricsPort" .) -}}
 {{- fail (printf "port and metricsPort are both %s: the webhook cannot listen twice on one port" (include "rayshape.port" .)) -}}
 {{- end -}}

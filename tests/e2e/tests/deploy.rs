@@ -255,6 +255,20 @@ fn the_chart_follows_its_namespace_and_refuses_what_it_would_override() {
             "settings.sidecar.image=mirror/sidecar:1",
             "set `sidecar.image.repository`",
         ),
+        // cert-manager refuses renewBefore >= duration; the caBundle follows a renewed CA
+        // only if the serving certificate renews before the old CA ends.
+        (
+            "certificates.certManager.caDuration=4320h",
+            "caRenewBefore (4320h) must be less than caDuration (4320h)",
+        ),
+        (
+            "certificates.certManager.duration=8760h",
+            "caRenewBefore (4320h) must be more than duration (8760h)",
+        ),
+        (
+            "certificates.certManager.renewBefore=90d",
+            "renewBefore must be a number of hours like 2160h, not \"90d\"",
+        ),
     ] {
         let out = Command::new(helm_bin())
             .args(["template", "rayshape", &chart, "-n", NS, "--set", set])

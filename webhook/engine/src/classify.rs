@@ -82,6 +82,17 @@ pub fn classify(obj: &Value, namespace: Option<&str>, s: &Settings) -> Class {
     let ray_api = pod::field(obj, "apiVersion")
         .and_then(Value::as_str)
         .is_some_and(|v| v.starts_with("ray.io/"));
+    let cluster_kind = matches!(kind, Some("RayCluster" | "RayJob" | "RayService")) && ray_api;
+    if cluster_kind {
+        // As for pods: the webhook touches nothing in a namespace it does not shape (and
+        // the Helm chart's namespaceSelector, derived from the same list, says so too).
+        let ns = pod::at(obj, &["metadata", "namespace"])
+            .and_then(Value::as_str)
+            .or(namespace);
+        if !s.manages_namespace(ns) {
+            return Class::NotRay("namespace not managed");
+        }
+    }
     match kind {
         Some("Pod") => classify_pod(obj, namespace, s),
         Some("RayCluster") if ray_api => Class::Cluster(ClusterKind {

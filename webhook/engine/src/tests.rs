@@ -491,6 +491,32 @@ fn tidy_keeps_the_first_of_each_warning() {
         let want: Vec<String> = (0..n.min(7)).map(|i| format!("w{i}")).collect();
         assert_eq!(plan::tidy(input), want);
     }
+    // Past 32, repeats are found by sorting: the first of each kept, in its place.
+    let input: Vec<String> = (0..200).map(|i| format!("w{}", (i * 7) % 50)).collect();
+    let want: Vec<String> = (0..50).map(|i| format!("w{}", (i * 7) % 50)).collect();
+    assert_eq!(plan::tidy(input), want);
     let input = vec!["b".to_string(), "a".into(), "b".into(), "x\ny".into()];
     assert_eq!(plan::tidy(input), ["b", "a", r"x\ny"]);
+}
+
+/// A KubeRay object in a namespace the webhook does not shape is left as it is, as its
+/// pods are.
+#[test]
+fn kuberay_objects_of_unmanaged_namespaces_are_untouched() {
+    let cfg = Config::from_sources(&Sources {
+        settings: Some("namespaces: {include: [team-a]}\n".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let rc = |ns: &str| {
+        json!({"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "c", "namespace": ns},
+            "spec": {"workerGroupSpecs": [{"groupName": "g", "template": {
+                "metadata": {"labels": {"rayshape.io/instance-type": "2CPU-8GB"}},
+                "spec": {"containers": [{"name": "ray"}]}}}]}})
+    };
+    let shaped = shape(&rc("team-a"), None, &cfg).unwrap();
+    assert_ne!(shaped.object, rc("team-a"));
+    let other = shape(&rc("team-b"), None, &cfg).unwrap();
+    assert_eq!(other.object, rc("team-b"));
+    assert_eq!(other.skipped, Some("namespace not managed"));
 }

@@ -40,9 +40,13 @@ where
     B::Error: std::fmt::Display,
 {
     // Decremented on drop: also when hyper drops this future because the client left.
-    let in_flight = InFlight::enter(&state.metrics.in_flight);
+    let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let health = matches!(req.uri().path(), "/healthz" | "/readyz");
-    let resp = if in_flight.count() > state.max_requests && !health {
+    let open = (!health).then(|| Open::enter(&state.open_requests));
+    let resp = if open
+        .as_ref()
+        .is_some_and(|o| o.before >= state.max_requests)
+    {
         // Each open request holds memory until its body comes or times out, and a client
         // can open many on one HTTP/2 connection: past the bound they are turned away.
         let mut r = text(
@@ -74,16 +78,32 @@ impl<'a> InFlight<'a> {
         gauge.inc();
         InFlight(gauge)
     }
-
-    /// Requests in flight, this one included.
-    fn count(&self) -> usize {
-        usize::try_from(self.0.get()).unwrap_or(0)
-    }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Counts a request (health checks aside) against `--max-requests` for as long as it lives.
+struct Open<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+    /// Requests open before this one: this one is refused when that is the bound.
+    before: usize,
+}
+
+impl<'a> Open<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Open<'a> {
+        let before = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Open { count, before }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

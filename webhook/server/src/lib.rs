@@ -80,6 +80,8 @@ pub struct State {
     body_memory: usize,
     /// Requests open at once past which one is answered 503 (`--max-requests`).
     pub max_requests: usize,
+    /// Requests open now, health checks aside.
+    open_requests: std::sync::atomic::AtomicUsize,
     pub bootstrap: bootstrap::Bootstrap,
 }
 
@@ -97,6 +99,7 @@ impl State {
             bodies: Semaphore::new(body_memory / 1024),
             body_memory,
             max_requests: usize::MAX,
+            open_requests: std::sync::atomic::AtomicUsize::new(0),
             bootstrap,
             config: RwLock::new(Arc::new(cfg)),
             metrics: Metrics::new(),
