@@ -299,13 +299,8 @@ async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
         Err(panic) => return internal_error(state, "", &*panic),
     };
     let cfg = state.config();
-    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        decide(&doc, &cfg).map(|d| {
-            let out = d.response_bytes();
-            (d, out)
-        })
-    }));
-    let (decision, out) = match decided {
+    let decided = std::panic::catch_unwind(AssertUnwindSafe(|| decide(&doc, &cfg)));
+    let decision = match decided {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => {
             return bad_request(
@@ -320,6 +315,10 @@ async fn answer(body: &[u8], state: &State, decide: Decide) -> Response<Body> {
                 .unwrap_or("");
             return internal_error(state, uid, &*panic);
         }
+    };
+    let out = match std::panic::catch_unwind(AssertUnwindSafe(|| decision.response_bytes())) {
+        Ok(out) => out,
+        Err(panic) => return internal_error(state, &decision.uid, &*panic),
     };
     let elapsed = started.elapsed();
     let m = &state.metrics;

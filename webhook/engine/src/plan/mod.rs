@@ -279,7 +279,12 @@ pub fn tidy(warnings: Vec<String>) -> Vec<String> {
 fn fit_warning(w: String) -> String {
     // Control characters are U+0000-001F, U+007F and U+0080-009F (lead byte 0xC2), and
     // 120 characters take at least 120 bytes: most warnings are passed by a byte scan.
-    let maybe_control = w.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2);
+    // In blocks, without stopping early inside one, so that the compiler vectorises it.
+    let maybe_control = w.as_bytes().chunks(32).any(|block| {
+        block.iter().fold(false, |seen, &b| {
+            seen | (b < 0x20) | (b == 0x7f) | (b == 0xc2)
+        })
+    });
     if !maybe_control && w.len() <= 120 {
         return w;
     }
