@@ -1313,6 +1313,13 @@ async fn a_copytruncate_between_plan_and_read_ships_no_new_bytes_as_old_ones() {
     let mut side = Sidecar::new(&root, sink.clone(), &[("RAYSHAPE_FLUSH_AGE", "200ms")]);
     side.start();
     side.wait_ready();
+    // The segment first: before the first scan has seen the file, nothing is unshipped
+    // either.
+    side.wait_metric(
+        "rayshape_sidecar_segments_uploaded_total",
+        |v| v >= 1.0,
+        Duration::from_secs(20),
+    );
     side.wait_metric(
         "rayshape_sidecar_unshipped_bytes",
         |v| v == 0.0,
