@@ -276,11 +276,11 @@ fn internal_error(state: &State, uid: &str, panic: &(dyn std::any::Any + Send)) 
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     state.metrics.panics.inc();
-    tracing::error!(uid, panic = %what, "internal error while deciding a review; the server goes on serving");
+    tracing::error!(uid, panic = %what, "internal error while handling a review; the server goes on serving");
     text(
         StatusCode::INTERNAL_SERVER_ERROR,
         format!(
-            "rayshape: internal error while deciding review {uid:?}; this is a bug, please report it with the webhook's log"
+            "rayshape: internal error while handling review {uid:?}; this is a bug, please report it with the webhook's log"
         ),
     )
 }

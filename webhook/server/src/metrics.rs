@@ -82,7 +82,7 @@ impl Metrics {
         };
         let panics = IntCounter::new(
             format!("{PREFIX}panics_total"),
-            "Reviews whose decision hit an internal error (a bug); each was answered 500.",
+            "Reviews whose reading, decision or answer hit an internal error (a bug); each was answered 500.",
         )
         .expect("valid metric");
         r.register(Box::new(panics.clone())).expect("unique metric");
