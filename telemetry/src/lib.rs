@@ -151,4 +151,107 @@ mod tests {
             s.read_exact(&mut b).await.unwrap();
         }
     }
+
+    /// On a kernel without IPv6 (booted with `ipv6.disable=1`), `socket(AF_INET6, ..)` fails
+    /// with `EAFNOSUPPORT`; this thread is given that kernel's answer by a seccomp filter of
+    /// its own, and `[::]` must then listen on every IPv4 address and say why.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    #[test]
+    fn without_ipv6_every_address_is_ipv4() {
+        std::thread::spawn(|| {
+            refuse_ipv6_sockets_in_this_thread();
+            assert_eq!(
+                std::net::TcpListener::bind("[::1]:0")
+                    .err()
+                    .and_then(|e| e.raw_os_error()),
+                Some(libc::EAFNOSUPPORT),
+                "the filter did not take"
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (listener, fell_back) = bind("[::]:0".parse().unwrap()).unwrap();
+                assert_eq!(
+                    fell_back.and_then(|e| e.raw_os_error()),
+                    Some(libc::EAFNOSUPPORT)
+                );
+                let at = listener.local_addr().unwrap();
+                assert_eq!(at.ip(), std::net::Ipv4Addr::UNSPECIFIED, "{at}");
+                let peer = SocketAddr::from(([127, 0, 0, 1], at.port()));
+                let mut c = tokio::net::TcpStream::connect(peer).await.unwrap();
+                let (mut s, _) = listener.accept().await.unwrap();
+                c.write_all(b"x").await.unwrap();
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                // Any other address is not rewritten: its error is the caller's.
+                let err = bind("[::1]:0".parse().unwrap()).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::EAFNOSUPPORT));
+            });
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A seccomp filter on the calling thread alone (without `SECCOMP_FILTER_FLAG_TSYNC`, and
+    /// `no_new_privs` is per thread too): `socket` with the `AF_INET6` family fails with
+    /// `EAFNOSUPPORT`; every other call is allowed.
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    fn refuse_ipv6_sockets_in_this_thread() {
+        #[cfg(target_arch = "x86_64")]
+        const ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
+        #[cfg(target_arch = "aarch64")]
+        const ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+        // struct seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low half, little-endian).
+        let load = |k: u32| libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let ret = |k: u32| libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let mut program = [
+            load(4),
+            jeq(ARCH, 0, 4),
+            load(0),
+            jeq(libc::SYS_socket as u32, 0, 2),
+            load(16),
+            jeq(libc::AF_INET6 as u32, 1, 0),
+            ret(libc::SECCOMP_RET_ALLOW),
+            ret(libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32),
+        ];
+        let prog = libc::sock_fprog {
+            len: program.len() as u16,
+            filter: program.as_mut_ptr(),
+        };
+        // SAFETY: plain system calls; `prog` and the program it points to outlive the call,
+        // which copies them into the kernel.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            let rc = libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            );
+            assert_eq!(rc, 0, "seccomp: {}", std::io::Error::last_os_error());
+        }
+    }
 }
