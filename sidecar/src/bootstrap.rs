@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-/// How long one attempt may take, connection to answer.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt may take, connection to answer: past the webhook's own worst case
+/// (5 s for the TokenReview and 5 s for the pod read, then its 503 and `Retry-After`), so
+/// the sidecar hears why rather than giving up first.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest answer read: a node configuration is a few hundred bytes.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -51,6 +53,61 @@ pub enum Outcome {
         reason: String,
         retry_after: Option<Duration>,
     },
+}
+
+/// How long to wait before the next attempt. A refusal is the configuration's (an audience,
+/// a namespace or service account not allowed, a pod not shaped) and lasts until an admin
+/// acts, while each attempt costs the API server a TokenReview and often a pod read: its
+/// wait doubles from 10 s up to 15 minutes, as a sidecar without a sink asks again. Trouble
+/// (no answer, 5xx, 429) passes: its wait doubles from 1 s up to a minute, and is never
+/// shorter than the webhook's `Retry-After`. Waits are jittered (sidecars that failed
+/// together do not retry together): the sidecar's own backoff down to half, a `Retry-After`
+/// up to half again, as it is a floor.
+#[derive(Debug)]
+pub struct Retry {
+    trouble: Duration,
+    refused: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            trouble: Duration::from_secs(1),
+            refused: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Retry {
+    const TROUBLE_MAX: Duration = Duration::from_secs(60);
+    const REFUSED_MAX: Duration = Duration::from_secs(15 * 60);
+
+    /// The wait after `outcome` (a verified one needs none: zero).
+    pub fn after(&mut self, outcome: &Outcome) -> Duration {
+        match outcome {
+            Outcome::Verified(_) => Duration::ZERO,
+            Outcome::Refused { .. } => {
+                let d = self.refused;
+                self.refused = (d * 2).min(Self::REFUSED_MAX);
+                crate::random::jitter(d)
+            }
+            Outcome::Unavailable { retry_after, .. } => {
+                let d = self.trouble;
+                self.trouble = (d * 2).min(Self::TROUBLE_MAX);
+                let own = crate::random::jitter(d);
+                match retry_after {
+                    // jitter(x) is between x/2 and x: this is between `ra` and 1.5 times it.
+                    Some(ra) => (*ra + crate::random::jitter(*ra) - *ra / 2).max(own),
+                    None => own,
+                }
+            }
+        }
+    }
+
+    /// The wait after a bootstrap that cannot even be attempted (its setup is wrong).
+    pub fn after_setup_error(&self) -> Duration {
+        crate::random::jitter(Duration::from_secs(60))
+    }
 }
 
 /// A configured bootstrap client.
@@ -233,6 +290,53 @@ fn answer(status: u16, body: &[u8], retry_after: Option<Duration>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_back_off_to_fifteen_minutes_and_retry_after_is_a_floor() {
+        let refused = Outcome::Refused {
+            status: 403,
+            reason: "x".into(),
+        };
+        let mut r = Retry::default();
+        let waits: Vec<Duration> = (0..12).map(|_| r.after(&refused)).collect();
+        let mut d = Duration::from_secs(10);
+        for w in &waits {
+            assert!(*w >= d / 2 && *w <= d, "{w:?} against {d:?}");
+            d = (d * 2).min(Duration::from_secs(900));
+        }
+        assert!(waits[11] >= Duration::from_secs(450), "{waits:?}");
+        // Trouble keeps its own, shorter backoff.
+        let down = |ra| Outcome::Unavailable {
+            reason: "503".into(),
+            retry_after: ra,
+        };
+        let w = r.after(&down(None));
+        assert!(
+            w >= Duration::from_millis(500) && w <= Duration::from_secs(1),
+            "{w:?}"
+        );
+        // Never before Retry-After, and spread above it.
+        let ws: Vec<Duration> = (0..20)
+            .map(|_| Retry::default().after(&down(Some(Duration::from_secs(5)))))
+            .collect();
+        for w in &ws {
+            assert!(
+                *w >= Duration::from_secs(5) && *w <= Duration::from_millis(7500),
+                "{w:?}"
+            );
+        }
+        assert!(ws.iter().any(|w| *w > Duration::from_secs(5)), "{ws:?}");
+        // A backoff already longer than Retry-After goes on as it would without one.
+        let mut r = Retry::default();
+        for _ in 0..8 {
+            r.after(&down(None));
+        }
+        let w = r.after(&down(Some(Duration::from_secs(5))));
+        assert!(
+            w >= Duration::from_secs(30) && w <= Duration::from_secs(60),
+            "{w:?}"
+        );
+    }
 
     #[test]
     fn answers_by_status() {

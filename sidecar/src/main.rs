@@ -196,50 +196,42 @@ async fn bootstrap(
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<rayshape_contract::bootstrap::NodeConfig> {
     use rayshape_sidecar::bootstrap::{Client, Outcome};
-    use std::time::Duration;
     metrics.set_bootstrap_state("pending");
-    let mut backoff = Duration::from_secs(1);
+    let mut retry = rayshape_sidecar::bootstrap::Retry::default();
     let mut last: Option<String> = None;
     let client = Client::new(&b.url, &b.ca, b.token_file.clone());
     loop {
         let (state, reason, wait) = match &client {
             // A setup problem is the configuration's: said, and looked at again later.
-            Err(e) => ("unavailable", e.to_string(), Duration::from_secs(60)),
-            Ok(c) => match c.attempt().await {
-                Outcome::Verified(node) => {
-                    metrics
-                        .bootstrap_attempts
-                        .with_label_values(&["verified"])
-                        .inc();
-                    metrics.set_bootstrap_state("verified");
-                    return Some(*node);
+            Err(e) => ("unavailable", e.to_string(), retry.after_setup_error()),
+            Ok(c) => {
+                let outcome = c.attempt().await;
+                let wait = retry.after(&outcome);
+                match outcome {
+                    Outcome::Verified(node) => {
+                        metrics
+                            .bootstrap_attempts
+                            .with_label_values(&["verified"])
+                            .inc();
+                        metrics.set_bootstrap_state("verified");
+                        return Some(*node);
+                    }
+                    Outcome::Refused { status, reason } => {
+                        metrics
+                            .bootstrap_attempts
+                            .with_label_values(&["refused"])
+                            .inc();
+                        ("refused", format!("HTTP {status}: {reason}"), wait)
+                    }
+                    Outcome::Unavailable { reason, .. } => {
+                        metrics
+                            .bootstrap_attempts
+                            .with_label_values(&["unavailable"])
+                            .inc();
+                        ("unavailable", reason, wait)
+                    }
                 }
-                Outcome::Refused { status, reason } => {
-                    metrics
-                        .bootstrap_attempts
-                        .with_label_values(&["refused"])
-                        .inc();
-                    (
-                        "refused",
-                        format!("HTTP {status}: {reason}"),
-                        backoff.max(Duration::from_secs(10)),
-                    )
-                }
-                Outcome::Unavailable {
-                    reason,
-                    retry_after,
-                } => {
-                    metrics
-                        .bootstrap_attempts
-                        .with_label_values(&["unavailable"])
-                        .inc();
-                    (
-                        "unavailable",
-                        reason,
-                        retry_after.unwrap_or(backoff).max(backoff),
-                    )
-                }
-            },
+            }
         };
         metrics.set_bootstrap_state(state);
         if last.as_deref() != Some(reason.as_str()) {
@@ -250,8 +242,6 @@ async fn bootstrap(
             }
             last = Some(reason);
         }
-        let wait = rayshape_sidecar::random::jitter(wait);
-        backoff = (backoff * 2).min(Duration::from_secs(60));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => {}
