@@ -60,7 +60,7 @@ pub enum Outcome {
 /// acts, while each attempt costs the API server a TokenReview and often a pod read: its
 /// wait doubles from 10 s up to 15 minutes, as a sidecar without a sink asks again. Trouble
 /// (no answer, 5xx, 429) passes: its wait doubles from 1 s up to a minute, and is never
-/// shorter than the webhook's `Retry-After`. Waits are jittered (sidecars that failed
+/// shorter than the webhook's `Retry-After` (taken as at most 15 minutes). Waits are jittered (sidecars that failed
 /// together do not retry together): the sidecar's own backoff down to half, a `Retry-After`
 /// up to half again, as it is a floor.
 #[derive(Debug)]
@@ -97,7 +97,11 @@ impl Retry {
                 let own = crate::random::jitter(d);
                 match retry_after {
                     // jitter(x) is between x/2 and x: this is between `ra` and 1.5 times it.
-                    Some(ra) => (*ra + crate::random::jitter(*ra) - *ra / 2).max(own),
+                    // The header's number is the network's: bounded before any arithmetic.
+                    Some(ra) => {
+                        let ra = (*ra).min(Self::REFUSED_MAX);
+                        (ra + crate::random::jitter(ra) - ra / 2).max(own)
+                    }
                     None => own,
                 }
             }
@@ -326,6 +330,12 @@ mod tests {
             );
         }
         assert!(ws.iter().any(|w| *w > Duration::from_secs(5)), "{ws:?}");
+        // Any number in the header, bounded: no overflow.
+        let w = Retry::default().after(&down(Some(Duration::from_secs(u64::MAX))));
+        assert!(
+            w >= Duration::from_secs(900) && w <= Duration::from_secs(1350),
+            "{w:?}"
+        );
         // A backoff already longer than Retry-After goes on as it would without one.
         let mut r = Retry::default();
         for _ in 0..8 {
