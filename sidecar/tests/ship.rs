@@ -42,6 +42,17 @@ fn file_sink(dir: &Path) -> SinkConfig {
     }
 }
 
+/// A sink at `url` with these object_store options.
+fn sink_with(url: impl Into<String>, options: &[(&str, String)]) -> SinkConfig {
+    SinkConfig {
+        url: url.into(),
+        options: options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
 fn scratch(name: &str) -> PathBuf {
     rayshape_testkit::scratch("ship", name)
 }
@@ -120,20 +131,17 @@ impl S3sFs {
     }
 
     fn sink(&self, bucket: &str, secret: &str) -> SinkConfig {
-        SinkConfig {
-            url: format!("s3://{bucket}/ray-logs"),
-            options: [
+        sink_with(
+            format!("s3://{bucket}/ray-logs"),
+            &[
                 ("aws_endpoint", format!("http://127.0.0.1:{}", self.port)),
                 ("aws_allow_http", "true".into()),
                 ("aws_region", "us-east-1".into()),
                 ("aws_access_key_id", AK.into()),
                 ("aws_secret_access_key", secret.into()),
                 ("aws_virtual_hosted_style_request", "false".into()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-        }
+            ],
+        )
     }
 }
 
@@ -2056,19 +2064,16 @@ async fn moto_s3() {
         return;
     };
     let (_moto, port) = moto_with_bucket(&bin, "moto-logs");
-    let sink = SinkConfig {
-        url: "s3://moto-logs/prefix".into(),
-        options: [
+    let sink = sink_with(
+        "s3://moto-logs/prefix",
+        &[
             ("aws_endpoint", format!("http://127.0.0.1:{port}")),
             ("aws_allow_http", "true".into()),
             ("aws_region", "us-east-1".into()),
             ("aws_access_key_id", "testing".into()),
             ("aws_secret_access_key", "testing".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    };
+        ],
+    );
     round_trip(sink, "moto", Overwrite::Refused).await;
 }
 
@@ -2108,9 +2113,9 @@ async fn azurite_blob() {
         .status()
         .unwrap();
     assert!(st.success(), "container not created");
-    let sink = SinkConfig {
-        url: "az://ray-logs/prefix".into(),
-        options: [
+    let sink = sink_with(
+        "az://ray-logs/prefix",
+        &[
             ("azure_storage_account_name", "devstoreaccount1".to_string()),
             ("azure_storage_account_key", AZURITE_KEY.into()),
             (
@@ -2118,11 +2123,8 @@ async fn azurite_blob() {
                 format!("http://127.0.0.1:{port}/devstoreaccount1"),
             ),
             ("azure_allow_http", "true".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    };
+        ],
+    );
     round_trip(sink, "azurite", Overwrite::Refused).await;
 }
 
@@ -2142,17 +2144,14 @@ async fn gcs_client_on_moto() {
         return;
     };
     let (_moto, port) = moto_with_bucket(&bin, "gcslogs");
-    let sink = SinkConfig {
-        url: "gs://gcslogs/prefix".into(),
-        options: [
+    let sink = sink_with(
+        "gs://gcslogs/prefix",
+        &[
             ("google_base_url", format!("http://127.0.0.1:{port}")),
             ("google_bearer_token", "test-token".into()),
             ("google_allow_http", "true".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-    };
+        ],
+    );
     round_trip(sink, "gcs-moto", Overwrite::Ignored).await;
 }
 
@@ -2211,18 +2210,17 @@ async fn a_role_that_may_only_put_ships_and_settles_what_it_cannot_rebuild() {
         .lines()
         .map(|l| l.split(' ').map(str::to_string).collect())
         .collect();
-    let sink = |k: &[String]| SinkConfig {
-        url: "s3://shipped-logs/prefix".into(),
-        options: [
-            ("aws_endpoint", endpoint.clone()),
-            ("aws_allow_http", "true".into()),
-            ("aws_region", "us-east-1".into()),
-            ("aws_access_key_id", k[0].clone()),
-            ("aws_secret_access_key", k[1].clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
+    let sink = |k: &[String]| {
+        sink_with(
+            "s3://shipped-logs/prefix",
+            &[
+                ("aws_endpoint", endpoint.clone()),
+                ("aws_allow_http", "true".into()),
+                ("aws_region", "us-east-1".into()),
+                ("aws_access_key_id", k[0].clone()),
+                ("aws_secret_access_key", k[1].clone()),
+            ],
+        )
     };
     let (writer, reader) = (sink(&keys[0]), sink(&keys[1]));
     let base = scratch("put-only");
